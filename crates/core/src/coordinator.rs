@@ -1,0 +1,289 @@
+//! Quorum state machines of a coordinator: a put waits for W durable
+//! acknowledgements, a get for R replies merged causally, then finds the
+//! replicas to repair. Replies come in as calls; decisions come out as
+//! values. No timers here: the caller calls `timed_out` when its timer fires.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::NodeId;
+use crate::causality::{ConflictMode, Object};
+
+/// How a quorum round ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quorum<T> {
+    Reached(T),
+    /// Too many replicas failed for the quorum to be reachable.
+    Unreachable { got: u32, needed: u32 },
+    /// The timer fired first.
+    TimedOut { got: u32, needed: u32 },
+}
+
+/// A put or delete: the coordinator has stored the new object locally
+/// (its own acknowledgement) and sent it to `remote` replicas.
+#[derive(Debug)]
+pub struct PutRound {
+    needed: usize,
+    pending: usize,
+    acks: usize,
+    decided: bool,
+}
+
+impl PutRound {
+    /// `local_ack`: the coordinator itself is a replica that stored the
+    /// object durably. `remote`: replicas the object was sent to.
+    pub fn new(needed: usize, local_ack: bool, remote: usize) -> Self {
+        assert!(needed >= 1, "a quorum of zero is a programming error");
+        PutRound {
+            needed,
+            pending: remote,
+            acks: usize::from(local_ack),
+            decided: false,
+        }
+    }
+
+    /// The decision if it can be made before any reply (W=1, or too few replicas).
+    pub fn start(&mut self) -> Option<Quorum<()>> {
+        self.decide()
+    }
+
+    pub fn acked(&mut self) -> Option<Quorum<()>> {
+        self.pending = self.pending.saturating_sub(1);
+        self.acks += 1;
+        self.decide()
+    }
+
+    pub fn failed(&mut self) -> Option<Quorum<()>> {
+        self.pending = self.pending.saturating_sub(1);
+        self.decide()
+    }
+
+    pub fn timed_out(&mut self) -> Option<Quorum<()>> {
+        if self.decided {
+            return None;
+        }
+        self.decided = true;
+        Some(Quorum::TimedOut {
+            got: self.acks as u32,
+            needed: self.needed as u32,
+        })
+    }
+
+    pub fn acks(&self) -> usize {
+        self.acks
+    }
+
+    pub fn is_decided(&self) -> bool {
+        self.decided
+    }
+
+    fn decide(&mut self) -> Option<Quorum<()>> {
+        if self.decided {
+            return None;
+        }
+        if self.acks >= self.needed {
+            self.decided = true;
+            return Some(Quorum::Reached(()));
+        }
+        if self.acks + self.pending < self.needed {
+            self.decided = true;
+            return Some(Quorum::Unreachable {
+                got: self.acks as u32,
+                needed: self.needed as u32,
+            });
+        }
+        None
+    }
+}
+
+/// A get: collects replies of replicas, answers after R of them with their
+/// causal merge, and once every replica answered (or the timer fired)
+/// names the replicas whose copy is stale (read repair).
+#[derive(Debug)]
+pub struct GetRound {
+    needed: usize,
+    asked: Vec<NodeId>,
+    replies: BTreeMap<NodeId, Option<Object>>,
+    failures: BTreeSet<NodeId>,
+    mode: ConflictMode,
+    decided: bool,
+}
+
+impl GetRound {
+    pub fn new(needed: usize, asked: Vec<NodeId>, mode: ConflictMode) -> Self {
+        assert!(needed >= 1, "a quorum of zero is a programming error");
+        GetRound {
+            needed,
+            asked,
+            replies: BTreeMap::new(),
+            failures: BTreeSet::new(),
+            mode,
+            decided: false,
+        }
+    }
+
+    pub fn start(&mut self) -> Option<Quorum<Option<Object>>> {
+        self.decide()
+    }
+
+    pub fn replied(&mut self, from: NodeId, object: Option<Object>) -> Option<Quorum<Option<Object>>> {
+        if self.asked.contains(&from) && !self.replies.contains_key(&from) {
+            self.replies.insert(from, object);
+        }
+        self.decide()
+    }
+
+    pub fn failed(&mut self, from: NodeId) -> Option<Quorum<Option<Object>>> {
+        if self.asked.contains(&from) && !self.replies.contains_key(&from) {
+            self.failures.insert(from);
+        }
+        self.decide()
+    }
+
+    pub fn timed_out(&mut self) -> Option<Quorum<Option<Object>>> {
+        if self.decided {
+            return None;
+        }
+        self.decided = true;
+        Some(Quorum::TimedOut {
+            got: self.replies.len() as u32,
+            needed: self.needed as u32,
+        })
+    }
+
+    /// Every asked replica has answered or failed.
+    pub fn is_complete(&self) -> bool {
+        self.replies.len() + self.failures.len() >= self.asked.len()
+    }
+
+    /// The causal merge of every reply so far (None when nobody had the key).
+    pub fn merged(&self) -> Option<Object> {
+        let mut merged: Option<Object> = None;
+        for object in self.replies.values().flatten() {
+            merged = Some(match merged {
+                None => object.clone(),
+                Some(m) => m.merge(object, self.mode),
+            });
+        }
+        merged
+    }
+
+    /// Replicas that replied with something other than the merge of all
+    /// replies: each should receive the merged object (read repair).
+    pub fn stale_replicas(&self) -> Vec<NodeId> {
+        let Some(merged) = self.merged() else {
+            return Vec::new();
+        };
+        self.replies
+            .iter()
+            .filter(|(_, object)| object.as_ref() != Some(&merged))
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    fn decide(&mut self) -> Option<Quorum<Option<Object>>> {
+        if self.decided {
+            return None;
+        }
+        if self.replies.len() >= self.needed {
+            self.decided = true;
+            return Some(Quorum::Reached(self.merged()));
+        }
+        let pending = self.asked.len().saturating_sub(self.replies.len() + self.failures.len());
+        if self.replies.len() + pending < self.needed {
+            self.decided = true;
+            return Some(Quorum::Unreachable {
+                got: self.replies.len() as u32,
+                needed: self.needed as u32,
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causality::{NewVersion, VersionVector};
+
+    fn object(replica: NodeId, value: &[u8]) -> Object {
+        Object::update(
+            None,
+            &VersionVector::new(),
+            NewVersion {
+                value: Some(value.to_vec()),
+                content_type: "text/plain".into(),
+                now_ms: 1,
+            },
+            replica,
+            ConflictMode::Siblings,
+            100,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn put_reaches_quorum_with_local_and_one_remote() {
+        let mut round = PutRound::new(2, true, 2);
+        assert_eq!(round.start(), None);
+        assert_eq!(round.acked(), Some(Quorum::Reached(())));
+        // Late answers change nothing.
+        assert_eq!(round.acked(), None);
+        assert_eq!(round.timed_out(), None);
+    }
+
+    #[test]
+    fn put_with_w1_is_decided_by_the_local_write() {
+        let mut round = PutRound::new(1, true, 2);
+        assert_eq!(round.start(), Some(Quorum::Reached(())));
+    }
+
+    #[test]
+    fn put_fails_as_soon_as_quorum_is_impossible() {
+        let mut round = PutRound::new(3, true, 2);
+        assert_eq!(round.failed(), Some(Quorum::Unreachable { got: 1, needed: 3 }));
+        let mut round = PutRound::new(2, true, 2);
+        assert_eq!(round.failed(), None);
+        assert_eq!(round.timed_out(), Some(Quorum::TimedOut { got: 1, needed: 2 }));
+    }
+
+    #[test]
+    fn put_without_enough_replicas_fails_at_start() {
+        let mut round = PutRound::new(3, true, 1);
+        assert_eq!(round.start(), Some(Quorum::Unreachable { got: 1, needed: 3 }));
+    }
+
+    #[test]
+    fn get_merges_r_replies_and_names_stale_replicas() {
+        let a = object(1, b"a");
+        let b = object(2, b"b");
+        let mut round = GetRound::new(2, vec![1, 2, 3], ConflictMode::Siblings);
+        assert_eq!(round.start(), None);
+        assert_eq!(round.replied(1, Some(a.clone())), None);
+        let Some(Quorum::Reached(Some(merged))) = round.replied(2, Some(b.clone())) else {
+            panic!("quorum of two replies must be reached");
+        };
+        assert_eq!(merged.live_siblings().count(), 2);
+        assert!(!round.is_complete());
+        assert_eq!(round.replied(3, None), None);
+        assert!(round.is_complete());
+        assert_eq!(round.stale_replicas(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn get_of_missing_key_is_none_and_repairs_nothing() {
+        let mut round = GetRound::new(2, vec![1, 2, 3], ConflictMode::Siblings);
+        round.replied(1, None);
+        assert_eq!(round.replied(2, None), Some(Quorum::Reached(None)));
+        assert!(round.stale_replicas().is_empty());
+    }
+
+    #[test]
+    fn get_fails_when_too_many_replicas_fail() {
+        let mut round = GetRound::new(2, vec![1, 2, 3], ConflictMode::Siblings);
+        assert_eq!(round.failed(1), None);
+        assert_eq!(round.failed(2), Some(Quorum::Unreachable { got: 0, needed: 2 }));
+        // Replies from nodes that were not asked are ignored.
+        let mut round = GetRound::new(1, vec![1], ConflictMode::Siblings);
+        assert_eq!(round.replied(9, None), None);
+    }
+}

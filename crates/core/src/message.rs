@@ -1,0 +1,116 @@
+//! Messages between nodes. The node shell frames them (crate `wire`); the
+//! simulator passes them as values. Objects and layouts travel in their
+//! own versioned encodings as bytes so that one codec serves disk and wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+use crate::bucket::BucketRegistry;
+use crate::causality::{ConflictMode, VersionVector};
+
+/// A client operation, as a coordinator runs it (also forwarded between
+/// nodes when the receiving node is not a primary of the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientOp {
+    Get {
+        bucket: String,
+        key: Vec<u8>,
+        r: Option<u32>,
+        timeout_ms: u64,
+    },
+    Put {
+        bucket: String,
+        key: Vec<u8>,
+        /// None deletes (writes a tombstone).
+        value: Option<Vec<u8>>,
+        content_type: String,
+        context: VersionVector,
+        w: Option<u32>,
+        timeout_ms: u64,
+    },
+}
+
+impl ClientOp {
+    pub fn bucket(&self) -> &str {
+        match self {
+            ClientOp::Get { bucket, .. } | ClientOp::Put { bucket, .. } => bucket,
+        }
+    }
+
+    pub fn key(&self) -> &[u8] {
+        match self {
+            ClientOp::Get { key, .. } | ClientOp::Put { key, .. } => key,
+        }
+    }
+
+    pub fn timeout_ms(&self) -> u64 {
+        match self {
+            ClientOp::Get { timeout_ms, .. } | ClientOp::Put { timeout_ms, .. } => *timeout_ms,
+        }
+    }
+}
+
+/// The outcome of a client operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// A get: the causal merge of what R replicas hold (encoded object), or
+    /// None when no replica had the key.
+    Found { object: Option<Vec<u8>> },
+    /// A put or delete reached W replicas; the context covers the new version.
+    Written { context: VersionVector },
+    Failed(OpError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    #[error("{message}")]
+    BadRequest { message: String },
+    #[error("quorum not reached: {got} of {needed} replicas answered")]
+    Unavailable { got: u32, needed: u32 },
+    #[error("timed out after {timeout_ms} ms: {got} of {needed} replicas answered")]
+    Timeout { got: u32, needed: u32, timeout_ms: u64 },
+    #[error("too many siblings: the write would leave {count}, the bucket allows {max}")]
+    TooManySiblings { count: u32, max: u32 },
+    #[error("node is overloaded, try again")]
+    Overloaded,
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+/// What gossip carries: the newest layout a node has seen and the bucket
+/// properties it knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipState {
+    pub from: NodeId,
+    pub layout: Vec<u8>,
+    pub buckets: BucketRegistry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Merge this object into the local replica durably, then acknowledge.
+    ReplicaPut {
+        bucket: String,
+        key: Vec<u8>,
+        object: Vec<u8>,
+        conflict: ConflictMode,
+    },
+    /// Read the local replica.
+    ReplicaGet { bucket: String, key: Vec<u8> },
+    /// Coordinate a client operation on behalf of a node that is not a primary.
+    Coordinate(ClientOp),
+    Gossip(GossipState),
+    /// A node asks to join the cluster.
+    Join { member: crate::ring::Member },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    ReplicaPutDone,
+    ReplicaGetDone { object: Option<Vec<u8>> },
+    Coordinated(ClientReply),
+    Gossip(GossipState),
+    Joined { layout: Vec<u8> },
+    /// The request could not be served (bad input, storage error, overload).
+    Refused { message: String },
+}
