@@ -1,1 +1,206 @@
-//! placeholder
+//! The async shell of a ringkv node: listeners, peer transport, storage
+//! execution, gossip. Protocol decisions live in `ringkv-core`; this crate
+//! moves bytes, runs timers and executes what the core decides.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod resp;
+pub mod store;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ringkv_core::NodeId;
+use ringkv_core::bucket::BucketRegistry;
+use ringkv_core::message::{PeerRequest, PeerResponse};
+use ringkv_core::ring::{DEFAULT_TARGET_N, Layout, Member, MemberState};
+use ringkv_storage::{GroupCommitOptions, GroupCommitter, RedbStorage, Storage};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+pub use config::NodeConfig;
+pub use node::Node;
+
+use crate::node::{META_BUCKETS, META_IDENTITY, META_LAYOUT};
+use crate::store::LocalStore;
+use crate::transport::Peers;
+
+/// How long a joining node keeps trying its `--join` addresses.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    id: NodeId,
+    name: String,
+}
+
+const META_FORMAT: u8 = 1;
+
+fn encode_meta<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![META_FORMAT];
+    out.extend_from_slice(&postcard::to_stdvec(value).expect("metadata serialises"));
+    out
+}
+
+fn decode_meta<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    match bytes.split_first() {
+        Some((&META_FORMAT, rest)) => postcard::from_bytes(rest).with_context(|| format!("while decoding the stored {what}")),
+        Some((version, _)) => bail!("stored {what} has unknown format version {version}"),
+        None => bail!("stored {what} is empty"),
+    }
+}
+
+/// A started node: its addresses and the handle of its main task.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub peer_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub resp_addr: SocketAddr,
+}
+
+/// Opens the data dir, binds the listeners, joins or creates the cluster
+/// and starts serving. Returns once the node is serving.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("while creating data dir {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("ringkv.redb");
+    let storage: Arc<dyn Storage> =
+        Arc::new(RedbStorage::open(&path).with_context(|| format!("while opening {}", path.display()))?);
+    let committer = GroupCommitter::start(storage.clone(), GroupCommitOptions::default());
+    let store = LocalStore::new(storage, committer);
+
+    let identity = match store.meta_get(META_IDENTITY)? {
+        Some(bytes) => {
+            let identity: Identity = decode_meta("identity", &bytes)?;
+            if identity.name != config.name {
+                bail!(
+                    "data dir {} belongs to node {:?}, not {:?}: start it with --name {} or use another data dir",
+                    config.data_dir.display(),
+                    identity.name,
+                    config.name,
+                    identity.name
+                );
+            }
+            identity
+        }
+        None => {
+            let identity = Identity {
+                id: rand::random::<u64>().max(1),
+                name: config.name.clone(),
+            };
+            store.meta_put_sync(META_IDENTITY, encode_meta(&identity))?;
+            info!(node = %identity.name, id = format!("{:016x}", identity.id), "new node identity");
+            identity
+        }
+    };
+
+    let bind = |addr: &str, what: &str| {
+        let addr = addr.to_string();
+        let what = what.to_string();
+        async move {
+            TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("while binding the {what} address {addr}"))
+        }
+    };
+    let peer_listener = bind(&config.peer_addr, "peer").await?;
+    let http_listener = bind(&config.http_addr, "HTTP").await?;
+    let resp_listener = bind(&config.resp_addr, "RESP").await?;
+    let peer_addr = peer_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let resp_addr = resp_listener.local_addr()?;
+    let me = Member {
+        id: identity.id,
+        name: identity.name.clone(),
+        peer_addr: peer_addr.to_string(),
+        http_addr: http_addr.to_string(),
+        resp_addr: resp_addr.to_string(),
+        state: MemberState::Valid,
+    };
+    let peers = Peers::new(config.max_frame_bytes);
+
+    let layout = match store.meta_get(META_LAYOUT)? {
+        Some(bytes) => {
+            let layout = Layout::decode(&bytes).context("while decoding the stored layout")?;
+            if !config.join.is_empty() {
+                info!("this node already belongs to a cluster; --join is ignored");
+            }
+            layout
+        }
+        None if config.join.is_empty() => {
+            let layout = Layout::new(config.partitions, DEFAULT_TARGET_N, me.clone())?;
+            info!(partitions = config.partitions, "new cluster");
+            layout
+        }
+        None => join(&peers, &config.join, &me).await?,
+    };
+    let buckets = match store.meta_get(META_BUCKETS)? {
+        Some(bytes) => decode_meta::<BucketRegistry>("bucket properties", &bytes)?,
+        None => BucketRegistry::default(),
+    };
+    store.meta_put_sync(META_LAYOUT, layout.encode())?;
+
+    let node = Node::new(config.clone(), identity.id, me.clone(), store, peers, layout.clone(), buckets);
+    // Our own addresses may have changed since the layout was written.
+    if let Some(next) = layout.with_member(me) {
+        node.adopt_layout(next)?;
+    }
+
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let handler_node = node.clone();
+    let handler: transport::Handler = Arc::new(move |request: PeerRequest| {
+        let node = handler_node.clone();
+        Box::pin(async move { node.handle_peer(request).await })
+    });
+    tokio::spawn(transport::serve(peer_listener, handler, config.max_frame_bytes, connections.clone()));
+    let app = http::router(node.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tokio::spawn(resp::serve(resp_listener, node.clone(), Arc::new(Semaphore::new(config.max_connections))));
+    tokio::spawn(node.clone().gossip_loop());
+    node.announce().await;
+    info!(node = %node.me.name, %peer_addr, %http_addr, %resp_addr, "serving");
+    Ok(RunningNode {
+        node,
+        peer_addr,
+        http_addr,
+        resp_addr,
+    })
+}
+
+async fn join(peers: &Peers, seeds: &[String], me: &Member) -> anyhow::Result<Layout> {
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    loop {
+        for seed in seeds {
+            let request = PeerRequest::Join { member: me.clone() };
+            match peers.request(seed, request, Duration::from_secs(5)).await {
+                Ok(PeerResponse::Joined { layout }) => {
+                    let layout = Layout::decode(&layout).context("while decoding the layout sent by the seed")?;
+                    if layout.member(me.id).is_some() {
+                        info!(%seed, version = layout.version(), "joined the cluster");
+                        return Ok(layout);
+                    }
+                    warn!(%seed, "seed answered without adding this node; retrying");
+                }
+                Ok(PeerResponse::Refused { message }) => bail!("{seed} refused the join: {message}"),
+                Ok(other) => warn!(%seed, ?other, "unexpected answer to join"),
+                Err(e) => warn!(%seed, error = %e, "cannot reach seed"),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("could not join through {seeds:?} within {JOIN_PATIENCE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

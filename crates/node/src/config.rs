@@ -1,0 +1,77 @@
+//! Node configuration: what `ringkv server` flags and config files set.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_RESP_ADDR: &str = "127.0.0.1:6380";
+pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7070";
+
+/// Every field has a config-file key of the same name (kebab-case).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of the node in the cluster; unique per cluster.
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub peer_addr: String,
+    pub http_addr: String,
+    pub resp_addr: String,
+    /// Peer addresses of existing members to join through (first start only).
+    pub join: Vec<String>,
+    /// Partitions of a new cluster (power of two, at most 4096).
+    pub partitions: u32,
+    /// Bucket that RESP commands read and write (an `lww` bucket unless configured).
+    pub resp_bucket: String,
+    pub max_value_bytes: usize,
+    /// Default time a client operation may take before it fails.
+    pub request_timeout_ms: u64,
+    pub gossip_interval_ms: u64,
+    /// Largest peer frame accepted or sent.
+    pub max_frame_bytes: usize,
+    /// Client connections served at once per listener (HTTP, RESP).
+    pub max_connections: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "node1".into(),
+            data_dir: PathBuf::from("ringkv-data"),
+            peer_addr: DEFAULT_PEER_ADDR.into(),
+            http_addr: DEFAULT_HTTP_ADDR.into(),
+            resp_addr: DEFAULT_RESP_ADDR.into(),
+            join: Vec::new(),
+            partitions: ringkv_core::ring::DEFAULT_PARTITIONS,
+            resp_bucket: "redis".into(),
+            max_value_bytes: 16 * 1024 * 1024,
+            request_timeout_ms: 5_000,
+            gossip_interval_ms: 1_000,
+            max_frame_bytes: 128 * 1024 * 1024,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(format!("node name {:?} must be 1-64 characters of [A-Za-z0-9_.-]", self.name));
+        }
+        ringkv_core::bucket::validate_bucket_name(&self.resp_bucket).map_err(|e| format!("resp-bucket: {e}"))?;
+        if !self.partitions.is_power_of_two() || self.partitions > ringkv_core::ring::MAX_PARTITIONS {
+            return Err(format!("partitions must be a power of two up to 4096, got {}", self.partitions));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 512 * 1024 * 1024 {
+            return Err("max-value-bytes must be between 1 and 512 MiB".into());
+        }
+        if self.max_frame_bytes < 2 * self.max_value_bytes + 64 * 1024 {
+            return Err("max-frame-bytes must be at least twice max-value-bytes plus 64 KiB".into());
+        }
+        if self.request_timeout_ms == 0 || self.gossip_interval_ms == 0 || self.max_connections == 0 {
+            return Err("request-timeout-ms, gossip-interval-ms and max-connections must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+//! The HTTP API (DESIGN §8): keys, buckets, cluster view, metrics, health.
+//! Every error is a JSON body `{"error": code, "message": sentence}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use percent_encoding::percent_decode_str;
+use ringkv_core::bucket::BucketProps;
+use ringkv_core::causality::{Object, VersionVector, decode_context, encode_context};
+use ringkv_core::message::{ClientOp, ClientReply, OpError};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::node::Node;
+
+pub const CONTEXT_HEADER: &str = "x-ringkv-context";
+const MAX_IN_FLIGHT_REQUESTS: usize = 4096;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.config.max_value_bytes;
+    Router::new()
+        .route("/v1/kv/{bucket}/{*key}", get(kv).put(kv).delete(kv))
+        .route("/v1/buckets/{bucket}", put(put_bucket).get(get_bucket))
+        .route("/v1/cluster", get(cluster))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_IN_FLIGHT_REQUESTS))
+        .with_state(node)
+}
+
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = json!({ "error": code, "message": message.into() });
+    (status, axum::Json(body)).into_response()
+}
+
+fn op_error(e: &OpError) -> Response {
+    let (status, code) = match e {
+        OpError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        OpError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        OpError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        OpError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        OpError::TooManySiblings { .. } => (StatusCode::CONFLICT, "too_many_siblings"),
+        OpError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    error(status, code, e.to_string())
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+#[derive(Default)]
+struct KvQuery {
+    r: Option<u32>,
+    w: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+fn parse_query(raw: Option<&str>) -> Result<KvQuery, Response> {
+    let mut query = KvQuery::default();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || bad_request(format!("query parameter {name} must be a positive integer, got {value:?}"));
+        match name {
+            "r" => query.r = Some(value.parse().map_err(|_| bad())?),
+            "w" => query.w = Some(value.parse().map_err(|_| bad())?),
+            "timeout_ms" => query.timeout_ms = Some(value.parse().map_err(|_| bad())?),
+            _ => return Err(bad_request(format!("unknown query parameter {name:?} (known: r, w, timeout_ms)"))),
+        }
+    }
+    Ok(query)
+}
+
+/// Bucket and key from the raw path `/v1/kv/{bucket}/{key...}`; the key
+/// is percent-decoded to arbitrary bytes (a `/` may be literal or %2F).
+fn bucket_and_key(uri: &Uri) -> Result<(String, Vec<u8>), Response> {
+    let rest = uri.path().strip_prefix("/v1/kv/").unwrap_or_default();
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket = percent_decode_str(bucket)
+        .decode_utf8()
+        .map_err(|_| bad_request("bucket name is not valid UTF-8"))?
+        .into_owned();
+    let key: Vec<u8> = percent_decode_str(key).collect();
+    Ok((bucket, key))
+}
+
+fn context_from(headers: &HeaderMap) -> Result<VersionVector, Response> {
+    match headers.get(CONTEXT_HEADER) {
+        None => Ok(VersionVector::new()),
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| bad_request("X-Ringkv-Context is not a valid context token"))?;
+            if text.is_empty() {
+                return Ok(VersionVector::new());
+            }
+            decode_context(text).map_err(|e| bad_request(format!("X-Ringkv-Context: {e}")))
+        }
+    }
+}
+
+fn context_value(context: &VersionVector) -> HeaderValue {
+    HeaderValue::from_str(&encode_context(context)).expect("base64url is a valid header value")
+}
+
+async fn kv(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (bucket, key) = match bucket_and_key(&uri) {
+        Ok(parts) => parts,
+        Err(response) => return response,
+    };
+    let query = match parse_query(raw_query.as_deref()) {
+        Ok(query) => query,
+        Err(response) => return response,
+    };
+    let timeout_ms = query.timeout_ms.unwrap_or(node.config.request_timeout_ms);
+    let op = if method == Method::GET {
+        if query.w.is_some() {
+            return bad_request("w applies to writes; use r for reads");
+        }
+        ClientOp::Get {
+            bucket,
+            key,
+            r: query.r,
+            timeout_ms,
+        }
+    } else {
+        if query.r.is_some() {
+            return bad_request("r applies to reads; use w for writes");
+        }
+        let context = match context_from(&headers) {
+            Ok(context) => context,
+            Err(response) => return response,
+        };
+        let value = if method == Method::PUT {
+            match body {
+                Ok(body) => Some(body.to_vec()),
+                Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("value exceeds max-value-bytes ({})", node.config.max_value_bytes),
+                    );
+                }
+                Err(rejection) => return bad_request(rejection.body_text()),
+            }
+        } else {
+            None
+        };
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        ClientOp::Put {
+            bucket,
+            key,
+            value,
+            content_type,
+            context,
+            w: query.w,
+            timeout_ms,
+        }
+    };
+    match node.execute(op, true).await {
+        ClientReply::Failed(e) => op_error(&e),
+        ClientReply::Written { context } => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            response.headers_mut().insert(CONTEXT_HEADER, context_value(&context));
+            response
+        }
+        ClientReply::Found { object: None } => error(StatusCode::NOT_FOUND, "not_found", "key not found"),
+        ClientReply::Found { object: Some(bytes) } => match Object::decode(&bytes) {
+            Ok(object) => found(&object),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct SiblingJson {
+    value_base64: String,
+    content_type: String,
+    modified_ms: u64,
+}
+
+fn found(object: &Object) -> Response {
+    let context = context_value(object.clock());
+    let live: Vec<_> = object.live_siblings().collect();
+    let mut response = match live.as_slice() {
+        [] => error(StatusCode::NOT_FOUND, "not_found", "key not found (deleted)"),
+        [one] => {
+            let mut response = (StatusCode::OK, one.value.clone().unwrap_or_default()).into_response();
+            let content_type = HeaderValue::from_str(&one.content_type)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            response
+        }
+        many => {
+            let siblings: Vec<SiblingJson> = many
+                .iter()
+                .map(|s| SiblingJson {
+                    value_base64: STANDARD.encode(s.value.as_deref().unwrap_or_default()),
+                    content_type: s.content_type.clone(),
+                    modified_ms: s.modified_ms,
+                })
+                .collect();
+            let body = json!({ "context": encode_context(object.clock()), "siblings": siblings });
+            (StatusCode::MULTIPLE_CHOICES, axum::Json(body)).into_response()
+        }
+    };
+    response.headers_mut().insert(CONTEXT_HEADER, context);
+    response
+}
+
+async fn get_bucket(State(node): State<Arc<Node>>, Path(bucket): Path<String>) -> Response {
+    if let Err(e) = ringkv_core::bucket::validate_bucket_name(&bucket) {
+        return bad_request(e.to_string());
+    }
+    axum::Json(node.bucket_props(&bucket)).into_response()
+}
+
+async fn put_bucket(State(node): State<Arc<Node>>, Path(bucket): Path<String>, body: Bytes) -> Response {
+    let props: BucketProps = match serde_json::from_slice(&body) {
+        Ok(props) => props,
+        Err(e) => return bad_request(format!("bucket properties: {e}")),
+    };
+    match node.set_bucket(&bucket, props) {
+        Ok(()) => {
+            let gossip = node.clone();
+            tokio::spawn(async move { gossip.announce().await });
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => op_error(&e),
+    }
+}
+
+#[derive(Serialize)]
+struct MemberJson {
+    name: String,
+    id: String,
+    peer_addr: String,
+    http_addr: String,
+    resp_addr: String,
+    state: ringkv_core::ring::MemberState,
+    liveness: &'static str,
+    partitions_owned: usize,
+}
+
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    let layout = node.layout();
+    let members: Vec<MemberJson> = layout
+        .members()
+        .iter()
+        .map(|m| MemberJson {
+            name: m.name.clone(),
+            id: format!("{:016x}", m.id),
+            peer_addr: m.peer_addr.clone(),
+            http_addr: m.http_addr.clone(),
+            resp_addr: m.resp_addr.clone(),
+            state: m.state,
+            liveness: if m.id == node.id {
+                "up"
+            } else {
+                node.peers().liveness(&m.peer_addr).as_str()
+            },
+            partitions_owned: layout.partitions_owned(m.id),
+        })
+        .collect();
+    axum::Json(json!({
+        "node": node.me.name,
+        "node_id": format!("{:016x}", node.id),
+        "layout_version": layout.version(),
+        "partitions": layout.partitions(),
+        "members": members,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let stats = node.store_stats();
+    node.metrics.group_commit_batches.set(stats.commits as i64);
+    node.metrics.group_commit_jobs.set(stats.jobs as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        node.metrics.render(),
+    )
+        .into_response()
+}

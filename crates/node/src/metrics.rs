@@ -1,0 +1,119 @@
+//! Prometheus metrics of a node, rendered by `GET /metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Op {
+    Get,
+    Put,
+    Delete,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: Op,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum FailureReason {
+    BadRequest,
+    Unavailable,
+    Timeout,
+    Overloaded,
+    TooManySiblings,
+    Internal,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub op: Op,
+    pub reason: FailureReason,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub request_seconds: Family<OpLabels, Histogram>,
+    pub request_failures: Family<FailureLabels, Counter>,
+    pub read_repairs: Counter,
+    pub siblings_read: Histogram,
+    pub forwarded: Counter,
+    pub peer_failures: Counter,
+    pub group_commit_batches: Gauge,
+    pub group_commit_jobs: Gauge,
+    pub layout_version: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ringkv");
+        let request_seconds = Family::<OpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Latency of client operations as the coordinator saw them",
+            request_seconds.clone(),
+        );
+        let request_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "request_failures",
+            "Client operations that failed, by reason (unavailable = quorum not reached)",
+            request_failures.clone(),
+        );
+        let read_repairs = Counter::default();
+        registry.register("read_repairs", "Stale replicas repaired after a read", read_repairs.clone());
+        let siblings_read = Histogram::new([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0].into_iter());
+        registry.register("siblings", "Live siblings of the objects returned by reads", siblings_read.clone());
+        let forwarded = Counter::default();
+        registry.register("forwarded", "Writes forwarded to a primary of the key", forwarded.clone());
+        let peer_failures = Counter::default();
+        registry.register(
+            "peer_request_failures",
+            "Requests to peers that failed (unreachable, timeout, refused)",
+            peer_failures.clone(),
+        );
+        let group_commit_batches = Gauge::default();
+        registry.register(
+            "group_commit_batches",
+            "Durable commits made by the group committer",
+            group_commit_batches.clone(),
+        );
+        let group_commit_jobs = Gauge::default();
+        registry.register(
+            "group_commit_jobs",
+            "Writes committed by the group committer",
+            group_commit_jobs.clone(),
+        );
+        let layout_version = Gauge::default();
+        registry.register("layout_version", "Version of the layout this node uses", layout_version.clone());
+        Metrics {
+            registry,
+            request_seconds,
+            request_failures,
+            read_repairs,
+            siblings_read,
+            forwarded,
+            peer_failures,
+            group_commit_batches,
+            group_commit_jobs,
+            layout_version,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,722 @@
+//! The node: runs client operations as coordinator (quorum rounds of
+//! `ringkv_core::coordinator`), answers peers as a replica, and keeps the
+//! layout and bucket properties current by joining and gossip.
+//!
+//! Concurrency: every client request and every peer request is its own
+//! tokio task. Shared state is read through `RwLock<Arc<_>>` snapshots
+//! (layout, buckets) taken for a moment; the only serialisation point is
+//! the storage engine's group committer, which batches many writes into
+//! one durable commit.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use ringkv_core::NodeId;
+use ringkv_core::bucket::{BucketProps, BucketRegistry, InvalidInput, validate_bucket_name, validate_key};
+use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError};
+use ringkv_core::coordinator::{GetRound, PutRound, Quorum};
+use ringkv_core::message::{ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse};
+use ringkv_core::ring::{Layout, Member, key_hash, partition_of};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::config::NodeConfig;
+use crate::metrics::{FailureLabels, FailureReason, Metrics, Op, OpLabels};
+use crate::store::{LocalStore, StoreError};
+use crate::transport::{PeerError, Peers};
+
+pub const META_IDENTITY: &str = "identity";
+pub const META_LAYOUT: &str = "layout";
+pub const META_BUCKETS: &str = "buckets";
+
+/// Extra time a forwarding node waits beyond the operation's own timeout.
+const FORWARD_GRACE: Duration = Duration::from_millis(500);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub id: NodeId,
+    /// This node as a layout member, with the addresses it really listens on.
+    pub me: Member,
+    store: LocalStore,
+    peers: Arc<Peers>,
+    layout: RwLock<Arc<Layout>>,
+    buckets: RwLock<Arc<BucketRegistry>>,
+    membership: tokio::sync::Mutex<()>,
+    pub metrics: Metrics,
+}
+
+/// A bucket's properties as they apply in this cluster now: `n` is capped
+/// at the number of members (a one-node store is usable with defaults).
+#[derive(Debug, Clone, Copy)]
+struct Effective {
+    props: BucketProps,
+    n: usize,
+}
+
+impl Effective {
+    fn quorum(&self, field: &'static str, requested: Option<u32>) -> Result<usize, OpError> {
+        let q = self.props.quorum(field, requested).map_err(bad_request)?;
+        Ok(q.min(self.n))
+    }
+}
+
+fn bad_request(e: InvalidInput) -> OpError {
+    OpError::BadRequest { message: e.to_string() }
+}
+
+impl Node {
+    pub fn new(
+        config: NodeConfig,
+        id: NodeId,
+        me: Member,
+        store: LocalStore,
+        peers: Arc<Peers>,
+        layout: Layout,
+        buckets: BucketRegistry,
+    ) -> Arc<Node> {
+        let metrics = Metrics::new();
+        metrics.layout_version.set(layout.version() as i64);
+        Arc::new(Node {
+            config,
+            id,
+            me,
+            store,
+            peers,
+            layout: RwLock::new(Arc::new(layout)),
+            buckets: RwLock::new(Arc::new(buckets)),
+            membership: tokio::sync::Mutex::new(()),
+            metrics,
+        })
+    }
+
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.read().expect("layout lock").clone()
+    }
+
+    pub fn buckets(&self) -> Arc<BucketRegistry> {
+        self.buckets.read().expect("buckets lock").clone()
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    /// A bucket's configured properties (defaults when never set).
+    pub fn bucket_props(&self, bucket: &str) -> BucketProps {
+        match self.buckets().get(bucket) {
+            Some(entry) => entry.props,
+            None if bucket == self.config.resp_bucket => BucketProps::lww(),
+            None => BucketProps::default(),
+        }
+    }
+
+    fn effective(&self, bucket: &str, layout: &Layout) -> Effective {
+        let props = self.bucket_props(bucket);
+        let n = (props.n as usize).min(layout.members().len()).max(1);
+        Effective { props, n }
+    }
+
+    fn peer_addr(layout: &Layout, id: NodeId) -> Option<String> {
+        layout.member(id).map(|m| m.peer_addr.clone())
+    }
+
+    // ---------------------------------------------------------------- client operations
+
+    /// Runs a client operation. `may_forward`: a put that lands on a node
+    /// that is not a primary of the key is sent to a primary (once).
+    pub async fn execute(self: &Arc<Self>, op: ClientOp, may_forward: bool) -> ClientReply {
+        let started = Instant::now();
+        let kind = match &op {
+            ClientOp::Get { .. } => Op::Get,
+            ClientOp::Put { value: Some(_), .. } => Op::Put,
+            ClientOp::Put { value: None, .. } => Op::Delete,
+        };
+        let reply = match self.check(&op) {
+            Err(e) => ClientReply::Failed(e),
+            Ok(()) => match op {
+                ClientOp::Get { bucket, key, r, timeout_ms } => self.coordinate_get(bucket, key, r, timeout_ms).await,
+                put @ ClientOp::Put { .. } => self.coordinate_put(put, may_forward).await,
+            },
+        };
+        self.metrics
+            .request_seconds
+            .get_or_create(&OpLabels { op: kind })
+            .observe(started.elapsed().as_secs_f64());
+        if let ClientReply::Failed(e) = &reply {
+            let reason = match e {
+                OpError::BadRequest { .. } => FailureReason::BadRequest,
+                OpError::Unavailable { .. } => FailureReason::Unavailable,
+                OpError::Timeout { .. } => FailureReason::Timeout,
+                OpError::Overloaded => FailureReason::Overloaded,
+                OpError::TooManySiblings { .. } => FailureReason::TooManySiblings,
+                OpError::Internal { .. } => FailureReason::Internal,
+            };
+            self.metrics
+                .request_failures
+                .get_or_create(&FailureLabels { op: kind, reason })
+                .inc();
+        }
+        reply
+    }
+
+    /// Input checks shared by every way in (HTTP, RESP, forwarded).
+    fn check(&self, op: &ClientOp) -> Result<(), OpError> {
+        validate_bucket_name(op.bucket()).map_err(bad_request)?;
+        validate_key(op.key()).map_err(bad_request)?;
+        if op.timeout_ms() == 0 || op.timeout_ms() > 600_000 {
+            return Err(OpError::BadRequest {
+                message: format!("timeout_ms must be between 1 and 600000, got {}", op.timeout_ms()),
+            });
+        }
+        if let ClientOp::Put { value: Some(value), .. } = op {
+            if value.len() > self.config.max_value_bytes {
+                return Err(OpError::BadRequest {
+                    message: format!(
+                        "value of {} bytes exceeds max-value-bytes ({})",
+                        value.len(),
+                        self.config.max_value_bytes
+                    ),
+                });
+            }
+        }
+        if let ClientOp::Put { context, content_type, .. } = op {
+            if context.len() > ringkv_core::causality::MAX_CONTEXT_ENTRIES || content_type.len() > 256 {
+                return Err(OpError::BadRequest {
+                    message: "context or content type too large".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn coordinate_put(self: &Arc<Self>, op: ClientOp, may_forward: bool) -> ClientReply {
+        let ClientOp::Put {
+            bucket,
+            key,
+            value,
+            content_type,
+            context,
+            w,
+            timeout_ms,
+        } = op.clone()
+        else {
+            unreachable!("coordinate_put is called with puts only");
+        };
+        let layout = self.layout();
+        let effective = self.effective(&bucket, &layout);
+        let w = match effective.quorum("w", w) {
+            Ok(w) => w,
+            Err(e) => return ClientReply::Failed(e),
+        };
+        let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
+        let preference = layout.preference_list(partition, effective.n);
+        let primary_here = preference.primaries.contains(&self.id);
+        let timeout = Duration::from_millis(timeout_ms);
+        if !primary_here && may_forward {
+            return self.forward(&layout, &preference.primaries, op, w, timeout).await;
+        }
+        let (id, mode, max_siblings, now) = (
+            self.id,
+            effective.props.conflict,
+            effective.props.max_siblings as usize,
+            now_ms(),
+        );
+        let stored = self
+            .store
+            .update(partition, &bucket, &key, move |current| {
+                Object::update(
+                    current.as_ref(),
+                    &context,
+                    NewVersion {
+                        value,
+                        content_type,
+                        now_ms: now,
+                    },
+                    id,
+                    mode,
+                    max_siblings,
+                )
+            })
+            .await;
+        let object = match stored {
+            Ok(Ok(object)) => object,
+            Ok(Err(UpdateError::TooManySiblings { count, max })) => {
+                return ClientReply::Failed(OpError::TooManySiblings {
+                    count: count as u32,
+                    max: max as u32,
+                });
+            }
+            Err(e) => return ClientReply::Failed(self.store_failure(e)),
+        };
+        let remotes: Vec<String> = preference
+            .primaries
+            .iter()
+            .filter(|p| **p != self.id)
+            .filter_map(|p| Self::peer_addr(&layout, *p))
+            .collect();
+        let mut round = PutRound::new(w, primary_here, remotes.len());
+        let (acks_tx, mut acks) = mpsc::channel(remotes.len().max(1));
+        let request = PeerRequest::ReplicaPut {
+            bucket,
+            key,
+            object: object.encode(),
+            conflict: mode,
+        };
+        for addr in remotes {
+            let node = self.clone();
+            let request = request.clone();
+            let acks_tx = acks_tx.clone();
+            tokio::spawn(async move {
+                let ok = matches!(
+                    node.peers.request(&addr, request, timeout).await,
+                    Ok(PeerResponse::ReplicaPutDone)
+                );
+                if !ok {
+                    node.metrics.peer_failures.inc();
+                }
+                let _ = acks_tx.send(ok).await;
+            });
+        }
+        drop(acks_tx);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut decision = round.start();
+        while decision.is_none() {
+            decision = tokio::select! {
+                ack = acks.recv() => match ack {
+                    Some(true) => round.acked(),
+                    Some(false) => round.failed(),
+                    None => round.timed_out(),
+                },
+                () = &mut deadline => round.timed_out(),
+            };
+        }
+        match decision.expect("loop ends with a decision") {
+            Quorum::Reached(()) => ClientReply::Written {
+                context: object.clock().clone(),
+            },
+            Quorum::Unreachable { got, needed } | Quorum::TimedOut { got, needed } => {
+                ClientReply::Failed(OpError::Unavailable { got, needed })
+            }
+        }
+    }
+
+    /// Sends a put to the first primary that answers.
+    async fn forward(&self, layout: &Layout, primaries: &[NodeId], op: ClientOp, w: usize, timeout: Duration) -> ClientReply {
+        self.metrics.forwarded.inc();
+        for primary in primaries {
+            let Some(addr) = Self::peer_addr(layout, *primary) else {
+                continue;
+            };
+            match self
+                .peers
+                .request(&addr, PeerRequest::Coordinate(op.clone()), timeout + FORWARD_GRACE)
+                .await
+            {
+                Ok(PeerResponse::Coordinated(reply)) => return reply,
+                Ok(PeerResponse::Refused { message }) => {
+                    return ClientReply::Failed(OpError::Internal { message });
+                }
+                Ok(other) => {
+                    warn!(?other, "unexpected answer to a forwarded request");
+                    self.metrics.peer_failures.inc();
+                }
+                // The primary may have written it: the outcome is unknown.
+                Err(PeerError::Timeout) => {
+                    return ClientReply::Failed(OpError::Timeout {
+                        got: 0,
+                        needed: w as u32,
+                        timeout_ms: timeout.as_millis() as u64,
+                    });
+                }
+                Err(e) => {
+                    debug!(peer = %addr, error = %e, "primary unreachable; trying the next");
+                    self.metrics.peer_failures.inc();
+                }
+            }
+        }
+        ClientReply::Failed(OpError::Unavailable {
+            got: 0,
+            needed: w as u32,
+        })
+    }
+
+    async fn coordinate_get(self: &Arc<Self>, bucket: String, key: Vec<u8>, r: Option<u32>, timeout_ms: u64) -> ClientReply {
+        let layout = self.layout();
+        let effective = self.effective(&bucket, &layout);
+        let r = match effective.quorum("r", r) {
+            Ok(r) => r,
+            Err(e) => return ClientReply::Failed(e),
+        };
+        let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
+        let preference = layout.preference_list(partition, effective.n);
+        let timeout = Duration::from_millis(timeout_ms);
+        let mode = effective.props.conflict;
+        let asked = preference.primaries.clone();
+        let (replies_tx, mut replies) = mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len().max(1));
+        for replica in asked.iter().copied() {
+            let node = self.clone();
+            let (bucket, key, replies_tx) = (bucket.clone(), key.clone(), replies_tx.clone());
+            let addr = Self::peer_addr(&layout, replica);
+            tokio::spawn(async move {
+                let reply = node.read_replica(replica, addr, partition, bucket, key, timeout).await;
+                let _ = replies_tx.send((replica, reply)).await;
+            });
+        }
+        drop(replies_tx);
+        let (decided_tx, decided) = oneshot::channel();
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut round = GetRound::new(r, asked, mode);
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            let mut decided_tx = Some(decided_tx);
+            if let Some(decision) = round.start() {
+                let _ = decided_tx.take().expect("first decision").send(decision);
+            }
+            while !round.is_complete() {
+                let decision = tokio::select! {
+                    reply = replies.recv() => match reply {
+                        Some((from, Some(object))) => round.replied(from, object),
+                        Some((from, None)) => round.failed(from),
+                        None => break,
+                    },
+                    () = &mut deadline => { let d = round.timed_out(); if let (Some(tx), Some(d)) = (decided_tx.take(), d) { let _ = tx.send(d); } break; }
+                };
+                if let (Some(decision), Some(tx)) = (decision, decided_tx.take()) {
+                    let _ = tx.send(decision);
+                }
+            }
+            if let (Some(tx), Some(d)) = (decided_tx.take(), round.timed_out()) {
+                let _ = tx.send(d);
+            }
+            node.read_repair(&round, partition, &bucket, &key, mode).await;
+        });
+        match decided.await {
+            Ok(Quorum::Reached(object)) => {
+                if let Some(object) = &object {
+                    self.metrics.siblings_read.observe(object.live_siblings().count() as f64);
+                }
+                ClientReply::Found {
+                    object: object.map(|o| o.encode()),
+                }
+            }
+            Ok(Quorum::Unreachable { got, needed } | Quorum::TimedOut { got, needed }) => {
+                ClientReply::Failed(OpError::Unavailable { got, needed })
+            }
+            Err(_) => ClientReply::Failed(OpError::Internal {
+                message: "get round ended without a decision".into(),
+            }),
+        }
+    }
+
+    /// One replica's copy: Some(object or None) on an answer, None on failure.
+    async fn read_replica(
+        &self,
+        replica: NodeId,
+        addr: Option<String>,
+        partition: u32,
+        bucket: String,
+        key: Vec<u8>,
+        timeout: Duration,
+    ) -> Option<Option<Object>> {
+        if replica == self.id {
+            return match self.store.read(partition, &bucket, &key) {
+                Ok(object) => Some(object),
+                Err(e) => {
+                    error!(error = %e, %bucket, "local read failed");
+                    None
+                }
+            };
+        }
+        let addr = addr?;
+        match self.peers.request(&addr, PeerRequest::ReplicaGet { bucket, key }, timeout).await {
+            Ok(PeerResponse::ReplicaGetDone { object: None }) => Some(None),
+            Ok(PeerResponse::ReplicaGetDone { object: Some(bytes) }) => match Object::decode(&bytes) {
+                Ok(object) => Some(Some(object)),
+                Err(e) => {
+                    warn!(peer = %addr, error = %e, "replica sent a malformed object");
+                    None
+                }
+            },
+            _ => {
+                self.metrics.peer_failures.inc();
+                None
+            }
+        }
+    }
+
+    async fn read_repair(&self, round: &GetRound, partition: u32, bucket: &str, key: &[u8], mode: ConflictMode) {
+        let stale = round.stale_replicas();
+        let Some(merged) = round.merged() else {
+            return;
+        };
+        if stale.is_empty() {
+            return;
+        }
+        let layout = self.layout();
+        for replica in stale {
+            self.metrics.read_repairs.inc();
+            if replica == self.id {
+                let incoming = merged.clone();
+                let result = self
+                    .store
+                    .update(partition, bucket, key, move |current| {
+                        Ok::<_, ()>(merge_into(current, &incoming, mode))
+                    })
+                    .await;
+                if let Err(e) = result {
+                    warn!(error = %e, "local read repair failed");
+                }
+            } else if let Some(addr) = Self::peer_addr(&layout, replica) {
+                let request = PeerRequest::ReplicaPut {
+                    bucket: bucket.to_string(),
+                    key: key.to_vec(),
+                    object: merged.encode(),
+                    conflict: mode,
+                };
+                let timeout = Duration::from_millis(self.config.request_timeout_ms);
+                if self.peers.request(&addr, request, timeout).await.is_err() {
+                    self.metrics.peer_failures.inc();
+                }
+            }
+        }
+    }
+
+    fn store_failure(&self, e: StoreError) -> OpError {
+        match e {
+            StoreError::Busy => OpError::Overloaded,
+            e => {
+                error!(error = %e, "local storage failed");
+                OpError::Internal { message: e.to_string() }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- peer requests
+
+    pub async fn handle_peer(self: Arc<Self>, request: PeerRequest) -> PeerResponse {
+        match request {
+            PeerRequest::ReplicaGet { bucket, key } => {
+                if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
+                    return PeerResponse::Refused { message: e.to_string() };
+                }
+                let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
+                match self.store.read(partition, &bucket, &key) {
+                    Ok(object) => PeerResponse::ReplicaGetDone {
+                        object: object.map(|o| o.encode()),
+                    },
+                    Err(e) => {
+                        error!(error = %e, %bucket, "replica read failed");
+                        PeerResponse::Refused { message: e.to_string() }
+                    }
+                }
+            }
+            PeerRequest::ReplicaPut {
+                bucket,
+                key,
+                object,
+                conflict,
+            } => {
+                if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
+                    return PeerResponse::Refused { message: e.to_string() };
+                }
+                let incoming = match Object::decode(&object) {
+                    Ok(object) => object,
+                    Err(e) => return PeerResponse::Refused { message: e.to_string() },
+                };
+                let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
+                let result = self
+                    .store
+                    .update(partition, &bucket, &key, move |current| {
+                        Ok::<_, ()>(merge_into(current, &incoming, conflict))
+                    })
+                    .await;
+                match result {
+                    Ok(_) => PeerResponse::ReplicaPutDone,
+                    Err(e) => PeerResponse::Refused { message: e.to_string() },
+                }
+            }
+            PeerRequest::Coordinate(op) => PeerResponse::Coordinated(self.execute(op, false).await),
+            PeerRequest::Gossip(state) => {
+                self.absorb(state).await;
+                PeerResponse::Gossip(self.gossip_state())
+            }
+            PeerRequest::Join { member } => self.handle_join(member).await,
+        }
+    }
+
+    async fn handle_join(self: &Arc<Self>, member: Member) -> PeerResponse {
+        if let Err(message) = check_member(&member) {
+            return PeerResponse::Refused { message };
+        }
+        {
+            let _serial = self.membership.lock().await;
+            if let Some(next) = self.layout().with_member(member.clone()) {
+                info!(joining = %member.name, version = next.version(), "member joined");
+                if let Err(e) = self.adopt_layout(next) {
+                    return PeerResponse::Refused { message: e.to_string() };
+                }
+            }
+        }
+        let node = self.clone();
+        tokio::spawn(async move { node.announce().await });
+        PeerResponse::Joined {
+            layout: self.layout().encode(),
+        }
+    }
+
+    // ---------------------------------------------------------------- membership
+
+    pub fn gossip_state(&self) -> GossipState {
+        GossipState {
+            from: self.id,
+            layout: self.layout().encode(),
+            buckets: (*self.buckets()).clone(),
+        }
+    }
+
+    /// Persists and uses `layout` if it is newer than the current one.
+    pub fn adopt_layout(&self, layout: Layout) -> Result<bool, StoreError> {
+        let mut current = self.layout.write().expect("layout lock");
+        if !layout.supersedes(&current) {
+            return Ok(false);
+        }
+        self.store.meta_put_sync(META_LAYOUT, layout.encode())?;
+        info!(version = layout.version(), members = layout.members().len(), "using new layout");
+        self.metrics.layout_version.set(layout.version() as i64);
+        *current = Arc::new(layout);
+        Ok(true)
+    }
+
+    pub fn set_bucket(&self, bucket: &str, props: BucketProps) -> Result<(), OpError> {
+        let mut current = self.buckets.write().expect("buckets lock");
+        let mut next = (**current).clone();
+        next.set(bucket, props, now_ms(), self.id).map_err(bad_request)?;
+        self.persist_buckets(&next).map_err(|e| self.store_failure(e))?;
+        *current = Arc::new(next);
+        Ok(())
+    }
+
+    fn persist_buckets(&self, buckets: &BucketRegistry) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(buckets).expect("bucket registry serialises");
+        let mut record = vec![1u8];
+        record.extend_from_slice(&bytes);
+        self.store.meta_put_sync(META_BUCKETS, record)
+    }
+
+    /// Takes in a peer's gossip: newer layout, newer bucket properties.
+    pub async fn absorb(self: &Arc<Self>, state: GossipState) {
+        match Layout::decode(&state.layout) {
+            Ok(layout) => {
+                if let Err(e) = self.adopt_layout(layout) {
+                    error!(error = %e, "cannot persist layout");
+                }
+            }
+            Err(e) => warn!(from = state.from, error = %e, "peer gossiped a malformed layout"),
+        }
+        let changed = {
+            let mut current = self.buckets.write().expect("buckets lock");
+            let mut next = (**current).clone();
+            if next.merge(&state.buckets) {
+                if let Err(e) = self.persist_buckets(&next) {
+                    error!(error = %e, "cannot persist bucket properties");
+                }
+                *current = Arc::new(next);
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            debug!("bucket properties updated by gossip");
+        }
+        self.ensure_membership().await;
+    }
+
+    /// If the layout lost this node (a concurrent change won) or has stale
+    /// addresses for it, put it back.
+    async fn ensure_membership(self: &Arc<Self>) {
+        let layout = self.layout();
+        if layout.member(self.id) == Some(&self.me) {
+            return;
+        }
+        let _serial = self.membership.lock().await;
+        if let Some(next) = self.layout().with_member(self.me.clone()) {
+            if let Err(e) = self.adopt_layout(next) {
+                error!(error = %e, "cannot persist layout");
+            }
+        }
+    }
+
+    /// Sends gossip to every other member now (after a layout change).
+    pub async fn announce(self: &Arc<Self>) {
+        let layout = self.layout();
+        for member in layout.members().iter().filter(|m| m.id != self.id) {
+            let node = self.clone();
+            let addr = member.peer_addr.clone();
+            tokio::spawn(async move { node.gossip_with(&addr).await });
+        }
+    }
+
+    async fn gossip_with(self: &Arc<Self>, addr: &str) {
+        let timeout = Duration::from_millis(self.config.gossip_interval_ms.max(1000));
+        match self
+            .peers
+            .request(addr, PeerRequest::Gossip(self.gossip_state()), timeout)
+            .await
+        {
+            Ok(PeerResponse::Gossip(state)) => self.absorb(state).await,
+            Ok(_) => {}
+            Err(e) => debug!(peer = %addr, error = %e, "gossip failed"),
+        }
+    }
+
+    /// Every interval, exchanges state with one random other member.
+    pub async fn gossip_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(self.config.gossip_interval_ms));
+        loop {
+            interval.tick().await;
+            let layout = self.layout();
+            let others: Vec<&Member> = layout.members().iter().filter(|m| m.id != self.id).collect();
+            if others.is_empty() {
+                continue;
+            }
+            let pick = rand::rng().random_range(0..others.len());
+            let addr = others[pick].peer_addr.clone();
+            self.gossip_with(&addr).await;
+        }
+    }
+}
+
+fn merge_into(current: Option<Object>, incoming: &Object, mode: ConflictMode) -> Object {
+    match current {
+        None => incoming.clone(),
+        Some(current) => current.merge(incoming, mode),
+    }
+}
+
+fn check_member(member: &Member) -> Result<(), String> {
+    if member.id == 0 {
+        return Err("member id must not be 0".into());
+    }
+    if member.name.is_empty() || member.name.len() > 64 {
+        return Err("member name must be 1-64 characters".into());
+    }
+    for addr in [&member.peer_addr, &member.http_addr, &member.resp_addr] {
+        addr.parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("member address {addr:?} is not ip:port"))?;
+    }
+    Ok(())
+}

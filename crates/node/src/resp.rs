@@ -1,0 +1,288 @@
+//! The RESP2 server: enough of Redis for redis-cli, redis-benchmark and
+//! Redis client libraries. Keys live in one bucket (`--resp-bucket`, an
+//! `lww` bucket unless configured otherwise).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ringkv_core::causality::{Object, VersionVector};
+use ringkv_core::message::{ClientOp, ClientReply, OpError};
+use ringkv_wire::resp::{self, RespLimits, parse_command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::node::Node;
+
+/// Commands of one connection answered before replies are flushed.
+const MAX_PIPELINE: usize = 1024;
+
+pub async fn serve(listener: TcpListener, node: Arc<Node>, connections: Arc<Semaphore>) {
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, node).await {
+                        debug!(%remote, error = %e, "RESP connection ended");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a RESP connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Next {
+    Continue,
+    Close,
+}
+
+async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
+    let limits = RespLimits {
+        max_bulk_bytes: node.config.max_value_bytes,
+        ..RespLimits::default()
+    };
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    loop {
+        if stream.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+        let mut answered = 0;
+        loop {
+            match parse_command(&input, &limits) {
+                Ok(None) => break,
+                Ok(Some((args, used))) => {
+                    let _ = input.split_to(used);
+                    if args.is_empty() {
+                        continue;
+                    }
+                    let next = execute(&node, &args, &mut output).await;
+                    answered += 1;
+                    if matches!(next, Next::Close) {
+                        stream.write_all(&output).await?;
+                        return Ok(());
+                    }
+                    if answered >= MAX_PIPELINE {
+                        stream.write_all(&output).await?;
+                        output.clear();
+                        answered = 0;
+                    }
+                }
+                Err(e) => {
+                    resp::error_reply(&mut output, &format!("ERR {e}"));
+                    stream.write_all(&output).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
+        }
+        // Don't keep a huge buffer around after one big value.
+        if input.capacity() > 1024 * 1024 && input.is_empty() {
+            input = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+}
+
+fn wrong_args(out: &mut BytesMut, name: &str) -> Next {
+    resp::error_reply(out, &format!("ERR wrong number of arguments for '{name}' command"));
+    Next::Continue
+}
+
+async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let argc = args.len();
+    match name.as_str() {
+        "ping" => match argc {
+            1 => resp::simple(out, "PONG"),
+            2 => resp::bulk(out, &args[1]),
+            _ => return wrong_args(out, &name),
+        },
+        "echo" => {
+            if argc != 2 {
+                return wrong_args(out, &name);
+            }
+            resp::bulk(out, &args[1]);
+        }
+        "quit" => {
+            resp::simple(out, "OK");
+            return Next::Close;
+        }
+        "select" => match args.get(1).map(|a| a.as_slice()) {
+            Some(b"0") if argc == 2 => resp::simple(out, "OK"),
+            Some(_) if argc == 2 => resp::error_reply(out, "ERR DB index is out of range (ringkv has database 0 only)"),
+            _ => return wrong_args(out, &name),
+        },
+        "client" => match args.get(1).map(|a| a.to_ascii_lowercase()) {
+            Some(sub) if sub == b"setname" && argc == 3 => resp::simple(out, "OK"),
+            Some(sub) if sub == b"setinfo" && argc == 4 => resp::simple(out, "OK"),
+            Some(sub) if sub == b"getname" && argc == 2 => resp::null(out),
+            _ => resp::error_reply(out, "ERR unknown or unsupported CLIENT subcommand"),
+        },
+        "command" => resp::array_header(out, 0),
+        "config" => match args.get(1).map(|a| a.to_ascii_lowercase()) {
+            // No Redis configuration exists here: every parameter is unknown.
+            Some(sub) if sub == b"get" && argc == 3 => resp::array_header(out, 0),
+            _ => resp::error_reply(out, "ERR only CONFIG GET is supported"),
+        },
+        "info" => {
+            let text = format!(
+                "# Server\r\nredis_version:7.0.0\r\nringkv_version:{}\r\nringkv_node:{}\r\n# Keyspace\r\n",
+                env!("CARGO_PKG_VERSION"),
+                node.me.name
+            );
+            resp::bulk(out, text.as_bytes());
+        }
+        "get" => {
+            if argc != 2 {
+                return wrong_args(out, &name);
+            }
+            match get(node, &args[1]).await {
+                Ok(Some(value)) => resp::bulk(out, &value),
+                Ok(None) => resp::null(out),
+                Err(e) => error(out, &e),
+            }
+        }
+        "mget" => {
+            if argc < 2 {
+                return wrong_args(out, &name);
+            }
+            let keys = &args[1..];
+            let results = futures::future::join_all(keys.iter().map(|k| get(node, k))).await;
+            if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                error(out, e);
+            } else {
+                resp::array_header(out, results.len());
+                for result in results {
+                    match result {
+                        Ok(Some(value)) => resp::bulk(out, &value),
+                        _ => resp::null(out),
+                    }
+                }
+            }
+        }
+        "set" => {
+            if argc != 3 {
+                if argc > 3 {
+                    resp::error_reply(out, "ERR syntax error (SET options are not supported)");
+                    return Next::Continue;
+                }
+                return wrong_args(out, &name);
+            }
+            match write(node, &args[1], Some(args[2].clone())).await {
+                Ok(()) => resp::simple(out, "OK"),
+                Err(e) => error(out, &e),
+            }
+        }
+        "mset" => {
+            if argc < 3 || argc % 2 == 0 {
+                return wrong_args(out, &name);
+            }
+            let pairs = args[1..].chunks(2);
+            let results = futures::future::join_all(pairs.map(|p| write(node, &p[0], Some(p[1].clone())))).await;
+            match results.into_iter().find(|r| r.is_err()) {
+                Some(Err(e)) => error(out, &e),
+                _ => resp::simple(out, "OK"),
+            }
+        }
+        "del" | "exists" => {
+            if argc < 2 {
+                return wrong_args(out, &name);
+            }
+            let keys = &args[1..];
+            let found = futures::future::join_all(keys.iter().map(|k| get(node, k))).await;
+            let mut count = 0;
+            for (key, result) in keys.iter().zip(found) {
+                match result {
+                    Ok(Some(_)) => {
+                        if name == "del" {
+                            if let Err(e) = write(node, key, None).await {
+                                error(out, &e);
+                                return Next::Continue;
+                            }
+                        }
+                        count += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        error(out, &e);
+                        return Next::Continue;
+                    }
+                }
+            }
+            resp::integer(out, count);
+        }
+        _ => {
+            let shown: String = String::from_utf8_lossy(&args[0]).chars().take(64).collect();
+            resp::error_reply(out, &format!("ERR unknown command '{shown}'"));
+        }
+    }
+    Next::Continue
+}
+
+fn error(out: &mut BytesMut, e: &OpError) {
+    let prefix = match e {
+        OpError::BadRequest { .. } => "ERR",
+        OpError::Unavailable { .. } | OpError::Timeout { .. } | OpError::Overloaded => "UNAVAILABLE",
+        OpError::TooManySiblings { .. } | OpError::Internal { .. } => "ERR",
+    };
+    resp::error_reply(out, &format!("{prefix} {e}"));
+}
+
+/// The value of a key: the newest live sibling (an `lww` bucket has one).
+async fn get(node: &Arc<Node>, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
+    let op = ClientOp::Get {
+        bucket: node.config.resp_bucket.clone(),
+        key: key.to_vec(),
+        r: None,
+        timeout_ms: node.config.request_timeout_ms,
+    };
+    match node.execute(op, true).await {
+        ClientReply::Found { object: None } => Ok(None),
+        ClientReply::Found { object: Some(bytes) } => {
+            let object = Object::decode(&bytes).map_err(|e| OpError::Internal { message: e.to_string() })?;
+            Ok(object
+                .live_siblings()
+                .max_by_key(|s| (s.modified_ms, s.dot))
+                .and_then(|s| s.value.clone()))
+        }
+        ClientReply::Failed(e) => Err(e),
+        ClientReply::Written { .. } => Err(OpError::Internal {
+            message: "a read answered as a write".into(),
+        }),
+    }
+}
+
+/// SET and DEL write without a causal context: in the default `lww`
+/// bucket the newest write wins, as Redis users expect.
+async fn write(node: &Arc<Node>, key: &[u8], value: Option<Vec<u8>>) -> Result<(), OpError> {
+    let op = ClientOp::Put {
+        bucket: node.config.resp_bucket.clone(),
+        key: key.to_vec(),
+        value,
+        content_type: "application/octet-stream".into(),
+        context: VersionVector::new(),
+        w: None,
+        timeout_ms: node.config.request_timeout_ms,
+    };
+    match node.execute(op, true).await {
+        ClientReply::Written { .. } => Ok(()),
+        ClientReply::Failed(e) => Err(e),
+        ClientReply::Found { .. } => Err(OpError::Internal {
+            message: "a write answered as a read".into(),
+        }),
+    }
+}

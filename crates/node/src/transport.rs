@@ -1,0 +1,336 @@
+//! Peer transport: one persistent TCP connection per peer address,
+//! multiplexed by request id, with a bounded send queue, per-request
+//! timeouts and reconnection with backoff; and the server side that
+//! answers peers' requests. Frames are `ringkv_wire::frame`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use ringkv_core::message::{PeerRequest, PeerResponse};
+use ringkv_wire::{Frame, decode_frame, encode_frame, peer_codec};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, warn};
+
+const SEND_QUEUE: usize = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// Requests of one peer connection served at once; more wait in TCP.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer is unreachable")]
+    Unreachable,
+    #[error("connection to peer was lost")]
+    Disconnected,
+    #[error("peer did not answer in time")]
+    Timeout,
+    #[error("send queue to peer is full")]
+    Overloaded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Unknown => "unknown",
+            Liveness::Up => "up",
+            Liveness::Down => "down",
+        }
+    }
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>;
+
+struct Link {
+    state: AtomicU8,
+    next_id: AtomicU64,
+    pending: Pending,
+    queue: mpsc::Sender<(u64, PeerRequest)>,
+}
+
+impl Link {
+    fn liveness(&self) -> Liveness {
+        match self.state.load(Ordering::Relaxed) {
+            1 => Liveness::Up,
+            2 => Liveness::Down,
+            _ => Liveness::Unknown,
+        }
+    }
+
+    fn set(&self, liveness: Liveness) {
+        let v = match liveness {
+            Liveness::Unknown => 0,
+            Liveness::Up => 1,
+            Liveness::Down => 2,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
+
+    fn fail_pending(&self) {
+        // Dropping the senders tells every waiter the connection is gone.
+        self.pending.lock().expect("pending lock").clear();
+    }
+}
+
+/// Connections to peers, created on first use and kept for the life of the node.
+pub struct Peers {
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    max_frame_bytes: usize,
+}
+
+impl Peers {
+    pub fn new(max_frame_bytes: usize) -> Arc<Self> {
+        Arc::new(Peers {
+            links: Mutex::new(HashMap::new()),
+            max_frame_bytes,
+        })
+    }
+
+    pub fn liveness(&self, addr: &str) -> Liveness {
+        self.links
+            .lock()
+            .expect("links lock")
+            .get(addr)
+            .map_or(Liveness::Unknown, |l| l.liveness())
+    }
+
+    fn link(&self, addr: &str) -> Arc<Link> {
+        let mut links = self.links.lock().expect("links lock");
+        if let Some(link) = links.get(addr) {
+            return link.clone();
+        }
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let link = Arc::new(Link {
+            state: AtomicU8::new(0),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            queue: tx,
+        });
+        links.insert(addr.to_string(), link.clone());
+        tokio::spawn(run_link(addr.to_string(), link.clone(), rx, self.max_frame_bytes));
+        link
+    }
+
+    /// Sends a request and waits for its answer at most `timeout`.
+    pub async fn request(&self, addr: &str, body: PeerRequest, timeout: Duration) -> Result<PeerResponse, PeerError> {
+        let link = self.link(addr);
+        if link.liveness() == Liveness::Down {
+            return Err(PeerError::Unreachable);
+        }
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        link.pending.lock().expect("pending lock").insert(id, tx);
+        if link.queue.try_send((id, body)).is_err() {
+            link.pending.lock().expect("pending lock").remove(&id);
+            return Err(PeerError::Overloaded);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(PeerError::Disconnected),
+            Err(_) => {
+                link.pending.lock().expect("pending lock").remove(&id);
+                Err(PeerError::Timeout)
+            }
+        }
+    }
+}
+
+async fn run_link(addr: String, link: Arc<Link>, mut queue: mpsc::Receiver<(u64, PeerRequest)>, max_frame_bytes: usize) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                link.set(Liveness::Up);
+                backoff = BACKOFF_MIN;
+                let reason = drive_connection(stream, &link, &mut queue, max_frame_bytes).await;
+                debug!(peer = %addr, %reason, "peer connection closed");
+                link.set(Liveness::Down);
+                link.fail_pending();
+                if queue.is_closed() {
+                    return;
+                }
+            }
+            _ => {
+                link.set(Liveness::Down);
+                // Nobody waits for requests queued while connecting failed.
+                while queue.try_recv().is_ok() {}
+                link.fail_pending();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn drive_connection(
+    stream: TcpStream,
+    link: &Link,
+    queue: &mut mpsc::Receiver<(u64, PeerRequest)>,
+    max_frame_bytes: usize,
+) -> String {
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, peer_codec(max_frame_bytes));
+    let mut writer = FramedWrite::new(write, peer_codec(max_frame_bytes));
+    let send = async {
+        while let Some((id, body)) = queue.recv().await {
+            let mut next = Some((id, body));
+            // Write everything queued, then flush once.
+            while let Some((id, body)) = next.take() {
+                match encode_frame(&Frame::Request { id, body }) {
+                    Ok(bytes) if bytes.len() > max_frame_bytes => {
+                        warn!(bytes = bytes.len(), "peer request larger than max-frame-bytes; not sent");
+                        link.pending.lock().expect("pending lock").remove(&id);
+                    }
+                    Ok(bytes) => {
+                        if let Err(e) = writer.feed(bytes).await {
+                            return format!("write failed: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot encode peer request");
+                        link.pending.lock().expect("pending lock").remove(&id);
+                    }
+                }
+                next = queue.try_recv().ok();
+            }
+            if let Err(e) = writer.flush().await {
+                return format!("write failed: {e}");
+            }
+        }
+        "node shutting down".to_string()
+    };
+    let receive = async {
+        loop {
+            match reader.next().await {
+                None => return "peer closed the connection".to_string(),
+                Some(Err(e)) => return format!("read failed: {e}"),
+                Some(Ok(bytes)) => match decode_frame(&bytes) {
+                    Ok(Frame::Response { id, body }) => {
+                        if let Some(waiter) = link.pending.lock().expect("pending lock").remove(&id) {
+                            let _ = waiter.send(body);
+                        }
+                    }
+                    Ok(Frame::Request { .. }) => return "peer sent a request on a client connection".into(),
+                    Err(e) => return format!("bad frame from peer: {e}"),
+                },
+            }
+        }
+    };
+    tokio::select! {
+        reason = send => reason,
+        reason = receive => reason,
+    }
+}
+
+pub type Handler = Arc<dyn Fn(PeerRequest) -> Pin<Box<dyn Future<Output = PeerResponse> + Send>> + Send + Sync>;
+
+/// Accepts peer connections and answers their requests with `handler`.
+pub async fn serve(listener: TcpListener, handler: Handler, max_frame_bytes: usize, connections: Arc<Semaphore>) {
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let reason = serve_connection(stream, handler, max_frame_bytes).await;
+                    debug!(%remote, %reason, "peer connection ended");
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a peer connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, handler: Handler, max_frame_bytes: usize) -> String {
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, peer_codec(max_frame_bytes));
+    let mut writer = FramedWrite::new(write, peer_codec(max_frame_bytes));
+    let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(MAX_IN_FLIGHT_PER_CONNECTION);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let write_loop = async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.feed(bytes).await.is_err() {
+                return;
+            }
+            while let Ok(bytes) = rx.try_recv() {
+                if writer.feed(bytes).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+    };
+    let read_loop = async move {
+        loop {
+            let bytes = match reader.next().await {
+                None => return "closed by peer".to_string(),
+                Some(Err(e)) => return format!("read failed: {e}"),
+                Some(Ok(bytes)) => bytes,
+            };
+            let (id, body) = match decode_frame(&bytes) {
+                Ok(Frame::Request { id, body }) => (id, body),
+                Ok(Frame::Response { .. }) => return "peer sent a response on a server connection".into(),
+                Err(e) => {
+                    warn!(error = %e, "bad frame from peer; closing the connection");
+                    return format!("bad frame: {e}");
+                }
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return "shutting down".into();
+            };
+            let handler = handler.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let body = handler(body).await;
+                let encoded = encode_frame(&Frame::Response { id, body }).and_then(|bytes| {
+                    if bytes.len() > max_frame_bytes {
+                        encode_frame(&Frame::Response {
+                            id,
+                            body: PeerResponse::Refused {
+                                message: format!("response of {} bytes exceeds max-frame-bytes", bytes.len()),
+                            },
+                        })
+                    } else {
+                        Ok(bytes)
+                    }
+                });
+                match encoded {
+                    Ok(bytes) => {
+                        let _ = tx.send(bytes).await;
+                    }
+                    Err(e) => warn!(error = %e, "cannot encode peer response"),
+                }
+                drop(permit);
+            });
+        }
+    };
+    tokio::select! {
+        reason = read_loop => reason,
+        () = write_loop => "write failed".to_string(),
+    }
+}
