@@ -1,0 +1,437 @@
+//! [`GroupCommitter`]: many concurrent writers share one durable commit.
+//!
+//! Writers submit read-modify-write [`Job`]s for one key each into a
+//! bounded queue; submitting never blocks (a full queue answers
+//! [`SubmitError::Busy`]). One dedicated thread owns the commit loop:
+//!
+//! 1. block for one job, then take more without blocking, up to
+//!    `max_batch_jobs`;
+//! 2. run each job's [`Job::apply`] in order against the key's current
+//!    value — the value written by an earlier job of the same batch, else
+//!    the one in storage — so concurrent updates of one key never
+//!    overwrite each other;
+//! 3. write all changes as one [`WriteBatch`], `Sync` if any job asked for
+//!    it, else `Buffered`;
+//! 4. call every job's [`Job::done`] with the outcome.
+//!
+//! The loop is the only writer this module coordinates: writes made to the
+//! same storage around the committer are not serialized with its jobs.
+//! It does not retry failed writes; each job sees the error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::{self, JoinHandle};
+
+use crate::{Durability, Space, Storage, StorageError, WriteBatch};
+
+/// What a [`Job`] does to its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Put(Vec<u8>),
+    Delete,
+    Unchanged,
+}
+
+/// A read-modify-write on one key, run inside the committer thread so that
+/// concurrent updates of one key never overwrite each other.
+///
+/// Jobs must not panic, and should be quick: they run one after another
+/// on the committer thread. A panic in `apply` or `done` stops the
+/// committer: it logs an error, every job it still holds or has queued gets
+/// `done(Err(StorageError::Closed))` (outcome unknown), and `submit`
+/// answers [`SubmitError::Closed`] from then on.
+pub trait Job: Send + 'static {
+    /// Called once, in the committer thread, with the key's current value
+    /// (including the changes of earlier jobs of the same batch).
+    fn apply(&mut self, current: Option<&[u8]>) -> Change;
+
+    /// Called once the batch holding this job is durable (or failed).
+    /// Never called before the data is synced when the job asked for
+    /// `Durability::Sync`; with `Buffered`, called once the change is
+    /// visible to reads. Runs in the committer thread: hand results off
+    /// (for example through a channel) rather than doing slow work here.
+    fn done(self: Box<Self>, result: Result<(), StorageError>);
+}
+
+/// A [`Job`] made of two closures; see [`job_fn`].
+struct FnJob<A, D> {
+    apply: Option<A>,
+    done: D,
+}
+
+impl<A, D> Job for FnJob<A, D>
+where
+    A: FnOnce(Option<&[u8]>) -> Change + Send + 'static,
+    D: FnOnce(Result<(), StorageError>) + Send + 'static,
+{
+    fn apply(&mut self, current: Option<&[u8]>) -> Change {
+        let apply = self.apply.take().expect("Job::apply is called once");
+        apply(current)
+    }
+
+    fn done(self: Box<Self>, result: Result<(), StorageError>) {
+        (self.done)(result)
+    }
+}
+
+/// A [`Job`] from closures: `apply` computes the change from the current
+/// value, `done` receives the outcome.
+pub fn job_fn(
+    apply: impl FnOnce(Option<&[u8]>) -> Change + Send + 'static,
+    done: impl FnOnce(Result<(), StorageError>) + Send + 'static,
+) -> Box<dyn Job> {
+    Box::new(FnJob {
+        apply: Some(apply),
+        done,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupCommitOptions {
+    /// Most jobs written by one commit.
+    pub max_batch_jobs: usize,
+    /// Most jobs waiting in the queue; `submit` answers `Busy` beyond it.
+    pub queue_capacity: usize,
+    pub thread_name: String,
+}
+
+impl Default for GroupCommitOptions {
+    fn default() -> Self {
+        GroupCommitOptions {
+            max_batch_jobs: 1024,
+            queue_capacity: 8192,
+            thread_name: "ringkv-group-commit".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Batches written to storage (`write` or `sync` calls).
+    pub commits: u64,
+    /// Jobs finished (`done` called), failed ones included.
+    pub jobs: u64,
+    /// Commits made durable (`Durability::Sync` writes and syncs).
+    pub synced_batches: u64,
+    /// Commits whose write or sync failed.
+    pub failed_batches: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full: shed load or retry later. The job was dropped
+    /// without `done` being called.
+    #[error("group commit queue is full")]
+    Busy,
+    /// The committer thread has stopped. The job was dropped without
+    /// `done` being called.
+    #[error("group committer has stopped")]
+    Closed,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    jobs: AtomicU64,
+    synced_batches: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
+/// A job that has not been reported yet. If it is dropped unreported (the
+/// committer thread stopped), its `done` gets `Closed`, so every accepted
+/// job hears back exactly once.
+struct PendingJob {
+    job: Option<Box<dyn Job>>,
+}
+
+impl PendingJob {
+    fn apply(&mut self, current: Option<&[u8]>) -> Change {
+        self.job
+            .as_mut()
+            .expect("a pending job is present until reported")
+            .apply(current)
+    }
+
+    fn finish(mut self, result: Result<(), StorageError>) {
+        if let Some(job) = self.job.take() {
+            job.done(result);
+        }
+    }
+
+    /// Drops the job without reporting: the submitter got an error instead.
+    fn discard(mut self) {
+        self.job = None;
+    }
+}
+
+impl Drop for PendingJob {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.done(Err(StorageError::Closed));
+        }
+    }
+}
+
+struct Submission {
+    space: Space,
+    key: Vec<u8>,
+    durability: Durability,
+    job: PendingJob,
+}
+
+/// Owned by the handles; the last one dropped stops the thread.
+struct Shared {
+    sender: Option<SyncSender<Submission>>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread finish the queued jobs and stop.
+        drop(self.sender.take());
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // The last handle may be dropped by a job's `done` on the committer
+        // thread itself: it stops on its own once the batch is done.
+        if thread.thread().id() != thread::current().id() {
+            // A panic in the thread was already logged by `PanicReport`.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A cloneable handle to the committer thread. The thread finishes the
+/// queued jobs and stops when the last handle is dropped; that drop waits
+/// for it.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    shared: Arc<Shared>,
+}
+
+impl GroupCommitter {
+    /// Starts the committer thread.
+    ///
+    /// Panics if `max_batch_jobs` or `queue_capacity` is zero, or if the
+    /// thread cannot be spawned.
+    pub fn start(storage: Arc<dyn Storage>, options: GroupCommitOptions) -> GroupCommitter {
+        assert!(
+            options.max_batch_jobs > 0,
+            "max_batch_jobs must be positive"
+        );
+        assert!(
+            options.queue_capacity > 0,
+            "queue_capacity must be positive"
+        );
+        let (sender, receiver) = mpsc::sync_channel(options.queue_capacity);
+        let counters = Arc::new(Counters::default());
+        let committer = Committer {
+            storage,
+            max_batch_jobs: options.max_batch_jobs,
+            counters: Arc::clone(&counters),
+            unsynced: false,
+        };
+        let thread = thread::Builder::new()
+            .name(options.thread_name)
+            .spawn(move || committer.run(receiver))
+            .expect("spawn the group commit thread");
+        GroupCommitter {
+            shared: Arc::new(Shared {
+                sender: Some(sender),
+                thread: Some(thread),
+                counters,
+            }),
+        }
+    }
+
+    /// Queues `job` for `key` in `space`. Never blocks. On error the job is
+    /// dropped and its `done` is not called.
+    pub fn submit(
+        &self,
+        space: Space,
+        key: Vec<u8>,
+        durability: Durability,
+        job: Box<dyn Job>,
+    ) -> Result<(), SubmitError> {
+        let sender = self
+            .shared
+            .sender
+            .as_ref()
+            .expect("the sender lives as long as a handle");
+        let submission = Submission {
+            space,
+            key,
+            durability,
+            job: PendingJob { job: Some(job) },
+        };
+        match sender.try_send(submission) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(submission)) => {
+                submission.job.discard();
+                Err(SubmitError::Busy)
+            }
+            Err(TrySendError::Disconnected(submission)) => {
+                submission.job.discard();
+                Err(SubmitError::Closed)
+            }
+        }
+    }
+
+    pub fn stats(&self) -> GroupCommitStats {
+        let counters = &self.shared.counters;
+        GroupCommitStats {
+            commits: counters.commits.load(Ordering::Relaxed),
+            jobs: counters.jobs.load(Ordering::Relaxed),
+            synced_batches: counters.synced_batches.load(Ordering::Relaxed),
+            failed_batches: counters.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Logs when the committer thread unwinds from a panic, so that it never
+/// stops silently.
+struct PanicReport;
+
+impl Drop for PanicReport {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            tracing::error!(
+                "group commit thread stopped: a job panicked; pending jobs are reported as Closed"
+            );
+        }
+    }
+}
+
+/// The key's value as seen by the jobs of one batch.
+struct OverlayEntry {
+    value: Option<Vec<u8>>,
+    /// Changed by a job of this batch, so it must be written.
+    changed: bool,
+}
+
+/// The state of the committer thread.
+struct Committer {
+    storage: Arc<dyn Storage>,
+    max_batch_jobs: usize,
+    counters: Arc<Counters>,
+    /// A Buffered commit of ours has not been made durable yet.
+    unsynced: bool,
+}
+
+impl Committer {
+    fn run(mut self, receiver: Receiver<Submission>) {
+        let _panic_report = PanicReport;
+        let mut batch = Vec::with_capacity(self.max_batch_jobs);
+        // `recv` keeps returning queued jobs after the last handle is gone
+        // and fails only once the queue is empty.
+        while let Ok(first) = receiver.recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch_jobs {
+                match receiver.try_recv() {
+                    Ok(submission) => batch.push(submission),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+    }
+
+    fn commit(&mut self, batch: &mut Vec<Submission>) {
+        let mut overlay: BTreeMap<Space, BTreeMap<Vec<u8>, OverlayEntry>> = BTreeMap::new();
+        // A job whose read failed gets that error and changes nothing.
+        let mut read_errors: Vec<Option<StorageError>> = Vec::with_capacity(batch.len());
+        let mut durability = Durability::Buffered;
+        for submission in batch.iter_mut() {
+            if submission.durability == Durability::Sync {
+                durability = Durability::Sync;
+            }
+            let space_overlay = overlay.entry(submission.space).or_default();
+            if !space_overlay.contains_key(&submission.key) {
+                match self.storage.get(submission.space, &submission.key) {
+                    Ok(value) => {
+                        space_overlay.insert(
+                            submission.key.clone(),
+                            OverlayEntry {
+                                value,
+                                changed: false,
+                            },
+                        );
+                    }
+                    Err(error) => {
+                        read_errors.push(Some(error));
+                        continue;
+                    }
+                }
+            }
+            let entry = space_overlay
+                .get_mut(&submission.key)
+                .expect("entry inserted above");
+            match submission.job.apply(entry.value.as_deref()) {
+                Change::Put(value) => {
+                    entry.value = Some(value);
+                    entry.changed = true;
+                }
+                Change::Delete => {
+                    entry.value = None;
+                    entry.changed = true;
+                }
+                Change::Unchanged => {}
+            }
+            read_errors.push(None);
+        }
+
+        let mut write_batch = WriteBatch::new();
+        for (space, entries) in overlay {
+            for (key, entry) in entries.into_iter().filter(|(_, entry)| entry.changed) {
+                match entry.value {
+                    Some(value) => write_batch.put(space, key, value),
+                    None => write_batch.delete(space, key),
+                }
+            }
+        }
+
+        let result = self.write(&write_batch, durability);
+        for (submission, read_error) in batch.drain(..).zip(read_errors) {
+            let job_result = match read_error {
+                Some(error) => Err(error),
+                None => result.clone(),
+            };
+            // Counted first, so that whoever hears from `done` sees it.
+            self.counters.jobs.fetch_add(1, Ordering::Relaxed);
+            submission.job.finish(job_result);
+        }
+    }
+
+    /// Writes the batch's changes. A batch with no changes still syncs if
+    /// a job asked for `Sync` and an earlier Buffered commit is pending, so
+    /// that what the job read is durable before it is told so.
+    fn write(&mut self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        let result = if !batch.is_empty() {
+            self.storage.write(batch, durability)
+        } else if durability == Durability::Sync && self.unsynced {
+            self.storage.sync()
+        } else {
+            return Ok(());
+        };
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(()) => match durability {
+                Durability::Sync => {
+                    self.unsynced = false;
+                    self.counters.synced_batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Durability::Buffered => self.unsynced = true,
+            },
+            Err(_) => {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,572 @@
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::{KeyValue, MemoryStorage};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn recv<T>(receiver: &Receiver<T>) -> T {
+    receiver
+        .recv_timeout(WAIT)
+        .expect("timed out waiting for the committer")
+}
+
+fn counter(value: Option<&[u8]>) -> u64 {
+    match value {
+        None => 0,
+        Some(bytes) => u64::from_be_bytes(bytes.try_into().expect("counter is 8 bytes")),
+    }
+}
+
+/// Delegates to a [`MemoryStorage`], sleeping 1 ms in every write so that
+/// jobs pile up while a commit is running.
+struct SlowStorage {
+    inner: MemoryStorage,
+}
+
+impl Storage for SlowStorage {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(space, key)
+    }
+
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        thread::sleep(Duration::from_millis(1));
+        self.inner.write(batch, durability)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.inner.sync()
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        self.inner.scan(space, after, limit)
+    }
+}
+
+/// Delegates to a [`MemoryStorage`]; every `write` and `sync` first reports
+/// on `entered`, then waits for one message on `release`. Reads of the key
+/// `unreadable` fail.
+struct GatedStorage {
+    inner: MemoryStorage,
+    entered: SyncSender<()>,
+    release: Mutex<Receiver<()>>,
+}
+
+struct Gate {
+    storage: Arc<GatedStorage>,
+    entered: Receiver<()>,
+    release: SyncSender<()>,
+}
+
+fn gated(inner: MemoryStorage) -> Gate {
+    let (entered_sender, entered) = sync_channel(64);
+    let (release, release_receiver) = sync_channel(64);
+    Gate {
+        storage: Arc::new(GatedStorage {
+            inner,
+            entered: entered_sender,
+            release: Mutex::new(release_receiver),
+        }),
+        entered,
+        release,
+    }
+}
+
+impl GatedStorage {
+    fn pass_gate(&self) {
+        self.entered
+            .send(())
+            .expect("test holds the entered receiver");
+        self.release
+            .lock()
+            .unwrap()
+            .recv_timeout(WAIT)
+            .expect("test never released the gate");
+    }
+}
+
+impl Storage for GatedStorage {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if key == b"unreadable" {
+            return Err(StorageError::Engine {
+                message: "injected read failure".to_string(),
+            });
+        }
+        self.inner.get(space, key)
+    }
+
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        self.pass_gate();
+        self.inner.write(batch, durability)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.pass_gate();
+        self.inner.sync()
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        self.inner.scan(space, after, limit)
+    }
+}
+
+/// What one increment job saw.
+struct Report {
+    name: String,
+    result: Result<(), StorageError>,
+    /// The counter value this job wrote.
+    written: Option<u64>,
+    /// The counter in storage when `done` ran: readable, and durable.
+    live: Result<Option<u64>, StorageError>,
+    durable: Result<Option<u64>, StorageError>,
+}
+
+/// Adds one to the big-endian u64 counter under its key.
+struct IncrementJob {
+    name: String,
+    space: Space,
+    key: Vec<u8>,
+    storage: MemoryStorage,
+    written: Option<u64>,
+    reports: SyncSender<Report>,
+}
+
+impl Job for IncrementJob {
+    fn apply(&mut self, current: Option<&[u8]>) -> Change {
+        let next = counter(current) + 1;
+        self.written = Some(next);
+        Change::Put(next.to_be_bytes().to_vec())
+    }
+
+    fn done(self: Box<Self>, result: Result<(), StorageError>) {
+        let read = |value: Result<Option<Vec<u8>>, StorageError>| {
+            value.map(|value| value.map(|bytes| counter(Some(&bytes))))
+        };
+        let report = Report {
+            name: self.name,
+            result,
+            written: self.written,
+            live: read(self.storage.get(self.space, &self.key)),
+            durable: read(self.storage.get_durable(self.space, &self.key)),
+        };
+        // The test may have stopped listening after a failure of its own.
+        let _ = self.reports.send(report);
+    }
+}
+
+fn increment(
+    name: &str,
+    key: &[u8],
+    storage: &MemoryStorage,
+    reports: &SyncSender<Report>,
+) -> Box<dyn Job> {
+    Box::new(IncrementJob {
+        name: name.to_string(),
+        space: Space::Data(1),
+        key: key.to_vec(),
+        storage: storage.clone(),
+        written: None,
+        reports: reports.clone(),
+    })
+}
+
+#[test]
+fn concurrent_increments_are_never_lost_and_share_commits() {
+    const THREADS: usize = 16;
+    const JOBS_PER_THREAD: usize = 200;
+    const KEYS: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
+    let memory = MemoryStorage::new();
+    let committer = GroupCommitter::start(
+        Arc::new(SlowStorage {
+            inner: memory.clone(),
+        }),
+        GroupCommitOptions::default(),
+    );
+    let (reports, report_receiver) = sync_channel(THREADS * JOBS_PER_THREAD);
+
+    let submitters: Vec<_> = (0..THREADS)
+        .map(|thread_index| {
+            let committer = committer.clone();
+            let memory = memory.clone();
+            let reports = reports.clone();
+            thread::spawn(move || {
+                // Even threads ask for Sync, odd ones for Buffered.
+                let durability = if thread_index % 2 == 0 {
+                    Durability::Sync
+                } else {
+                    Durability::Buffered
+                };
+                for job_index in 0..JOBS_PER_THREAD {
+                    let key = KEYS[(thread_index + job_index) % KEYS.len()];
+                    let name = format!("{thread_index}/{job_index}/{durability:?}");
+                    let job = increment(&name, key, &memory, &reports);
+                    committer
+                        .submit(Space::Data(1), key.to_vec(), durability, job)
+                        .expect("the queue holds every job of this test");
+                }
+            })
+        })
+        .collect();
+    for submitter in submitters {
+        submitter.join().unwrap();
+    }
+
+    for _ in 0..THREADS * JOBS_PER_THREAD {
+        let report = recv(&report_receiver);
+        assert!(
+            report.result.is_ok(),
+            "{}: {:?}",
+            report.name,
+            report.result
+        );
+        let written = report.written.expect("apply ran before done");
+        // Later jobs of the same batch may have counted further.
+        let live = report.live.unwrap().expect("counter readable in done");
+        assert!(live >= written, "{}: read {live} < {written}", report.name);
+        if report.name.ends_with("Sync") {
+            let durable = report.durable.unwrap().expect("counter durable in done");
+            assert!(
+                durable >= written,
+                "{}: durable {durable} < {written}",
+                report.name
+            );
+        }
+    }
+
+    let per_key = (THREADS * JOBS_PER_THREAD / KEYS.len()) as u64;
+    for key in KEYS {
+        let value = memory.get(Space::Data(1), key).unwrap();
+        assert_eq!(counter(value.as_deref()), per_key, "key {key:?}");
+    }
+    let stats = committer.stats();
+    assert_eq!(stats.jobs, (THREADS * JOBS_PER_THREAD) as u64);
+    assert!(
+        stats.commits < stats.jobs,
+        "no batching happened: {stats:?}"
+    );
+    assert!(stats.synced_batches >= 1, "{stats:?}");
+    assert_eq!(stats.failed_batches, 0);
+}
+
+#[test]
+fn jobs_of_one_batch_see_each_others_changes() {
+    let memory = MemoryStorage::new();
+    let gate = gated(memory.clone());
+    let committer = GroupCommitter::start(gate.storage.clone(), GroupCommitOptions::default());
+    let (reports, report_receiver) = sync_channel(16);
+
+    let first = increment("first", b"k", &memory, &reports);
+    committer
+        .submit(Space::Data(1), b"k".to_vec(), Durability::Sync, first)
+        .unwrap();
+    recv(&gate.entered);
+    // The committer is inside the first write: these four queue up and
+    // form the second batch.
+    for index in 0..4 {
+        let job = increment(&format!("queued {index}"), b"k", &memory, &reports);
+        committer
+            .submit(Space::Data(1), b"k".to_vec(), Durability::Sync, job)
+            .unwrap();
+    }
+    gate.release.send(()).unwrap();
+    recv(&gate.entered);
+    gate.release.send(()).unwrap();
+
+    let mut written: Vec<u64> = (0..5)
+        .map(|_| recv(&report_receiver).written.unwrap())
+        .collect();
+    written.sort_unstable();
+    assert_eq!(written, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        counter(memory.get(Space::Data(1), b"k").unwrap().as_deref()),
+        5
+    );
+    assert_eq!(committer.stats().commits, 2);
+}
+
+#[test]
+fn a_full_queue_answers_busy_without_blocking() {
+    let memory = MemoryStorage::new();
+    let gate = gated(memory.clone());
+    let options = GroupCommitOptions {
+        queue_capacity: 2,
+        ..GroupCommitOptions::default()
+    };
+    let committer = GroupCommitter::start(gate.storage.clone(), options);
+    let (reports, report_receiver) = sync_channel(16);
+    let submit = |name: &str| {
+        let job = increment(name, name.as_bytes(), &memory, &reports);
+        committer.submit(
+            Space::Data(1),
+            name.as_bytes().to_vec(),
+            Durability::Sync,
+            job,
+        )
+    };
+
+    submit("a").unwrap();
+    recv(&gate.entered);
+    submit("b").unwrap();
+    submit("c").unwrap();
+    assert_eq!(submit("d"), Err(SubmitError::Busy));
+
+    gate.release.send(()).unwrap();
+    recv(&gate.entered);
+    gate.release.send(()).unwrap();
+    let mut names: Vec<String> = (0..3)
+        .map(|_| {
+            let report = recv(&report_receiver);
+            assert!(report.result.is_ok(), "{:?}", report.result);
+            report.name
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+
+    // Room again once the queue drained.
+    submit("e").unwrap();
+    recv(&gate.entered);
+    gate.release.send(()).unwrap();
+    assert_eq!(recv(&report_receiver).name, "e");
+    drop(committer);
+    assert!(
+        report_receiver.try_recv().is_err(),
+        "the job refused as Busy must not be reported"
+    );
+    assert_eq!(memory.get(Space::Data(1), b"d").unwrap(), None);
+}
+
+#[test]
+fn a_write_error_reaches_every_job_of_the_batch() {
+    let memory = MemoryStorage::new();
+    let gate = gated(memory.clone());
+    let committer = GroupCommitter::start(gate.storage.clone(), GroupCommitOptions::default());
+    let (reports, report_receiver) = sync_channel(16);
+
+    let first = increment("first", b"first", &memory, &reports);
+    committer
+        .submit(Space::Data(1), b"first".to_vec(), Durability::Sync, first)
+        .unwrap();
+    recv(&gate.entered);
+    for (name, key, durability) in [
+        ("k1", &b"k"[..], Durability::Sync),
+        ("k2", b"k", Durability::Buffered),
+        ("other", b"other", Durability::Buffered),
+    ] {
+        let job = increment(name, key, &memory, &reports);
+        committer
+            .submit(Space::Data(1), key.to_vec(), durability, job)
+            .unwrap();
+    }
+    gate.release.send(()).unwrap();
+    let first_report = recv(&report_receiver);
+    assert_eq!(first_report.name, "first");
+    assert!(first_report.result.is_ok());
+
+    recv(&gate.entered);
+    memory.fail_writes(true);
+    gate.release.send(()).unwrap();
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        let report = recv(&report_receiver);
+        assert!(
+            matches!(report.result, Err(StorageError::Io { .. })),
+            "{}: {:?}",
+            report.name,
+            report.result
+        );
+        failed.push(report.name);
+    }
+    failed.sort();
+    assert_eq!(failed, ["k1", "k2", "other"]);
+    assert_eq!(memory.get(Space::Data(1), b"k").unwrap(), None);
+    assert_eq!(memory.get(Space::Data(1), b"other").unwrap(), None);
+    let stats = committer.stats();
+    assert_eq!((stats.commits, stats.failed_batches, stats.jobs), (2, 1, 4));
+}
+
+#[test]
+fn a_read_error_fails_only_its_job() {
+    let memory = MemoryStorage::new();
+    let gate = gated(memory.clone());
+    let committer = GroupCommitter::start(gate.storage.clone(), GroupCommitOptions::default());
+    let (reports, report_receiver) = sync_channel(16);
+
+    let first = increment("first", b"first", &memory, &reports);
+    committer
+        .submit(Space::Data(1), b"first".to_vec(), Durability::Sync, first)
+        .unwrap();
+    recv(&gate.entered);
+    for (name, key) in [("unreadable", &b"unreadable"[..]), ("fine", b"fine")] {
+        let job = increment(name, key, &memory, &reports);
+        committer
+            .submit(Space::Data(1), key.to_vec(), Durability::Sync, job)
+            .unwrap();
+    }
+    gate.release.send(()).unwrap();
+    recv(&gate.entered);
+    gate.release.send(()).unwrap();
+
+    for _ in 0..3 {
+        let report = recv(&report_receiver);
+        match report.name.as_str() {
+            "unreadable" => {
+                assert!(matches!(report.result, Err(StorageError::Engine { .. })));
+                assert_eq!(report.written, None, "apply must not run without a read");
+            }
+            _ => assert!(
+                report.result.is_ok(),
+                "{}: {:?}",
+                report.name,
+                report.result
+            ),
+        }
+    }
+    assert_eq!(
+        counter(memory.get(Space::Data(1), b"fine").unwrap().as_deref()),
+        1
+    );
+    assert_eq!(memory.get(Space::Data(1), b"unreadable").unwrap(), None);
+}
+
+#[test]
+fn delete_and_unchanged_changes() {
+    let memory = MemoryStorage::new();
+    let committer = GroupCommitter::start(Arc::new(memory.clone()), GroupCommitOptions::default());
+    let (done, done_receiver) = sync_channel(16);
+    let submit = |change: Change, durability: Durability| {
+        let done = done.clone();
+        let (seen_sender, seen) = sync_channel(1);
+        let job = job_fn(
+            move |current| {
+                seen_sender.send(current.map(<[u8]>::to_vec)).unwrap();
+                change
+            },
+            move |result| done.send(result).unwrap(),
+        );
+        committer
+            .submit(Space::Meta, b"k".to_vec(), durability, job)
+            .unwrap();
+        recv(&done_receiver).unwrap();
+        recv(&seen)
+    };
+
+    assert_eq!(
+        submit(Change::Put(b"v".to_vec()), Durability::Buffered),
+        None
+    );
+    assert_eq!(memory.get_durable(Space::Meta, b"k").unwrap(), None);
+    // A Sync job that changes nothing still learns of durable data only.
+    assert_eq!(
+        submit(Change::Unchanged, Durability::Sync).as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(
+        memory.get_durable(Space::Meta, b"k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(
+        submit(Change::Delete, Durability::Sync).as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(memory.get(Space::Meta, b"k").unwrap(), None);
+    assert_eq!(submit(Change::Unchanged, Durability::Sync), None);
+    let stats = committer.stats();
+    // Put, the sync for the Unchanged job, delete; the last job needs no
+    // commit.
+    assert_eq!((stats.commits, stats.synced_batches, stats.jobs), (3, 2, 4));
+}
+
+#[test]
+fn dropping_the_last_handle_finishes_queued_jobs() {
+    let memory = MemoryStorage::new();
+    let committer = GroupCommitter::start(
+        Arc::new(SlowStorage {
+            inner: memory.clone(),
+        }),
+        GroupCommitOptions::default(),
+    );
+    let (reports, report_receiver) = sync_channel(100);
+    for index in 0..100 {
+        let job = increment(&index.to_string(), b"k", &memory, &reports);
+        committer
+            .submit(Space::Data(1), b"k".to_vec(), Durability::Sync, job)
+            .unwrap();
+    }
+    drop(committer);
+    for _ in 0..100 {
+        let report = report_receiver
+            .try_recv()
+            .expect("drop returns after every queued job is done");
+        assert!(report.result.is_ok());
+    }
+    assert_eq!(
+        counter(memory.get_durable(Space::Data(1), b"k").unwrap().as_deref()),
+        100
+    );
+}
+
+#[test]
+fn a_panicking_job_stops_the_committer_and_pending_jobs_hear_closed() {
+    let memory = MemoryStorage::new();
+    let committer = GroupCommitter::start(Arc::new(memory.clone()), GroupCommitOptions::default());
+    let (reports, report_receiver) = sync_channel(16);
+    let (go_sender, go) = sync_channel::<()>(1);
+    let (applying_sender, applying) = sync_channel::<()>(1);
+    let panicking = job_fn(
+        move |_| {
+            applying_sender.send(()).unwrap();
+            go.recv_timeout(WAIT).unwrap();
+            panic!("job panics on purpose (expected in this test)");
+        },
+        |_| {},
+    );
+    committer
+        .submit(Space::Meta, b"p".to_vec(), Durability::Sync, panicking)
+        .unwrap();
+    recv(&applying);
+    for name in ["queued 1", "queued 2"] {
+        let job = increment(name, b"k", &memory, &reports);
+        committer
+            .submit(Space::Data(1), b"k".to_vec(), Durability::Sync, job)
+            .unwrap();
+    }
+    go_sender.send(()).unwrap();
+
+    for _ in 0..2 {
+        let report = recv(&report_receiver);
+        assert!(
+            matches!(report.result, Err(StorageError::Closed)),
+            "{}: {:?}",
+            report.name,
+            report.result
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = job_fn(|_| Change::Unchanged, |_| {});
+        match committer.submit(Space::Meta, b"x".to_vec(), Durability::Sync, job) {
+            Err(SubmitError::Closed) => break,
+            Ok(()) | Err(SubmitError::Busy) => {
+                assert!(Instant::now() < deadline, "submit never answered Closed");
+                thread::yield_now();
+            }
+        }
+    }
+    assert_eq!(memory.get(Space::Data(1), b"k").unwrap(), None);
+    // Dropping the last handle after the thread died must not panic.
+    drop(committer);
+}
