@@ -1,1 +1,249 @@
-fn main() {}
+//! `ringkv`: the server, a local dev cluster, and a command-line client.
+
+mod dev_cluster;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ringkv_client::{Client, GetResult};
+use ringkv_node::NodeConfig;
+
+#[derive(Parser)]
+#[command(name = "ringkv", version, about = "A highly available, Dynamo-style distributed key-value store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no flags: a single-node store in ./ringkv-data on the default addresses.
+    Server(ServerArgs),
+    /// Start a local cluster of real `ringkv server` processes on 127.0.0.1; Ctrl-C stops it.
+    DevCluster(dev_cluster::DevClusterArgs),
+    /// Read a key.
+    Get {
+        bucket: String,
+        key: String,
+        #[arg(long)]
+        r: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write a key (value from the argument or --file).
+    Put {
+        bucket: String,
+        key: String,
+        value: Option<String>,
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Causal context from an earlier read: the write supersedes what that read saw.
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        #[arg(long)]
+        w: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key (with the context of a read, to supersede what it saw).
+    Delete {
+        bucket: String,
+        key: String,
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long)]
+        w: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cluster commands.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, their liveness as seen by the node asked, and partitions owned.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args)]
+struct Target {
+    /// HTTP address of any node.
+    #[arg(long, env = "RINGKV_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+/// Flags of `ringkv server`; each overrides the same key of --config.
+#[derive(Args)]
+struct ServerArgs {
+    /// A TOML file with the same keys as the flags (kebab-case).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    peer_addr: Option<String>,
+    #[arg(long)]
+    http_addr: Option<String>,
+    #[arg(long)]
+    resp_addr: Option<String>,
+    /// Peer address of a member to join through (repeatable; first start only).
+    #[arg(long)]
+    join: Vec<String>,
+    /// Partitions of a new cluster: a power of two up to 4096.
+    #[arg(long)]
+    partitions: Option<u32>,
+    #[arg(long)]
+    resp_bucket: Option<String>,
+    #[arg(long)]
+    max_value_bytes: Option<usize>,
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    #[arg(long)]
+    gossip_interval_ms: Option<u64>,
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+impl ServerArgs {
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("while reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("while parsing {}", path.display()))?
+            }
+            None => NodeConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
+        }
+        set!(
+            name,
+            data_dir,
+            peer_addr,
+            http_addr,
+            resp_addr,
+            partitions,
+            resp_bucket,
+            max_value_bytes,
+            request_timeout_ms,
+            gossip_interval_ms,
+            max_frame_bytes,
+            max_connections
+        );
+        if !self.join.is_empty() {
+            config.join = self.join;
+        }
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => {
+            init_logging();
+            let config = args.into_config()?;
+            let runtime = tokio::runtime::Runtime::new().context("while starting the runtime")?;
+            runtime.block_on(async {
+                let running = ringkv_node::start(config).await?;
+                tracing::info!(http = %running.http_addr, resp = %running.resp_addr, "ringkv node ready");
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                anyhow::Ok(())
+            })
+        }
+        Command::DevCluster(args) => {
+            init_logging();
+            dev_cluster::run(args)
+        }
+        Command::Get { bucket, key, r, target } => {
+            let client = Client::new(&target.url);
+            match client.get(&bucket, key.as_bytes(), r)? {
+                GetResult::Found { value, context, .. } => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&value)?;
+                    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        println!();
+                    }
+                    eprintln!("context: {context}");
+                }
+                GetResult::Siblings { siblings, context } => {
+                    println!("{} siblings (write with --context to resolve):", siblings.len());
+                    for (i, s) in siblings.iter().enumerate() {
+                        println!("[{i}] {} ({}, modified_ms {})", String::from_utf8_lossy(&s.value), s.content_type, s.modified_ms);
+                    }
+                    eprintln!("context: {context}");
+                }
+                GetResult::NotFound { .. } => bail!("not found: {bucket}/{key}"),
+            }
+            Ok(())
+        }
+        Command::Put {
+            bucket,
+            key,
+            value,
+            file,
+            context,
+            content_type,
+            w,
+            target,
+        } => {
+            let value = match (value, file) {
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path).with_context(|| format!("while reading {}", path.display()))?,
+                (None, None) => bail!("give a VALUE or --file"),
+                (Some(_), Some(_)) => unreachable!("clap rejects VALUE with --file"),
+            };
+            let client = Client::new(&target.url);
+            let context = client.put(&bucket, key.as_bytes(), &value, &content_type, context.as_deref(), w)?;
+            eprintln!("context: {context}");
+            Ok(())
+        }
+        Command::Delete {
+            bucket,
+            key,
+            context,
+            w,
+            target,
+        } => {
+            let client = Client::new(&target.url);
+            client.delete(&bucket, key.as_bytes(), context.as_deref(), w)?;
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status { target },
+        } => {
+            let status = Client::new(&target.url).cluster_status()?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,1 +1,265 @@
-//! placeholder
+//! A blocking Rust client for ringkv's HTTP API (DESIGN §8). The CLI uses
+//! it; applications may too. Keys are arbitrary bytes (percent-encoded in
+//! the path); contexts are opaque tokens to hand back on the next write.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode, utf8_percent_encode};
+use serde::Deserialize;
+
+pub const CONTEXT_HEADER: &str = "x-ringkv-context";
+/// Largest response body the client reads (siblings of large values add up).
+const MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {url}: {reason}")]
+    Transport { url: String, reason: String },
+    /// The server answered with an error body `{"error", "message"}`.
+    #[error("{status} {code}: {message}")]
+    Server { status: u16, code: String, message: String },
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    pub value: Vec<u8>,
+    pub content_type: String,
+    pub modified_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GetResult {
+    Found { value: Vec<u8>, content_type: String, context: String },
+    Siblings { siblings: Vec<Sibling>, context: String },
+    /// Absent or deleted; the context is known when the key was deleted.
+    NotFound { context: Option<String> },
+}
+
+#[derive(Deserialize)]
+struct SiblingsBody {
+    context: String,
+    siblings: Vec<SiblingJson>,
+}
+
+#[derive(Deserialize)]
+struct SiblingJson {
+    value_base64: String,
+    content_type: String,
+    modified_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+
+impl Client {
+    pub fn new(url: &str) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client {
+            base: url.trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn key_url(&self, bucket: &str, key: &[u8], query: &[(&str, String)]) -> String {
+        let mut url = format!(
+            "{}/v1/kv/{}/{}",
+            self.base,
+            utf8_percent_encode(bucket, UNRESERVED),
+            percent_encode(key, UNRESERVED)
+        );
+        for (i, (name, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(name);
+            url.push('=');
+            url.push_str(value);
+        }
+        url
+    }
+
+    fn transport(&self, e: ureq::Error) -> ClientError {
+        ClientError::Transport {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    pub fn get(&self, bucket: &str, key: &[u8], r: Option<u32>) -> Result<GetResult, ClientError> {
+        let query: Vec<(&str, String)> = r.map(|r| ("r", r.to_string())).into_iter().collect();
+        let mut response = self
+            .agent
+            .get(&self.key_url(bucket, key, &query))
+            .call()
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let context = header(CONTEXT_HEADER);
+        let content_type = header("content-type").unwrap_or_default();
+        let body = read_body(&mut response)?;
+        match status {
+            200 => Ok(GetResult::Found {
+                value: body,
+                content_type,
+                context: context.ok_or_else(|| ClientError::Protocol("200 without a context header".into()))?,
+            }),
+            300 => {
+                let parsed: SiblingsBody =
+                    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("siblings body: {e}")))?;
+                let siblings = parsed
+                    .siblings
+                    .into_iter()
+                    .map(|s| {
+                        Ok(Sibling {
+                            value: STANDARD
+                                .decode(s.value_base64)
+                                .map_err(|e| ClientError::Protocol(format!("sibling value: {e}")))?,
+                            content_type: s.content_type,
+                            modified_ms: s.modified_ms,
+                        })
+                    })
+                    .collect::<Result<_, ClientError>>()?;
+                Ok(GetResult::Siblings {
+                    siblings,
+                    context: parsed.context,
+                })
+            }
+            404 if context.is_some() || is_not_found(&body) => Ok(GetResult::NotFound { context }),
+            _ => Err(server_error(status, &body)),
+        }
+    }
+
+    /// Writes a value; returns the context covering the new version.
+    pub fn put(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        content_type: &str,
+        context: Option<&str>,
+        w: Option<u32>,
+    ) -> Result<String, ClientError> {
+        let query: Vec<(&str, String)> = w.map(|w| ("w", w.to_string())).into_iter().collect();
+        let mut request = self
+            .agent
+            .put(&self.key_url(bucket, key, &query))
+            .header("content-type", content_type);
+        if let Some(context) = context {
+            request = request.header(CONTEXT_HEADER, context);
+        }
+        let mut response = request.send(value).map_err(|e| self.transport(e))?;
+        written(&mut response)
+    }
+
+    pub fn delete(&self, bucket: &str, key: &[u8], context: Option<&str>, w: Option<u32>) -> Result<String, ClientError> {
+        let query: Vec<(&str, String)> = w.map(|w| ("w", w.to_string())).into_iter().collect();
+        let mut request = self.agent.delete(&self.key_url(bucket, key, &query));
+        if let Some(context) = context {
+            request = request.header(CONTEXT_HEADER, context);
+        }
+        let mut response = request.call().map_err(|e| self.transport(e))?;
+        written(&mut response)
+    }
+
+    /// `GET /v1/cluster` as JSON.
+    pub fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
+        let mut response = self
+            .agent
+            .get(&format!("{}/v1/cluster", self.base))
+            .call()
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = read_body(&mut response)?;
+        if status != 200 {
+            return Err(server_error(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("cluster body: {e}")))
+    }
+
+    /// `PUT /v1/buckets/{bucket}` with a JSON body such as `{"n":3,"r":2,"w":2,"conflict":"siblings"}`.
+    pub fn set_bucket(&self, bucket: &str, props: &serde_json::Value) -> Result<(), ClientError> {
+        let url = format!("{}/v1/buckets/{}", self.base, utf8_percent_encode(bucket, UNRESERVED));
+        let mut response = self
+            .agent
+            .put(&url)
+            .header("content-type", "application/json")
+            .send(props.to_string().as_bytes())
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = read_body(&mut response)?;
+        if status != 204 {
+            return Err(server_error(status, &body));
+        }
+        Ok(())
+    }
+}
+
+fn read_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ClientError> {
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE_BYTES)
+        .read_to_vec()
+        .map_err(|e| ClientError::Protocol(format!("reading the body: {e}")))
+}
+
+fn written(response: &mut ureq::http::Response<ureq::Body>) -> Result<String, ClientError> {
+    let status = response.status().as_u16();
+    let context = response
+        .headers()
+        .get(CONTEXT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = read_body(response)?;
+    match (status, context) {
+        (204, Some(context)) => Ok(context),
+        (204, None) => Err(ClientError::Protocol("204 without a context header".into())),
+        _ => Err(server_error(status, &body)),
+    }
+}
+
+fn is_not_found(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body).is_ok_and(|e| e.error == "not_found")
+}
+
+fn server_error(status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => ClientError::Server {
+            status,
+            code: e.error,
+            message: e.message,
+        },
+        Err(_) => ClientError::Server {
+            status,
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+        },
+    }
+}

@@ -1,0 +1,175 @@
+//! `ringkv dev-cluster`: starts N real `ringkv server` processes on
+//! 127.0.0.1, waits until they agree on the layout, prints how to reach
+//! them, and stops every one of them (by pid, the processes it started) on
+//! Ctrl-C or when one of them dies.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use ringkv_client::Client;
+use tokio::process::{Child, Command};
+
+#[derive(Args)]
+pub struct DevClusterArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Each node keeps its data in DIR/nodeI and logs to DIR/nodeI.log.
+    #[arg(long, default_value = "ringkv-dev")]
+    data_dir: PathBuf,
+    /// Node I (from 0) serves HTTP on this port + I.
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Node I serves RESP on this port + I.
+    #[arg(long, default_value_t = 6380)]
+    resp_port: u16,
+    /// Node I talks to peers on this port + I.
+    #[arg(long, default_value_t = 7070)]
+    peer_port: u16,
+}
+
+pub fn run(args: DevClusterArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > 32 {
+        bail!("--nodes must be between 1 and 32");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("while starting the runtime")?;
+    runtime.block_on(run_cluster(args))
+}
+
+struct DevNode {
+    name: String,
+    http: String,
+    resp: String,
+    child: Child,
+}
+
+async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("while locating the ringkv binary")?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("while creating {}", args.data_dir.display()))?;
+    let first_peer = format!("127.0.0.1:{}", args.peer_port);
+    let mut nodes: Vec<DevNode> = Vec::new();
+    for i in 0..args.nodes {
+        let name = format!("node{}", i + 1);
+        let port = |base: u16| -> anyhow::Result<String> {
+            let port = base.checked_add(i).context("port out of range")?;
+            Ok(format!("127.0.0.1:{port}"))
+        };
+        let (http, resp, peer) = (port(args.http_port)?, port(args.resp_port)?, port(args.peer_port)?);
+        let log_path = args.data_dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("while opening {}", log_path.display()))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("server")
+            .args(["--name", &name])
+            .arg("--data-dir")
+            .arg(args.data_dir.join(&name))
+            .args(["--peer-addr", &peer, "--http-addr", &http, "--resp-addr", &resp])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        if i > 0 {
+            command.args(["--join", &first_peer]);
+        }
+        let child = command.spawn().with_context(|| format!("while starting {name}"))?;
+        nodes.push(DevNode { name, http, resp, child });
+    }
+    let result = wait_until_ready(&mut nodes, &args).await;
+    if let Err(e) = result {
+        stop(&mut nodes).await;
+        return Err(e);
+    }
+    print_tour(&nodes, &args);
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        (name, status) = first_exit(&mut nodes) => Err(anyhow::anyhow!("{name} exited ({status}); see its log under {}", args.data_dir.display())),
+    };
+    eprintln!("stopping the dev cluster");
+    stop(&mut nodes).await;
+    outcome
+}
+
+async fn first_exit(nodes: &mut [DevNode]) -> (String, String) {
+    loop {
+        for node in nodes.iter_mut() {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                return (node.name.clone(), status.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn stop(nodes: &mut [DevNode]) {
+    for node in nodes.iter_mut() {
+        if let Some(pid) = node.child.id() {
+            // SIGTERM first: the node stops cleanly; kill after a grace period.
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+    for node in nodes.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(5), node.child.wait()).await.is_err() {
+            let _ = node.child.kill().await;
+        }
+    }
+}
+
+/// Waits until every node answers and all report the same layout with every member.
+async fn wait_until_ready(nodes: &mut [DevNode], args: &DevClusterArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let expected = nodes.len();
+    loop {
+        for node in nodes.iter_mut() {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                bail!("{} exited during start-up ({status}); see {}", node.name, args.data_dir.join(format!("{}.log", node.name)).display());
+            }
+        }
+        let urls = urls.clone();
+        let agreed = tokio::task::spawn_blocking(move || {
+            let mut versions = Vec::new();
+            for url in &urls {
+                let status = Client::new(url).cluster_status().ok()?;
+                let members = status["members"].as_array()?.len();
+                if members != expected {
+                    return None;
+                }
+                versions.push(status["layout_version"].as_u64()?);
+            }
+            versions.windows(2).all(|w| w[0] == w[1]).then_some(())
+        })
+        .await?;
+        if agreed.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the nodes did not agree on a layout within 60 s; see the logs under {}", args.data_dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_tour(nodes: &[DevNode], args: &DevClusterArgs) {
+    println!("ringkv dev cluster: {} nodes, data and logs under {}", nodes.len(), args.data_dir.display());
+    for node in nodes {
+        println!("  {:<7} http://{}  resp {}  pid {}", node.name, node.http, node.resp, node.child.id().unwrap_or(0));
+    }
+    let first = &nodes[0];
+    let last = &nodes[nodes.len() - 1];
+    let resp_port = |addr: &str| addr.rsplit(':').next().unwrap_or("6380").to_string();
+    println!();
+    println!("try:");
+    println!("  curl -i -XPUT http://{}/v1/kv/demo/hello -H 'content-type: text/plain' -d 'world'", first.http);
+    println!("  curl -i http://{}/v1/kv/demo/hello", last.http);
+    println!("  redis-cli -p {} set greeting hi", resp_port(&first.resp));
+    println!("  redis-cli -p {} get greeting", resp_port(&last.resp));
+    println!("  cargo run --release -- cluster status --url http://{}", first.http);
+    println!();
+    println!("Ctrl-C stops every node.");
+}
