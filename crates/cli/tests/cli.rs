@@ -1,0 +1,124 @@
+//! The binary as a user runs it: `ringkv server` with no flags, the CLI
+//! commands, and `ringkv dev-cluster`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ringkv_client::{Client, GetResult};
+use support::{BIN, eventually, free_port};
+
+#[test]
+fn server_without_flags_is_a_usable_single_node_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("server")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new("http://127.0.0.1:8080");
+    let result = std::panic::catch_unwind(|| {
+        eventually("default node to serve", Duration::from_secs(30), || client.cluster_status().ok());
+        // Default bucket (n=3, r=w=2) works on one node: capped at the member count.
+        client.put("b", b"k", b"v", "text/plain", None, None).unwrap();
+        assert!(matches!(client.get("b", b"k", None).unwrap(), GetResult::Found { value, .. } if value == b"v"));
+        assert_eq!(support::resp_command("127.0.0.1:6380", &[b"PING"]), b"+PONG\r\n");
+        assert!(dir.path().join("ringkv-data").join("ringkv.redb").exists());
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn cli_put_get_delete_and_cluster_status() {
+    let cluster = support::Cluster::start(3);
+    let url = cluster.nodes[0].url();
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN).args(args).env("RINGKV_URL", &url).output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (ok, _, err) = run(&["put", "demo", "k1", "v1"]);
+    assert!(ok, "{err}");
+    assert!(err.starts_with("context: "), "{err}");
+    let (ok, out, err) = run(&["get", "demo", "k1", "--url", &cluster.nodes[2].url()]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "v1");
+    let context = err.trim().strip_prefix("context: ").unwrap().to_string();
+    let (ok, _, err) = run(&["delete", "demo", "k1", "--context", &context]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["get", "demo", "k1"]);
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+    let (ok, out, err) = run(&["cluster", "status"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    let (ok, _, err) = run(&["put", "bad bucket", "k", "v"]);
+    assert!(!ok);
+    assert!(err.contains("400 bad_request"), "{err}");
+}
+
+#[test]
+fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = |n: usize| {
+        // Three consecutive free ports, probed.
+        loop {
+            let base = free_port();
+            if base < 60000 && (0..n as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+                return base;
+            }
+        }
+    };
+    let (http, resp, peer) = (ports(3), ports(3), ports(3));
+    let mut child = Command::new(BIN)
+        .args(["dev-cluster", "--nodes", "3"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http-port", &http.to_string(), "--resp-port", &resp.to_string(), "--peer-port", &peer.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("Ctrl-C stops every node") {
+            break;
+        }
+    }
+    assert!(printed.contains("redis-cli -p"), "{printed}");
+    assert!(printed.contains("curl"), "{printed}");
+    let pids: Vec<u32> = printed
+        .lines()
+        .filter_map(|l| l.split("pid ").nth(1))
+        .map(|p| p.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{printed}");
+    let first = Client::new(&format!("http://127.0.0.1:{http}"));
+    let last = Client::new(&format!("http://127.0.0.1:{}", http + 2));
+    first.put("demo", b"hello", b"world", "text/plain", None, None).unwrap();
+    assert!(matches!(last.get("demo", b"hello", None).unwrap(), GetResult::Found { value, .. } if value == b"world"));
+    // Ctrl-C (SIGINT) stops the cluster and every node process.
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "dev-cluster exited with {status}");
+    for pid in pids {
+        eventually("node processes to exit", Duration::from_secs(10), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")))
+            .then_some(())
+        });
+    }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", http)).is_err(), "node1 still serves HTTP");
+}

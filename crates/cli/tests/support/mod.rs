@@ -1,0 +1,217 @@
+//! Test harness: real `ringkv server` processes on 127.0.0.1 ports picked
+//! free, each with its own data dir. Every process is killed (by its pid,
+//! through its `Child`) when the harness is dropped.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringkv_client::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct TestNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub http: String,
+    pub resp: String,
+    pub peer: String,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn start(&mut self, join: Option<&str>) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .args(["server", "--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--http-addr", &self.http, "--resp-addr", &self.resp, "--peer-addr", &self.peer])
+            .args(["--gossip-interval-ms", "200", "--request-timeout-ms", "3000"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(join) = join {
+            command.args(["--join", join]);
+        }
+        self.child = Some(command.spawn().expect("start ringkv server"));
+        let url = self.url();
+        eventually(&format!("{} to serve HTTP", self.name), Duration::from_secs(30), || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+                }
+            }
+            Client::new(&url).cluster_status().ok()
+        });
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<TestNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(count: usize) -> Cluster {
+        Self::start_with(count, &[])
+    }
+
+    pub fn start_with(count: usize, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<TestNode> = (0..count)
+            .map(|i| TestNode {
+                name: format!("node{}", i + 1),
+                dir: dir.path().join(format!("node{}", i + 1)),
+                http: format!("127.0.0.1:{}", free_port()),
+                resp: format!("127.0.0.1:{}", free_port()),
+                peer: format!("127.0.0.1:{}", free_port()),
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            })
+            .collect();
+        let seed = nodes[0].peer.clone();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.start(if i == 0 { None } else { Some(&seed) });
+        }
+        let cluster = Cluster { nodes, _dir: dir };
+        cluster.wait_for_agreement();
+        cluster
+    }
+
+    /// Every running node reports the same layout with every member in it.
+    pub fn wait_for_agreement(&self) {
+        let expected = self.nodes.len();
+        eventually("nodes to agree on the layout", Duration::from_secs(30), || {
+            let mut versions = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                let status = node.client().cluster_status().ok()?;
+                if status["members"].as_array()?.len() != expected {
+                    return None;
+                }
+                versions.push(status["layout_version"].as_u64()?);
+            }
+            versions.windows(2).all(|w| w[0] == w[1]).then_some(())
+        });
+    }
+}
+
+/// Sends raw RESP and reads one reply (up to the first complete line set).
+pub fn resp_command(addr: &str, args: &[&[u8]]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&request).unwrap();
+    read_reply(&mut stream)
+}
+
+/// Reads until the peer has sent a full RESP reply (simple/bulk/integer/error/array of bulks).
+pub fn read_reply(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if reply_complete(&out) {
+            return out;
+        }
+    }
+}
+
+fn reply_complete(buf: &[u8]) -> bool {
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = buf.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
+        Some((&buf[at..end], end + 2))
+    }
+    fn one(buf: &[u8], at: usize) -> Option<usize> {
+        let (head, next) = line(buf, at)?;
+        match head.first()? {
+            b'+' | b'-' | b':' => Some(next),
+            b'$' => {
+                let len: i64 = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+                if len < 0 {
+                    return Some(next);
+                }
+                let end = next + len as usize + 2;
+                (buf.len() >= end).then_some(end)
+            }
+            b'*' => {
+                let count: i64 = std::str::from_utf8(&head[1..]).ok()?.parse().ok()?;
+                let mut at = next;
+                for _ in 0..count.max(0) {
+                    at = one(buf, at)?;
+                }
+                Some(at)
+            }
+            _ => None,
+        }
+    }
+    one(buf, 0).is_some()
+}
