@@ -13,26 +13,29 @@ use support::{BIN, eventually, free_port};
 #[test]
 fn server_without_flags_is_a_usable_single_node_store() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("server")
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(child);
     let client = Client::new("http://127.0.0.1:8080");
-    let result = std::panic::catch_unwind(|| {
-        eventually("default node to serve", Duration::from_secs(30), || client.cluster_status().ok());
-        // Default bucket (n=3, r=w=2) works on one node: capped at the member count.
-        client.put("b", b"k", b"v", "text/plain", None, None).unwrap();
-        assert!(matches!(client.get("b", b"k", None).unwrap(), GetResult::Found { value, .. } if value == b"v"));
-        assert_eq!(support::resp_command("127.0.0.1:6380", &[b"PING"]), b"+PONG\r\n");
-        assert!(dir.path().join("ringkv-data").join("ringkv.redb").exists());
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+    eventually("default node to serve", Duration::from_secs(30), || client.cluster_status().ok());
+    // Default bucket (n=3, r=w=2) works on one node: capped at the member count.
+    client.put("b", b"k", b"v", "text/plain", None, None).unwrap();
+    assert!(matches!(client.get("b", b"k", None).unwrap(), GetResult::Found { value, .. } if value == b"v"));
+    assert_eq!(support::resp_command("127.0.0.1:6380", &[b"PING"]), b"+PONG\r\n");
+    assert!(dir.path().join("ringkv-data").join("ringkv.redb").exists());
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

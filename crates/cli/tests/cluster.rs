@@ -303,7 +303,8 @@ fn metrics_and_cluster_view() {
     node.client().get("m", b"k", None).unwrap();
     let (status, metrics) = raw_http(&node.http, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200);
-    assert!(metrics.contains("ringkv_request_duration_seconds_bucket{op=\"Put\""), "{metrics}");
+    assert!(metrics.contains("ringkv_request_duration_seconds_count{op=\"put\"} 1"), "{metrics}");
+    assert!(metrics.contains("ringkv_request_duration_seconds_count{op=\"get\"} 1"), "{metrics}");
     assert!(metrics.contains("ringkv_read_repairs_total"), "{metrics}");
     let status = node.client().cluster_status().unwrap();
     let members = status["members"].as_array().unwrap();

@@ -70,6 +70,7 @@ impl Client {
     pub fn new(url: &str) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();

@@ -1,17 +1,29 @@
 //! Prometheus metrics of a node, rendered by `GET /metrics`.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Op {
     Get,
     Put,
     Delete,
+}
+
+impl EncodeLabelValue for Op {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Delete => "delete",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,7 +31,7 @@ pub struct OpLabels {
     pub op: Op,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum FailureReason {
     BadRequest,
     Unavailable,
@@ -27,6 +39,19 @@ pub enum FailureReason {
     Overloaded,
     TooManySiblings,
     Internal,
+}
+
+impl EncodeLabelValue for FailureReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            FailureReason::BadRequest => "bad_request",
+            FailureReason::Unavailable => "unavailable",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Overloaded => "overloaded",
+            FailureReason::TooManySiblings => "too_many_siblings",
+            FailureReason::Internal => "internal",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

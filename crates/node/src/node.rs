@@ -112,6 +112,10 @@ impl Node {
         &self.store
     }
 
+    pub fn store_stats(&self) -> ringkv_storage::GroupCommitStats {
+        self.store.stats()
+    }
+
     /// A bucket's configured properties (defaults when never set).
     pub fn bucket_props(&self, bucket: &str) -> BucketProps {
         match self.buckets().get(bucket) {
@@ -257,6 +261,7 @@ impl Node {
                     max: max as u32,
                 });
             }
+            Ok(Err(e)) => return ClientReply::Failed(OpError::BadRequest { message: e.to_string() }),
             Err(e) => return ClientReply::Failed(self.store_failure(e)),
         };
         let remotes: Vec<String> = preference
@@ -306,9 +311,22 @@ impl Node {
             Quorum::Reached(()) => ClientReply::Written {
                 context: object.clock().clone(),
             },
-            Quorum::Unreachable { got, needed } | Quorum::TimedOut { got, needed } => {
+            Quorum::Unreachable { mut got, needed } => {
+                // Tell the client how many replicas really hold the write:
+                // wait (within the deadline) for the answers still out.
+                loop {
+                    tokio::select! {
+                        ack = acks.recv() => match ack {
+                            Some(true) => got += 1,
+                            Some(false) => {}
+                            None => break,
+                        },
+                        () = &mut deadline => break,
+                    }
+                }
                 ClientReply::Failed(OpError::Unavailable { got, needed })
             }
+            Quorum::TimedOut { got, needed } => ClientReply::Failed(OpError::Unavailable { got, needed }),
         }
     }
 
@@ -392,10 +410,12 @@ impl Node {
                         Some((from, None)) => round.failed(from),
                         None => break,
                     },
-                    () = &mut deadline => { let d = round.timed_out(); if let (Some(tx), Some(d)) = (decided_tx.take(), d) { let _ = tx.send(d); } break; }
+                    () = &mut deadline => break,
                 };
-                if let (Some(decision), Some(tx)) = (decision, decided_tx.take()) {
-                    let _ = tx.send(decision);
+                if let Some(decision) = decision {
+                    if let Some(tx) = decided_tx.take() {
+                        let _ = tx.send(decision);
+                    }
                 }
             }
             if let (Some(tx), Some(d)) = (decided_tx.take(), round.timed_out()) {

@@ -203,13 +203,13 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                 return wrong_args(out, &name);
             }
             let keys = &args[1..];
-            let found = futures::future::join_all(keys.iter().map(|k| get(node, k))).await;
+            let found = futures::future::join_all(keys.iter().map(|k| read(node, k))).await;
             let mut count = 0;
             for (key, result) in keys.iter().zip(found) {
                 match result {
-                    Ok(Some(_)) => {
+                    Ok(Some((_, context))) => {
                         if name == "del" {
-                            if let Err(e) = write(node, key, None).await {
+                            if let Err(e) = write_with(node, key, None, context).await {
                                 error(out, &e);
                                 return Next::Continue;
                             }
@@ -244,6 +244,11 @@ fn error(out: &mut BytesMut, e: &OpError) {
 
 /// The value of a key: the newest live sibling (an `lww` bucket has one).
 async fn get(node: &Arc<Node>, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
+    Ok(read(node, key).await?.map(|(value, _)| value))
+}
+
+/// The value of a key and the causal context of the read.
+async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<(Vec<u8>, VersionVector)>, OpError> {
     let op = ClientOp::Get {
         bucket: node.config.resp_bucket.clone(),
         key: key.to_vec(),
@@ -254,10 +259,11 @@ async fn get(node: &Arc<Node>, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
         ClientReply::Found { object: None } => Ok(None),
         ClientReply::Found { object: Some(bytes) } => {
             let object = Object::decode(&bytes).map_err(|e| OpError::Internal { message: e.to_string() })?;
-            Ok(object
+            let newest = object
                 .live_siblings()
                 .max_by_key(|s| (s.modified_ms, s.dot))
-                .and_then(|s| s.value.clone()))
+                .and_then(|s| s.value.clone());
+            Ok(newest.map(|value| (value, object.clock().clone())))
         }
         ClientReply::Failed(e) => Err(e),
         ClientReply::Written { .. } => Err(OpError::Internal {
@@ -266,15 +272,20 @@ async fn get(node: &Arc<Node>, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
     }
 }
 
-/// SET and DEL write without a causal context: in the default `lww`
-/// bucket the newest write wins, as Redis users expect.
+/// SET writes without a causal context: in the default `lww` bucket the
+/// newest write wins, as Redis users expect. DEL passes the context of its
+/// read so that it supersedes what it saw in a `siblings` bucket too.
 async fn write(node: &Arc<Node>, key: &[u8], value: Option<Vec<u8>>) -> Result<(), OpError> {
+    write_with(node, key, value, VersionVector::new()).await
+}
+
+async fn write_with(node: &Arc<Node>, key: &[u8], value: Option<Vec<u8>>, context: VersionVector) -> Result<(), OpError> {
     let op = ClientOp::Put {
         bucket: node.config.resp_bucket.clone(),
         key: key.to_vec(),
         value,
         content_type: "application/octet-stream".into(),
-        context: VersionVector::new(),
+        context,
         w: None,
         timeout_ms: node.config.request_timeout_ms,
     };

@@ -79,6 +79,10 @@ impl LocalStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    pub fn stats(&self) -> ringkv_storage::GroupCommitStats {
+        self.committer.stats()
+    }
+
     pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.storage.get(Space::Meta, name.as_bytes())?)
     }

@@ -209,7 +209,7 @@ async fn drive_connection(
                 }
                 next = queue.try_recv().ok();
             }
-            if let Err(e) = writer.flush().await {
+            if let Err(e) = SinkExt::<bytes::Bytes>::flush(&mut writer).await {
                 return format!("write failed: {e}");
             }
         }
@@ -280,7 +280,7 @@ async fn serve_connection(stream: TcpStream, handler: Handler, max_frame_bytes: 
                     return;
                 }
             }
-            if writer.flush().await.is_err() {
+            if SinkExt::<bytes::Bytes>::flush(&mut writer).await.is_err() {
                 return;
             }
         }
