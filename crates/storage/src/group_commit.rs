@@ -21,8 +21,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crate::{Durability, Space, Storage, StorageError, WriteBatch};
 
@@ -95,6 +96,10 @@ pub struct GroupCommitOptions {
     /// Most jobs waiting in the queue; `submit` answers `Busy` beyond it.
     pub queue_capacity: usize,
     pub thread_name: String,
+    /// Longest time a `Buffered` write stays unsynced: the committer syncs
+    /// on its own once this much time has passed since the last sync.
+    /// `None`: only a later `Sync` job makes buffered writes durable.
+    pub sync_interval: Option<Duration>,
 }
 
 impl Default for GroupCommitOptions {
@@ -103,6 +108,7 @@ impl Default for GroupCommitOptions {
             max_batch_jobs: 1024,
             queue_capacity: 8192,
             thread_name: "ringkv-group-commit".to_string(),
+            sync_interval: Some(Duration::from_millis(1000)),
         }
     }
 }
@@ -233,6 +239,8 @@ impl GroupCommitter {
             max_batch_jobs: options.max_batch_jobs,
             counters: Arc::clone(&counters),
             unsynced: false,
+            sync_interval: options.sync_interval,
+            last_sync: Instant::now(),
         };
         let thread = thread::Builder::new()
             .name(options.thread_name)
@@ -319,6 +327,8 @@ struct Committer {
     counters: Arc<Counters>,
     /// A Buffered commit of ours has not been made durable yet.
     unsynced: bool,
+    sync_interval: Option<Duration>,
+    last_sync: Instant,
 }
 
 impl Committer {
@@ -327,7 +337,24 @@ impl Committer {
         let mut batch = Vec::with_capacity(self.max_batch_jobs);
         // `recv` keeps returning queued jobs after the last handle is gone
         // and fails only once the queue is empty.
-        while let Ok(first) = receiver.recv() {
+        loop {
+            let first = match (self.unsynced, self.sync_interval) {
+                (true, Some(interval)) => {
+                    let wait = interval.saturating_sub(self.last_sync.elapsed());
+                    match receiver.recv_timeout(wait) {
+                        Ok(submission) => submission,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.background_sync();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match receiver.recv() {
+                    Ok(submission) => submission,
+                    Err(_) => break,
+                },
+            };
             batch.push(first);
             while batch.len() < self.max_batch_jobs {
                 match receiver.try_recv() {
@@ -336,6 +363,31 @@ impl Committer {
                 }
             }
             self.commit(&mut batch);
+            if self.unsynced && self.sync_interval.is_some_and(|i| self.last_sync.elapsed() >= i) {
+                self.background_sync();
+            }
+        }
+        // A clean stop leaves nothing unsynced.
+        if self.unsynced {
+            self.background_sync();
+        }
+    }
+
+    /// Makes earlier Buffered commits durable (the bounded interval of
+    /// buffered durability). A failure is logged; the next interval retries.
+    fn background_sync(&mut self) {
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        match self.storage.sync() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                self.counters.synced_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.last_sync = Instant::now();
+                tracing::error!(%error, "background sync of buffered writes failed");
+            }
         }
     }
 
@@ -421,6 +473,7 @@ impl Committer {
             Ok(()) => match durability {
                 Durability::Sync => {
                     self.unsynced = false;
+                    self.last_sync = Instant::now();
                     self.counters.synced_batches.fetch_add(1, Ordering::Relaxed);
                 }
                 Durability::Buffered => self.unsynced = true,

@@ -570,3 +570,53 @@ fn a_panicking_job_stops_the_committer_and_pending_jobs_hear_closed() {
     // Dropping the last handle after the thread died must not panic.
     drop(committer);
 }
+
+#[test]
+fn buffered_writes_are_synced_within_the_interval() {
+    let memory = MemoryStorage::new();
+    let options = GroupCommitOptions {
+        sync_interval: Some(Duration::from_millis(20)),
+        ..GroupCommitOptions::default()
+    };
+    let committer = GroupCommitter::start(Arc::new(memory.clone()), options);
+    let (reports, report_receiver) = sync_channel(1);
+    let job = job_fn(
+        |_| Change::Put(b"v".to_vec()),
+        move |result| reports.send(result).unwrap(),
+    );
+    committer
+        .submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
+        .unwrap();
+    recv(&report_receiver).unwrap();
+    // Acknowledged from memory first; durable once the interval passed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while memory.get_durable(Space::Data(1), b"k").unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "buffered write never synced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(committer.stats().synced_batches >= 1);
+    memory.crash();
+    assert_eq!(memory.get(Space::Data(1), b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+#[test]
+fn without_an_interval_buffered_writes_wait_for_a_sync_job() {
+    let memory = MemoryStorage::new();
+    let options = GroupCommitOptions {
+        sync_interval: None,
+        ..GroupCommitOptions::default()
+    };
+    let committer = GroupCommitter::start(Arc::new(memory.clone()), options);
+    let (reports, report_receiver) = sync_channel(1);
+    let job = job_fn(
+        |_| Change::Put(b"v".to_vec()),
+        move |result| reports.send(result).unwrap(),
+    );
+    committer
+        .submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
+        .unwrap();
+    recv(&report_receiver).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    memory.crash();
+    assert_eq!(memory.get(Space::Data(1), b"k").unwrap(), None);
+}
