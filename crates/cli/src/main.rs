@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ringkv_client::{Client, GetResult};
 use ringkv_node::NodeConfig;
+use ringkv_node::config::DurabilityMode;
 
 #[derive(Parser)]
 #[command(name = "ringkv", version, about = "A highly available, Dynamo-style distributed key-value store")]
@@ -116,6 +117,20 @@ struct ServerArgs {
     max_frame_bytes: Option<usize>,
     #[arg(long)]
     max_connections: Option<usize>,
+    /// `sync` (default): acknowledge writes once synced to disk; `buffered`:
+    /// once written, synced in the background within --buffered-sync-interval-ms.
+    #[arg(long, value_parser = parse_durability)]
+    durability: Option<DurabilityMode>,
+    #[arg(long)]
+    buffered_sync_interval_ms: Option<u64>,
+}
+
+fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
+    match text {
+        "sync" => Ok(DurabilityMode::Sync),
+        "buffered" => Ok(DurabilityMode::Buffered),
+        other => Err(format!("expected sync or buffered, got {other:?}")),
+    }
 }
 
 impl ServerArgs {
@@ -142,7 +157,9 @@ impl ServerArgs {
             request_timeout_ms,
             gossip_interval_ms,
             max_frame_bytes,
-            max_connections
+            max_connections,
+            durability,
+            buffered_sync_interval_ms
         );
         if !self.join.is_empty() {
             config.join = self.join;

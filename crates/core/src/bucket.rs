@@ -22,7 +22,11 @@ pub enum InvalidInput {
     #[error("key must be 1-1024 bytes, got {len} bytes")]
     KeyLength { len: usize },
     #[error("{field} must be between 1 and {max}, got {value}")]
-    OutOfRange { field: &'static str, value: u32, max: u32 },
+    OutOfRange {
+        field: &'static str,
+        value: u32,
+        max: u32,
+    },
     #[error("{what}")]
     Other { what: String },
 }
@@ -47,6 +51,18 @@ pub fn validate_key(key: &[u8]) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// When a replica acknowledges a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// After the write is synced to disk (the default).
+    #[default]
+    Sync,
+    /// After the write is in the engine; synced in the background within a
+    /// bounded interval (Dynamo §6.1): a crash may lose the last moments.
+    Buffered,
+}
+
 /// Per-bucket replication and conflict settings (DESIGN §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +77,10 @@ pub struct BucketProps {
     pub conflict: ConflictMode,
     #[serde(default = "default_max_siblings")]
     pub max_siblings: u32,
+    /// None: the node's `--durability`. (No `skip_serializing_if`: gossip
+    /// encodes this with postcard, which is not self-describing.)
+    #[serde(default)]
+    pub durability: Option<DurabilityMode>,
 }
 
 fn default_n() -> u32 {
@@ -81,6 +101,7 @@ impl Default for BucketProps {
             w: default_quorum(),
             conflict: ConflictMode::Siblings,
             max_siblings: DEFAULT_MAX_SIBLINGS,
+            durability: None,
         }
     }
 }
@@ -104,7 +125,11 @@ impl BucketProps {
     }
 
     /// Checks a per-request quorum override against `n`.
-    pub fn quorum(&self, field: &'static str, requested: Option<u32>) -> Result<usize, InvalidInput> {
+    pub fn quorum(
+        &self,
+        field: &'static str,
+        requested: Option<u32>,
+    ) -> Result<usize, InvalidInput> {
         let value = requested.unwrap_or(if field == "r" { self.r } else { self.w });
         check_range(field, value, self.n)?;
         Ok(value as usize)
@@ -189,7 +214,9 @@ impl BucketRegistry {
             }
             let newer = match self.buckets.get(name) {
                 None => self.buckets.len() < MAX_CONFIGURED_BUCKETS,
-                Some(ours) => (theirs.updated_ms, theirs.updated_by) > (ours.updated_ms, ours.updated_by),
+                Some(ours) => {
+                    (theirs.updated_ms, theirs.updated_by) > (ours.updated_ms, ours.updated_by)
+                }
             };
             if newer {
                 self.buckets.insert(name.clone(), *theirs);
@@ -224,11 +251,22 @@ mod tests {
     #[test]
     fn props_validation() {
         assert!(BucketProps::default().validate().is_ok());
-        let bad = BucketProps { r: 4, ..BucketProps::default() };
+        let bad = BucketProps {
+            r: 4,
+            ..BucketProps::default()
+        };
         assert!(bad.validate().is_err());
-        let bad = BucketProps { n: 0, ..BucketProps::default() };
+        let bad = BucketProps {
+            n: 0,
+            ..BucketProps::default()
+        };
         assert!(bad.validate().is_err());
-        let one = BucketProps { n: 1, r: 1, w: 1, ..BucketProps::default() };
+        let one = BucketProps {
+            n: 1,
+            r: 1,
+            w: 1,
+            ..BucketProps::default()
+        };
         assert!(one.validate().is_ok());
         assert_eq!(BucketProps::default().quorum("r", Some(3)), Ok(3));
         assert!(BucketProps::default().quorum("w", Some(4)).is_err());
@@ -239,7 +277,18 @@ mod tests {
     fn registry_converges_whatever_the_merge_order() {
         let mut a = BucketRegistry::default();
         let mut b = BucketRegistry::default();
-        a.set("x", BucketProps { n: 1, r: 1, w: 1, ..BucketProps::default() }, 10, 1).unwrap();
+        a.set(
+            "x",
+            BucketProps {
+                n: 1,
+                r: 1,
+                w: 1,
+                ..BucketProps::default()
+            },
+            10,
+            1,
+        )
+        .unwrap();
         b.set("x", BucketProps::lww(), 10, 2).unwrap();
         let mut ab = a.clone();
         ab.merge(&b);

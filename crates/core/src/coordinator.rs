@@ -13,9 +13,15 @@ use crate::causality::{ConflictMode, Object};
 pub enum Quorum<T> {
     Reached(T),
     /// Too many replicas failed for the quorum to be reachable.
-    Unreachable { got: u32, needed: u32 },
+    Unreachable {
+        got: u32,
+        needed: u32,
+    },
     /// The timer fired first.
-    TimedOut { got: u32, needed: u32 },
+    TimedOut {
+        got: u32,
+        needed: u32,
+    },
 }
 
 /// A put or delete: the coordinator has stored the new object locally
@@ -125,7 +131,11 @@ impl GetRound {
         self.decide()
     }
 
-    pub fn replied(&mut self, from: NodeId, object: Option<Object>) -> Option<Quorum<Option<Object>>> {
+    pub fn replied(
+        &mut self,
+        from: NodeId,
+        object: Option<Object>,
+    ) -> Option<Quorum<Option<Object>>> {
         if self.asked.contains(&from) && !self.replies.contains_key(&from) {
             self.replies.insert(from, object);
         }
@@ -188,7 +198,10 @@ impl GetRound {
             self.decided = true;
             return Some(Quorum::Reached(self.merged()));
         }
-        let pending = self.asked.len().saturating_sub(self.replies.len() + self.failures.len());
+        let pending = self
+            .asked
+            .len()
+            .saturating_sub(self.replies.len() + self.failures.len());
         if self.replies.len() + pending < self.needed {
             self.decided = true;
             return Some(Quorum::Unreachable {
@@ -240,16 +253,25 @@ mod tests {
     #[test]
     fn put_fails_as_soon_as_quorum_is_impossible() {
         let mut round = PutRound::new(3, true, 2);
-        assert_eq!(round.failed(), Some(Quorum::Unreachable { got: 1, needed: 3 }));
+        assert_eq!(
+            round.failed(),
+            Some(Quorum::Unreachable { got: 1, needed: 3 })
+        );
         let mut round = PutRound::new(2, true, 2);
         assert_eq!(round.failed(), None);
-        assert_eq!(round.timed_out(), Some(Quorum::TimedOut { got: 1, needed: 2 }));
+        assert_eq!(
+            round.timed_out(),
+            Some(Quorum::TimedOut { got: 1, needed: 2 })
+        );
     }
 
     #[test]
     fn put_without_enough_replicas_fails_at_start() {
         let mut round = PutRound::new(3, true, 1);
-        assert_eq!(round.start(), Some(Quorum::Unreachable { got: 1, needed: 3 }));
+        assert_eq!(
+            round.start(),
+            Some(Quorum::Unreachable { got: 1, needed: 3 })
+        );
     }
 
     #[test]
@@ -281,7 +303,10 @@ mod tests {
     fn get_fails_when_too_many_replicas_fail() {
         let mut round = GetRound::new(2, vec![1, 2, 3], ConflictMode::Siblings);
         assert_eq!(round.failed(1), None);
-        assert_eq!(round.failed(2), Some(Quorum::Unreachable { got: 0, needed: 2 }));
+        assert_eq!(
+            round.failed(2),
+            Some(Quorum::Unreachable { got: 0, needed: 2 })
+        );
         // Replies from nodes that were not asked are ignored.
         let mut round = GetRound::new(1, vec![1], ConflictMode::Siblings);
         assert_eq!(round.replied(9, None), None);

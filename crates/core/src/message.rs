@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
-use crate::bucket::BucketRegistry;
+use crate::bucket::{BucketRegistry, DurabilityMode};
 use crate::causality::{ConflictMode, VersionVector};
 
 /// A client operation, as a coordinator runs it (also forwarded between
@@ -55,9 +55,13 @@ impl ClientOp {
 pub enum ClientReply {
     /// A get: the causal merge of what R replicas hold (encoded object), or
     /// None when no replica had the key.
-    Found { object: Option<Vec<u8>> },
+    Found {
+        object: Option<Vec<u8>>,
+    },
     /// A put or delete reached W replicas; the context covers the new version.
-    Written { context: VersionVector },
+    Written {
+        context: VersionVector,
+    },
     Failed(OpError),
 }
 
@@ -68,7 +72,11 @@ pub enum OpError {
     #[error("quorum not reached: {got} of {needed} replicas answered")]
     Unavailable { got: u32, needed: u32 },
     #[error("timed out after {timeout_ms} ms: {got} of {needed} replicas answered")]
-    Timeout { got: u32, needed: u32, timeout_ms: u64 },
+    Timeout {
+        got: u32,
+        needed: u32,
+        timeout_ms: u64,
+    },
     #[error("too many siblings: the write would leave {count}, the bucket allows {max}")]
     TooManySiblings { count: u32, max: u32 },
     #[error("node is overloaded, try again")]
@@ -94,23 +102,35 @@ pub enum PeerRequest {
         key: Vec<u8>,
         object: Vec<u8>,
         conflict: ConflictMode,
+        durability: DurabilityMode,
     },
     /// Read the local replica.
-    ReplicaGet { bucket: String, key: Vec<u8> },
+    ReplicaGet {
+        bucket: String,
+        key: Vec<u8>,
+    },
     /// Coordinate a client operation on behalf of a node that is not a primary.
     Coordinate(ClientOp),
     Gossip(GossipState),
     /// A node asks to join the cluster.
-    Join { member: crate::ring::Member },
+    Join {
+        member: crate::ring::Member,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     ReplicaPutDone,
-    ReplicaGetDone { object: Option<Vec<u8>> },
+    ReplicaGetDone {
+        object: Option<Vec<u8>>,
+    },
     Coordinated(ClientReply),
     Gossip(GossipState),
-    Joined { layout: Vec<u8> },
+    Joined {
+        layout: Vec<u8>,
+    },
     /// The request could not be served (bad input, storage error, overload).
-    Refused { message: String },
+    Refused {
+        message: String,
+    },
 }

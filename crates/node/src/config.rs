@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub use ringkv_core::bucket::DurabilityMode;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
@@ -32,6 +33,12 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     /// Client connections served at once per listener (HTTP, RESP).
     pub max_connections: usize,
+    /// `sync` (default): a replica acknowledges a write once it is synced
+    /// to disk. `buffered`: once it is written; synced in the background
+    /// within `buffered-sync-interval-ms` (a crash may lose that window).
+    /// A bucket's `durability` property overrides it.
+    pub durability: DurabilityMode,
+    pub buffered_sync_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -50,6 +57,8 @@ impl Default for NodeConfig {
             gossip_interval_ms: 1_000,
             max_frame_bytes: 128 * 1024 * 1024,
             max_connections: 4096,
+            durability: DurabilityMode::Sync,
+            buffered_sync_interval_ms: 1000,
         }
     }
 }
@@ -68,6 +77,9 @@ impl NodeConfig {
         }
         if self.max_frame_bytes < 2 * self.max_value_bytes + 64 * 1024 {
             return Err("max-frame-bytes must be at least twice max-value-bytes plus 64 KiB".into());
+        }
+        if self.buffered_sync_interval_ms == 0 || self.buffered_sync_interval_ms > 60_000 {
+            return Err("buffered-sync-interval-ms must be between 1 and 60000".into());
         }
         if self.request_timeout_ms == 0 || self.gossip_interval_ms == 0 || self.max_connections == 0 {
             return Err("request-timeout-ms, gossip-interval-ms and max-connections must be positive".into());

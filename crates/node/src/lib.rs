@@ -74,7 +74,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let path = config.data_dir.join("ringkv.redb");
     let storage: Arc<dyn Storage> =
         Arc::new(RedbStorage::open(&path).with_context(|| format!("while opening {}", path.display()))?);
-    let committer = GroupCommitter::start(storage.clone(), GroupCommitOptions::default());
+    let committer = GroupCommitter::start(
+        storage.clone(),
+        GroupCommitOptions {
+            sync_interval: Some(Duration::from_millis(config.buffered_sync_interval_ms)),
+            ..GroupCommitOptions::default()
+        },
+    );
     let store = LocalStore::new(storage, committer);
 
     let identity = match store.meta_get(META_IDENTITY)? {

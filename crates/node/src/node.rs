@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use ringkv_core::NodeId;
-use ringkv_core::bucket::{BucketProps, BucketRegistry, InvalidInput, validate_bucket_name, validate_key};
+use ringkv_core::bucket::{BucketProps, BucketRegistry, DurabilityMode, InvalidInput, validate_bucket_name, validate_key};
 use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError};
 use ringkv_core::coordinator::{GetRound, PutRound, Quorum};
 use ringkv_core::message::{ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse};
@@ -58,6 +58,7 @@ pub struct Node {
 struct Effective {
     props: BucketProps,
     n: usize,
+    durability: DurabilityMode,
 }
 
 impl Effective {
@@ -128,7 +129,8 @@ impl Node {
     fn effective(&self, bucket: &str, layout: &Layout) -> Effective {
         let props = self.bucket_props(bucket);
         let n = (props.n as usize).min(layout.members().len()).max(1);
-        Effective { props, n }
+        let durability = props.durability.unwrap_or(self.config.durability);
+        Effective { props, n, durability }
     }
 
     fn peer_addr(layout: &Layout, id: NodeId) -> Option<String> {
@@ -236,9 +238,10 @@ impl Node {
             effective.props.max_siblings as usize,
             now_ms(),
         );
+        let durability = effective.durability;
         let stored = self
             .store
-            .update(partition, &bucket, &key, move |current| {
+            .update(partition, &bucket, &key, durability, move |current| {
                 Object::update(
                     current.as_ref(),
                     &context,
@@ -277,6 +280,7 @@ impl Node {
             key,
             object: object.encode(),
             conflict: mode,
+            durability,
         };
         for addr in remotes {
             let node = self.clone();
@@ -380,7 +384,7 @@ impl Node {
         let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
         let preference = layout.preference_list(partition, effective.n);
         let timeout = Duration::from_millis(timeout_ms);
-        let mode = effective.props.conflict;
+        let (mode, durability) = (effective.props.conflict, effective.durability);
         let asked = preference.primaries.clone();
         let (replies_tx, mut replies) = mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len().max(1));
         for replica in asked.iter().copied() {
@@ -421,7 +425,7 @@ impl Node {
             if let (Some(tx), Some(d)) = (decided_tx.take(), round.timed_out()) {
                 let _ = tx.send(d);
             }
-            node.read_repair(&round, partition, &bucket, &key, mode).await;
+            node.read_repair(&round, partition, &bucket, &key, mode, durability).await;
         });
         match decided.await {
             Ok(Quorum::Reached(object)) => {
@@ -477,7 +481,15 @@ impl Node {
         }
     }
 
-    async fn read_repair(&self, round: &GetRound, partition: u32, bucket: &str, key: &[u8], mode: ConflictMode) {
+    async fn read_repair(
+        &self,
+        round: &GetRound,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+        mode: ConflictMode,
+        durability: DurabilityMode,
+    ) {
         let stale = round.stale_replicas();
         let Some(merged) = round.merged() else {
             return;
@@ -492,7 +504,7 @@ impl Node {
                 let incoming = merged.clone();
                 let result = self
                     .store
-                    .update(partition, bucket, key, move |current| {
+                    .update(partition, bucket, key, durability, move |current| {
                         Ok::<_, ()>(merge_into(current, &incoming, mode))
                     })
                     .await;
@@ -505,6 +517,7 @@ impl Node {
                     key: key.to_vec(),
                     object: merged.encode(),
                     conflict: mode,
+                    durability,
                 };
                 let timeout = Duration::from_millis(self.config.request_timeout_ms);
                 if self.peers.request(&addr, request, timeout).await.is_err() {
@@ -548,6 +561,7 @@ impl Node {
                 key,
                 object,
                 conflict,
+                durability,
             } => {
                 if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
                     return PeerResponse::Refused { message: e.to_string() };
@@ -559,7 +573,7 @@ impl Node {
                 let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
                 let result = self
                     .store
-                    .update(partition, &bucket, &key, move |current| {
+                    .update(partition, &bucket, &key, durability, move |current| {
                         Ok::<_, ()>(merge_into(current, &incoming, conflict))
                     })
                     .await;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use ringkv_core::bucket::DurabilityMode;
 use ringkv_core::causality::{DecodeError, Object};
 use ringkv_storage::{Change, Durability, GroupCommitter, Job, Space, Storage, StorageError, SubmitError};
 use tokio::sync::oneshot;
@@ -66,6 +67,7 @@ impl LocalStore {
         partition: u32,
         bucket: &str,
         key: &[u8],
+        durability: DurabilityMode,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
     ) -> Result<Result<Object, E>, StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -74,8 +76,12 @@ impl LocalStore {
             outcome: None,
             reply: tx,
         };
+        let durability = match durability {
+            DurabilityMode::Sync => Durability::Sync,
+            DurabilityMode::Buffered => Durability::Buffered,
+        };
         self.committer
-            .submit(Space::Data(partition), object_key(bucket, key), Durability::Sync, Box::new(job))?;
+            .submit(Space::Data(partition), object_key(bucket, key), durability, Box::new(job))?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
