@@ -6,6 +6,7 @@
 //! simulator drive the same code, so a seed replays a simulated run exactly.
 //! (`crates/cli/tests/core_is_pure.rs` checks the dependency list.)
 
+pub mod antientropy;
 pub mod causality;
 pub mod ring;
 

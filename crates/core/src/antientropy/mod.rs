@@ -1,0 +1,1 @@
+//! placeholder: Merkle trees for active anti-entropy (being written).
