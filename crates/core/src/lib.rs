@@ -16,4 +16,5 @@ pub mod ring;
 pub type NodeId = u64;
 pub mod bucket;
 pub mod coordinator;
+pub mod membership;
 pub mod message;
