@@ -24,25 +24,47 @@ pub enum Quorum<T> {
     },
 }
 
+/// Where a replica of a put sits: a primary of the key, or a fallback
+/// holding the write as a hint for a primary that is down (sloppy quorum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Fallback,
+}
+
 /// A put or delete: the coordinator has stored the new object locally
-/// (its own acknowledgement) and sent it to `remote` replicas.
+/// (its own acknowledgement, unless it is not a replica) and sent it to the
+/// other replicas. Reached when `w` replicas acknowledged, at least `pw`
+/// of them primaries.
 #[derive(Debug)]
 pub struct PutRound {
-    needed: usize,
-    pending: usize,
+    w: usize,
+    pw: usize,
     acks: usize,
+    primary_acks: usize,
+    pending: usize,
+    pending_primaries: usize,
     decided: bool,
 }
 
 impl PutRound {
-    /// `local_ack`: the coordinator itself is a replica that stored the
-    /// object durably. `remote`: replicas the object was sent to.
-    pub fn new(needed: usize, local_ack: bool, remote: usize) -> Self {
-        assert!(needed >= 1, "a quorum of zero is a programming error");
+    /// A strict round among primaries: `local_ack` when the coordinator
+    /// stored the object itself, `remote` primaries it was sent to.
+    pub fn new(w: usize, local_ack: bool, remote: usize) -> Self {
+        Self::with_roles(w, 0, local_ack.then_some(Role::Primary), &vec![Role::Primary; remote])
+    }
+
+    /// `local`: the role of the coordinator's own durable copy, if it is a
+    /// replica. `remote`: the roles of the replicas the object was sent to.
+    pub fn with_roles(w: usize, pw: usize, local: Option<Role>, remote: &[Role]) -> Self {
+        assert!(w >= 1 && pw <= w, "quorums must satisfy 1 <= w and pw <= w");
         PutRound {
-            needed,
-            pending: remote,
-            acks: usize::from(local_ack),
+            w,
+            pw,
+            acks: usize::from(local.is_some()),
+            primary_acks: usize::from(local == Some(Role::Primary)),
+            pending: remote.len(),
+            pending_primaries: remote.iter().filter(|r| **r == Role::Primary).count(),
             decided: false,
         }
     }
@@ -52,14 +74,27 @@ impl PutRound {
         self.decide()
     }
 
+    /// A primary acknowledged.
     pub fn acked(&mut self) -> Option<Quorum<()>> {
-        self.pending = self.pending.saturating_sub(1);
+        self.acked_by(Role::Primary)
+    }
+
+    /// A primary failed.
+    pub fn failed(&mut self) -> Option<Quorum<()>> {
+        self.failed_by(Role::Primary)
+    }
+
+    pub fn acked_by(&mut self, role: Role) -> Option<Quorum<()>> {
+        self.settle(role);
         self.acks += 1;
+        if role == Role::Primary {
+            self.primary_acks += 1;
+        }
         self.decide()
     }
 
-    pub fn failed(&mut self) -> Option<Quorum<()>> {
-        self.pending = self.pending.saturating_sub(1);
+    pub fn failed_by(&mut self, role: Role) -> Option<Quorum<()>> {
+        self.settle(role);
         self.decide()
     }
 
@@ -68,10 +103,8 @@ impl PutRound {
             return None;
         }
         self.decided = true;
-        Some(Quorum::TimedOut {
-            got: self.acks as u32,
-            needed: self.needed as u32,
-        })
+        let (got, needed) = self.shortfall();
+        Some(Quorum::TimedOut { got, needed })
     }
 
     pub fn acks(&self) -> usize {
@@ -82,20 +115,35 @@ impl PutRound {
         self.decided
     }
 
+    fn settle(&mut self, role: Role) {
+        self.pending = self.pending.saturating_sub(1);
+        if role == Role::Primary {
+            self.pending_primaries = self.pending_primaries.saturating_sub(1);
+        }
+    }
+
+    /// The count that falls short, for the error message.
+    fn shortfall(&self) -> (u32, u32) {
+        let primaries_short = self.primary_acks + self.pending_primaries < self.pw;
+        if self.acks < self.w && !primaries_short {
+            (self.acks as u32, self.w as u32)
+        } else {
+            (self.primary_acks as u32, self.pw as u32)
+        }
+    }
+
     fn decide(&mut self) -> Option<Quorum<()>> {
         if self.decided {
             return None;
         }
-        if self.acks >= self.needed {
+        if self.acks >= self.w && self.primary_acks >= self.pw {
             self.decided = true;
             return Some(Quorum::Reached(()));
         }
-        if self.acks + self.pending < self.needed {
+        if self.acks + self.pending < self.w || self.primary_acks + self.pending_primaries < self.pw {
             self.decided = true;
-            return Some(Quorum::Unreachable {
-                got: self.acks as u32,
-                needed: self.needed as u32,
-            });
+            let (got, needed) = self.shortfall();
+            return Some(Quorum::Unreachable { got, needed });
         }
         None
     }
@@ -272,6 +320,25 @@ mod tests {
             round.start(),
             Some(Quorum::Unreachable { got: 1, needed: 3 })
         );
+    }
+
+    #[test]
+    fn fallbacks_count_toward_w_but_not_pw() {
+        const P: Role = Role::Primary;
+        const F: Role = Role::Fallback;
+        // Sloppy: two primaries down, two fallbacks stand in.
+        let mut round = PutRound::with_roles(2, 0, Some(P), &[F, F]);
+        assert_eq!(round.acked_by(F), Some(Quorum::Reached(())));
+        // Strict: pw=2 cannot be met by fallbacks.
+        let mut round = PutRound::with_roles(2, 2, Some(P), &[F, F]);
+        assert_eq!(round.start(), Some(Quorum::Unreachable { got: 1, needed: 2 }));
+        let mut round = PutRound::with_roles(2, 2, Some(P), &[P, F]);
+        assert_eq!(round.acked_by(F), None);
+        assert_eq!(round.acked_by(P), Some(Quorum::Reached(())));
+        // A coordinator that is not a replica itself.
+        let mut round = PutRound::with_roles(2, 1, None, &[P, F, F]);
+        assert_eq!(round.acked_by(F), None);
+        assert_eq!(round.failed_by(P), Some(Quorum::Unreachable { got: 0, needed: 1 }));
     }
 
     #[test]
