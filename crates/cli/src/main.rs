@@ -1,5 +1,6 @@
 //! `ringkv`: the server, a local dev cluster, and a command-line client.
 
+mod bench;
 mod dev_cluster;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Generate load against ringkv, a Redis-protocol server or etcd and report latency percentiles.
+    Bench(bench::BenchArgs),
     /// Cluster commands.
     Cluster {
         #[command(subcommand)]
@@ -123,6 +126,12 @@ struct ServerArgs {
     durability: Option<DurabilityMode>,
     #[arg(long)]
     buffered_sync_interval_ms: Option<u64>,
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    hints_max: Option<u64>,
+    #[arg(long)]
+    hint_delivery_per_second: Option<usize>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -159,7 +168,10 @@ impl ServerArgs {
             max_frame_bytes,
             max_connections,
             durability,
-            buffered_sync_interval_ms
+            buffered_sync_interval_ms,
+            heartbeat_interval_ms,
+            hints_max,
+            hint_delivery_per_second
         );
         if !self.join.is_empty() {
             config.join = self.join;
@@ -242,6 +254,7 @@ fn main() -> anyhow::Result<()> {
             client.delete(&bucket, key.as_bytes(), context.as_deref(), w)?;
             Ok(())
         }
+        Command::Bench(args) => bench::run(args),
         Command::Cluster {
             command: ClusterCommand::Status { target },
         } => {

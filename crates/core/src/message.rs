@@ -26,6 +26,8 @@ pub enum ClientOp {
         content_type: String,
         context: VersionVector,
         w: Option<u32>,
+        /// Primaries (not fallbacks) that must acknowledge; None = 0.
+        pw: Option<u32>,
         timeout_ms: u64,
     },
 }
@@ -104,11 +106,23 @@ pub enum PeerRequest {
         conflict: ConflictMode,
         durability: DurabilityMode,
     },
-    /// Read the local replica.
+    /// Store this object as a hint for `hint_for`, a primary that is down
+    /// (sloppy quorum): merged into the hint store durably, then acknowledged.
+    HintPut {
+        bucket: String,
+        key: Vec<u8>,
+        object: Vec<u8>,
+        conflict: ConflictMode,
+        durability: DurabilityMode,
+        hint_for: NodeId,
+    },
+    /// Read the local replica (and any hint held for the key).
     ReplicaGet {
         bucket: String,
         key: Vec<u8>,
     },
+    /// Failure-detector heartbeat.
+    Ping { from: NodeId },
     /// Coordinate a client operation on behalf of a node that is not a primary.
     Coordinate(ClientOp),
     Gossip(GossipState),
@@ -121,6 +135,7 @@ pub enum PeerRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     ReplicaPutDone,
+    Pong { from: NodeId },
     ReplicaGetDone {
         object: Option<Vec<u8>>,
     },

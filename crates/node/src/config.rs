@@ -39,6 +39,12 @@ pub struct NodeConfig {
     /// A bucket's `durability` property overrides it.
     pub durability: DurabilityMode,
     pub buffered_sync_interval_ms: u64,
+    /// Failure-detector heartbeats to every member.
+    pub heartbeat_interval_ms: u64,
+    /// Most hint records a node holds for other nodes (sloppy quorum).
+    pub hints_max: u64,
+    /// Hints handed off per second at most.
+    pub hint_delivery_per_second: usize,
 }
 
 impl Default for NodeConfig {
@@ -59,6 +65,9 @@ impl Default for NodeConfig {
             max_connections: 4096,
             durability: DurabilityMode::Sync,
             buffered_sync_interval_ms: 1000,
+            heartbeat_interval_ms: 500,
+            hints_max: 1_000_000,
+            hint_delivery_per_second: 2000,
         }
     }
 }
@@ -80,6 +89,9 @@ impl NodeConfig {
         }
         if self.buffered_sync_interval_ms == 0 || self.buffered_sync_interval_ms > 60_000 {
             return Err("buffered-sync-interval-ms must be between 1 and 60000".into());
+        }
+        if self.heartbeat_interval_ms == 0 || self.hints_max == 0 || self.hint_delivery_per_second == 0 {
+            return Err("heartbeat-interval-ms, hints-max and hint-delivery-per-second must be positive".into());
         }
         if self.request_timeout_ms == 0 || self.gossip_interval_ms == 0 || self.max_connections == 0 {
             return Err("request-timeout-ms, gossip-interval-ms and max-connections must be positive".into());

@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use percent_encoding::percent_decode_str;
 use ringkv_core::bucket::BucketProps;
 use ringkv_core::causality::{Object, VersionVector, decode_context, encode_context};
+use ringkv_core::membership::Liveness;
 use ringkv_core::message::{ClientOp, ClientReply, OpError};
 use serde::Serialize;
 use serde_json::json;
@@ -30,6 +31,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/kv/{bucket}/{*key}", get(kv).put(kv).delete(kv))
         .route("/v1/buckets/{bucket}", put(put_bucket).get(get_bucket))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/preflist/{bucket}/{*key}", get(preflist))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -63,6 +65,7 @@ fn bad_request(message: impl Into<String>) -> Response {
 struct KvQuery {
     r: Option<u32>,
     w: Option<u32>,
+    pw: Option<u32>,
     timeout_ms: Option<u64>,
 }
 
@@ -74,8 +77,9 @@ fn parse_query(raw: Option<&str>) -> Result<KvQuery, Response> {
         match name {
             "r" => query.r = Some(value.parse().map_err(|_| bad())?),
             "w" => query.w = Some(value.parse().map_err(|_| bad())?),
+            "pw" => query.pw = Some(value.parse().map_err(|_| bad())?),
             "timeout_ms" => query.timeout_ms = Some(value.parse().map_err(|_| bad())?),
-            _ => return Err(bad_request(format!("unknown query parameter {name:?} (known: r, w, timeout_ms)"))),
+            _ => return Err(bad_request(format!("unknown query parameter {name:?} (known: r, w, pw, timeout_ms)"))),
         }
     }
     Ok(query)
@@ -131,8 +135,8 @@ async fn kv(
     };
     let timeout_ms = query.timeout_ms.unwrap_or(node.config.request_timeout_ms);
     let op = if method == Method::GET {
-        if query.w.is_some() {
-            return bad_request("w applies to writes; use r for reads");
+        if query.w.is_some() || query.pw.is_some() {
+            return bad_request("w and pw apply to writes; use r for reads");
         }
         ClientOp::Get {
             bucket,
@@ -175,6 +179,7 @@ async fn kv(
             content_type,
             context,
             w: query.w,
+            pw: query.pw,
             timeout_ms,
         }
     };
@@ -260,6 +265,8 @@ struct MemberJson {
     resp_addr: String,
     state: ringkv_core::ring::MemberState,
     liveness: &'static str,
+    phi: f64,
+    last_heard_ms_ago: Option<u64>,
     partitions_owned: usize,
 }
 
@@ -268,19 +275,20 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
     let members: Vec<MemberJson> = layout
         .members()
         .iter()
-        .map(|m| MemberJson {
-            name: m.name.clone(),
-            id: format!("{:016x}", m.id),
-            peer_addr: m.peer_addr.clone(),
-            http_addr: m.http_addr.clone(),
-            resp_addr: m.resp_addr.clone(),
-            state: m.state,
-            liveness: if m.id == node.id {
-                "up"
-            } else {
-                node.peers().liveness(&m.peer_addr).as_str()
-            },
-            partitions_owned: layout.partitions_owned(m.id),
+        .map(|m| {
+            let view = node.peer_view(m.id);
+            MemberJson {
+                name: m.name.clone(),
+                id: format!("{:016x}", m.id),
+                peer_addr: m.peer_addr.clone(),
+                http_addr: m.http_addr.clone(),
+                resp_addr: m.resp_addr.clone(),
+                state: m.state,
+                liveness: view.liveness.as_str(),
+                phi: (view.phi * 100.0).round() / 100.0,
+                last_heard_ms_ago: view.last_heard_ms_ago,
+                partitions_owned: layout.partitions_owned(m.id),
+            }
         })
         .collect();
     axum::Json(json!({
@@ -288,6 +296,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
         "node_id": format!("{:016x}", node.id),
         "layout_version": layout.version(),
         "partitions": layout.partitions(),
+        "hints_pending": node.hints_pending(),
         "members": members,
     }))
     .into_response()
@@ -297,9 +306,50 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let stats = node.store_stats();
     node.metrics.group_commit_batches.set(stats.commits as i64);
     node.metrics.group_commit_jobs.set(stats.jobs as i64);
+    node.metrics.hints_pending.set(node.hints_pending());
+    let layout = node.layout();
+    for member in layout.members().iter().filter(|m| m.id != node.id) {
+        let liveness = node.peer_view(member.id).liveness;
+        let up = matches!(liveness, Liveness::Up | Liveness::Suspect);
+        node.metrics
+            .peer_up
+            .get_or_create(&crate::metrics::PeerLabels { peer: member.name.clone() })
+            .set(i64::from(up));
+    }
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         node.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /v1/preflist/{bucket}/{key}`: where a key lives (as Riak's
+/// `preflist` or Cassandra's `nodetool getendpoints`): its partition, its
+/// primaries, and the replicas a request would use now (fallbacks standing
+/// in for primaries this node sees down).
+async fn preflist(State(node): State<Arc<Node>>, uri: Uri) -> Response {
+    let path = uri.path().replacen("/v1/preflist/", "/v1/kv/", 1);
+    let (bucket, key) = match bucket_and_key(&path.parse().unwrap_or_default()) {
+        Ok(parts) => parts,
+        Err(response) => return response,
+    };
+    if let Err(e) = ringkv_core::bucket::validate_bucket_name(&bucket).and(ringkv_core::bucket::validate_key(&key)) {
+        return bad_request(e.to_string());
+    }
+    let layout = node.layout();
+    let n = (node.bucket_props(&bucket).n as usize).min(layout.members().len()).max(1);
+    let partition = ringkv_core::ring::partition_of(ringkv_core::ring::key_hash(bucket.as_bytes(), &key), layout.partitions());
+    let name = |id: u64| layout.member(id).map_or_else(|| format!("{id:016x}"), |m| m.name.clone());
+    let preference = layout.preference_list(partition, n);
+    let plan: Vec<serde_json::Value> = node
+        .replica_plan(&layout, partition, n)
+        .into_iter()
+        .map(|r| json!({ "node": name(r.node), "hint_for": r.hint_for.map(name) }))
+        .collect();
+    axum::Json(json!({
+        "partition": partition,
+        "primaries": preference.primaries.iter().map(|id| name(*id)).collect::<Vec<_>>(),
+        "replicas_now": plan,
+    }))
+    .into_response()
 }

@@ -174,7 +174,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     });
     tokio::spawn(resp::serve(resp_listener, node.clone(), Arc::new(Semaphore::new(config.max_connections))));
+    node.count_hints()?;
     tokio::spawn(node.clone().gossip_loop());
+    tokio::spawn(node.clone().heartbeat_loop());
+    tokio::spawn(node.clone().hint_delivery_loop());
     node.announce().await;
     info!(node = %node.me.name, %peer_addr, %http_addr, %resp_addr, "serving");
     Ok(RunningNode {

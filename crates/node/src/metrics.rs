@@ -71,6 +71,15 @@ pub struct Metrics {
     pub group_commit_batches: Gauge,
     pub group_commit_jobs: Gauge,
     pub layout_version: Gauge,
+    pub hints_pending: Gauge,
+    pub hints_stored: Counter,
+    pub hints_delivered: Counter,
+    pub peer_up: Family<PeerLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
 }
 
 impl Metrics {
@@ -116,8 +125,20 @@ impl Metrics {
         );
         let layout_version = Gauge::default();
         registry.register("layout_version", "Version of the layout this node uses", layout_version.clone());
+        let hints_pending = Gauge::default();
+        registry.register("hints_pending", "Hint records held for nodes that were down", hints_pending.clone());
+        let hints_stored = Counter::default();
+        registry.register("hints_stored", "Hint records created (sloppy quorum writes held for a down primary)", hints_stored.clone());
+        let hints_delivered = Counter::default();
+        registry.register("hints_delivered", "Hints handed off to their primary and acknowledged", hints_delivered.clone());
+        let peer_up = Family::<PeerLabels, Gauge>::default();
+        registry.register("peer_up", "1 when this node sees the peer up or suspect, 0 when down", peer_up.clone());
         Metrics {
             registry,
+            hints_pending,
+            hints_stored,
+            hints_delivered,
+            peer_up,
             request_seconds,
             request_failures,
             read_repairs,

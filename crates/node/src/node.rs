@@ -8,14 +8,16 @@
 //! the storage engine's group committer, which batches many writes into
 //! one durable commit.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use ringkv_core::NodeId;
 use ringkv_core::bucket::{BucketProps, BucketRegistry, DurabilityMode, InvalidInput, validate_bucket_name, validate_key};
 use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError};
-use ringkv_core::coordinator::{GetRound, PutRound, Quorum};
+use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role};
+use ringkv_core::membership::{DetectorConfig, FailureDetector, Liveness, PeerView};
 use ringkv_core::message::{ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse};
 use ringkv_core::ring::{Layout, Member, key_hash, partition_of};
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::NodeConfig;
 use crate::metrics::{FailureLabels, FailureReason, Metrics, Op, OpLabels};
-use crate::store::{LocalStore, StoreError};
+use crate::store::{Hint, LocalStore, StoreError, object_key};
 use crate::transport::{PeerError, Peers};
 
 pub const META_IDENTITY: &str = "identity";
@@ -49,6 +51,10 @@ pub struct Node {
     layout: RwLock<Arc<Layout>>,
     buckets: RwLock<Arc<BucketRegistry>>,
     membership: tokio::sync::Mutex<()>,
+    detector: Mutex<FailureDetector>,
+    /// Hint records held for other nodes (approximate between restarts of
+    /// the count: recounted at start).
+    hints_pending: AtomicI64,
     pub metrics: Metrics,
 }
 
@@ -65,6 +71,28 @@ impl Effective {
     fn quorum(&self, field: &'static str, requested: Option<u32>) -> Result<usize, OpError> {
         let q = self.props.quorum(field, requested).map_err(bad_request)?;
         Ok(q.min(self.n))
+    }
+
+    /// `pr`/`pw`: how many primaries must answer (0 when not asked for).
+    fn strict_quorum(&self, field: &'static str, requested: Option<u32>) -> Result<usize, OpError> {
+        match requested {
+            None | Some(0) => Ok(0),
+            Some(_) => self.quorum(field, requested),
+        }
+    }
+}
+
+/// One replica of a key for a request: a primary, or a fallback standing
+/// in for `hint_for`, a primary that is down (sloppy quorum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedReplica {
+    pub node: NodeId,
+    pub hint_for: Option<NodeId>,
+}
+
+impl PlannedReplica {
+    fn role(&self) -> Role {
+        if self.hint_for.is_some() { Role::Fallback } else { Role::Primary }
     }
 }
 
@@ -93,6 +121,8 @@ impl Node {
             layout: RwLock::new(Arc::new(layout)),
             buckets: RwLock::new(Arc::new(buckets)),
             membership: tokio::sync::Mutex::new(()),
+            detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
+            hints_pending: AtomicI64::new(0),
             metrics,
         })
     }
@@ -135,6 +165,73 @@ impl Node {
 
     fn peer_addr(layout: &Layout, id: NodeId) -> Option<String> {
         layout.member(id).map(|m| m.peer_addr.clone())
+    }
+
+    /// This node's view of a peer (itself: up).
+    pub fn peer_view(&self, id: NodeId) -> PeerView {
+        if id == self.id {
+            return PeerView {
+                liveness: Liveness::Up,
+                phi: 0.0,
+                last_heard_ms_ago: Some(0),
+            };
+        }
+        self.detector.lock().expect("detector lock").view(id, now_ms())
+    }
+
+    fn usable(&self, id: NodeId) -> bool {
+        self.peer_view(id).liveness.is_usable()
+    }
+
+    /// Feeds the failure detector with the outcome of a request to a peer.
+    fn observe<T>(&self, id: NodeId, result: &Result<T, PeerError>) {
+        let mut detector = self.detector.lock().expect("detector lock");
+        match result {
+            Ok(_) => detector.heartbeat(id, now_ms()),
+            Err(PeerError::Unreachable | PeerError::Disconnected) => detector.unreachable(id, now_ms()),
+            Err(PeerError::Timeout | PeerError::Overloaded) => {}
+        }
+    }
+
+    /// The replicas of a partition for a request now: the primaries that
+    /// are not down, each down one replaced by the next usable fallback.
+    pub fn replica_plan(&self, layout: &Layout, partition: u32, n: usize) -> Vec<PlannedReplica> {
+        let preference = layout.preference_list(partition, n);
+        let mut fallbacks = preference.fallbacks.iter().copied().filter(|f| self.usable(*f));
+        let mut plan = Vec::with_capacity(n);
+        for primary in preference.primaries {
+            if self.usable(primary) {
+                plan.push(PlannedReplica { node: primary, hint_for: None });
+            } else if let Some(fallback) = fallbacks.next() {
+                plan.push(PlannedReplica {
+                    node: fallback,
+                    hint_for: Some(primary),
+                });
+            }
+        }
+        plan
+    }
+
+    pub fn hints_pending(&self) -> i64 {
+        self.hints_pending.load(Ordering::Relaxed).max(0)
+    }
+
+    fn hint_stored(&self) {
+        self.hints_pending.fetch_add(1, Ordering::Relaxed);
+        self.metrics.hints_stored.inc();
+    }
+
+    /// The local copy of a key: the replica's object merged with any hint
+    /// this node holds for it.
+    fn read_local(&self, partition: u32, bucket: &str, key: &[u8], mode: ConflictMode) -> Result<Option<Object>, StoreError> {
+        let data = self.store.read(partition, bucket, key)?;
+        let hint = self.store.read_hint(partition, bucket, key)?;
+        Ok(match (data, hint) {
+            (None, None) => None,
+            (Some(object), None) => Some(object),
+            (None, Some(hint)) => Some(hint.object),
+            (Some(object), Some(hint)) => Some(object.merge(&hint.object, mode)),
+        })
     }
 
     // ---------------------------------------------------------------- client operations
@@ -214,6 +311,7 @@ impl Node {
             content_type,
             context,
             w,
+            pw,
             timeout_ms,
         } = op.clone()
         else {
@@ -221,16 +319,17 @@ impl Node {
         };
         let layout = self.layout();
         let effective = self.effective(&bucket, &layout);
-        let w = match effective.quorum("w", w) {
-            Ok(w) => w,
-            Err(e) => return ClientReply::Failed(e),
+        let (w, pw) = match (effective.quorum("w", w), effective.strict_quorum("pw", pw)) {
+            (Ok(w), Ok(pw)) => (w.max(pw), pw),
+            (Err(e), _) | (_, Err(e)) => return ClientReply::Failed(e),
         };
         let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
-        let preference = layout.preference_list(partition, effective.n);
-        let primary_here = preference.primaries.contains(&self.id);
+        let plan = self.replica_plan(&layout, partition, effective.n);
+        let mine = plan.iter().find(|r| r.node == self.id).copied();
         let timeout = Duration::from_millis(timeout_ms);
-        if !primary_here && may_forward {
-            return self.forward(&layout, &preference.primaries, op, w, timeout).await;
+        if mine.is_none() && may_forward {
+            let candidates: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
+            return self.forward(&layout, &candidates, op, w, timeout).await;
         }
         let (id, mode, max_siblings, now) = (
             self.id,
@@ -239,73 +338,112 @@ impl Node {
             now_ms(),
         );
         let durability = effective.durability;
-        let stored = self
-            .store
-            .update(partition, &bucket, &key, durability, move |current| {
-                Object::update(
-                    current.as_ref(),
-                    &context,
-                    NewVersion {
-                        value,
-                        content_type,
-                        now_ms: now,
-                    },
-                    id,
-                    mode,
-                    max_siblings,
-                )
-            })
-            .await;
+        let new_version = NewVersion {
+            value,
+            content_type,
+            now_ms: now,
+        };
+        let update = move |current: Option<&Object>| {
+            Object::update(current, &context, new_version, id, mode, max_siblings)
+        };
+        // Not a replica by this node's view (a forwarded request, views
+        // differ): keep the write as a hint for the key's first primary.
+        let first_primary = layout.preference_list(partition, 1).primaries.first().copied();
+        let local_hint_for = match mine {
+            Some(m) => m.hint_for,
+            None => first_primary.filter(|p| *p != self.id),
+        };
+        let stored = match local_hint_for {
+            // A fallback coordinating for a primary that is down: the
+            // write lives in the hint store until it is handed off.
+            Some(hint_for) => self
+                .store
+                .update_hint(partition, object_key(&bucket, &key), durability, move |current| {
+                    let is_new = current.is_none();
+                    match update(current.as_ref().map(|h| &h.object)) {
+                        Ok(object) => {
+                            let mut targets = current.map(|h| h.targets).unwrap_or_default();
+                            targets.insert(hint_for);
+                            (Some(Hint { targets, object: object.clone() }), (Ok(object), is_new))
+                        }
+                        Err(e) => (current, (Err(e), false)),
+                    }
+                })
+                .await,
+            None => self
+                .store
+                .update(partition, &bucket, &key, durability, move |current| update(current.as_ref()))
+                .await
+                .map(|result| (result, false)),
+        };
         let object = match stored {
-            Ok(Ok(object)) => object,
-            Ok(Err(UpdateError::TooManySiblings { count, max })) => {
+            Ok((Ok(object), new_hint)) => {
+                if new_hint {
+                    self.hint_stored();
+                }
+                object
+            }
+            Ok((Err(UpdateError::TooManySiblings { count, max }), _)) => {
                 return ClientReply::Failed(OpError::TooManySiblings {
                     count: count as u32,
                     max: max as u32,
                 });
             }
-            Ok(Err(e)) => return ClientReply::Failed(OpError::BadRequest { message: e.to_string() }),
+            Ok((Err(e), _)) => return ClientReply::Failed(OpError::BadRequest { message: e.to_string() }),
             Err(e) => return ClientReply::Failed(self.store_failure(e)),
         };
-        let remotes: Vec<String> = preference
-            .primaries
-            .iter()
-            .filter(|p| **p != self.id)
-            .filter_map(|p| Self::peer_addr(&layout, *p))
-            .collect();
-        let mut round = PutRound::new(w, primary_here, remotes.len());
+        let remotes: Vec<PlannedReplica> = plan.iter().filter(|r| r.node != self.id).copied().collect();
+        let roles: Vec<Role> = remotes.iter().map(|r| r.role()).collect();
+        let mut round = PutRound::with_roles(w, pw, mine.map(|m| m.role()), &roles);
         let (acks_tx, mut acks) = mpsc::channel(remotes.len().max(1));
-        let request = PeerRequest::ReplicaPut {
-            bucket,
-            key,
-            object: object.encode(),
-            conflict: mode,
-            durability,
-        };
-        for addr in remotes {
+        let encoded = object.encode();
+        for replica in remotes {
+            let Some(addr) = Self::peer_addr(&layout, replica.node) else {
+                continue;
+            };
+            let request = match replica.hint_for {
+                None => PeerRequest::ReplicaPut {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    object: encoded.clone(),
+                    conflict: mode,
+                    durability,
+                },
+                Some(hint_for) => PeerRequest::HintPut {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    object: encoded.clone(),
+                    conflict: mode,
+                    durability,
+                    hint_for,
+                },
+            };
             let node = self.clone();
-            let request = request.clone();
             let acks_tx = acks_tx.clone();
             tokio::spawn(async move {
-                let ok = matches!(
-                    node.peers.request(&addr, request, timeout).await,
-                    Ok(PeerResponse::ReplicaPutDone)
-                );
+                let result = node.peers.request(&addr, request, timeout).await;
+                node.observe(replica.node, &result);
+                let ok = matches!(result, Ok(PeerResponse::ReplicaPutDone));
                 if !ok {
                     node.metrics.peer_failures.inc();
                 }
-                let _ = acks_tx.send(ok).await;
+                let _ = acks_tx.send((replica.role(), ok)).await;
             });
         }
         drop(acks_tx);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut decision = round.start();
+        let (mut acked, mut primaries_acked) = (mine.is_some() as u32, (mine.map(|m| m.role()) == Some(Role::Primary)) as u32);
         while decision.is_none() {
             decision = tokio::select! {
                 ack = acks.recv() => match ack {
-                    Some(true) => round.acked(),
-                    Some(false) => round.failed(),
+                    Some((role, true)) => {
+                        acked += 1;
+                        primaries_acked += (role == Role::Primary) as u32;
+                        round.acked_by(role)
+                    }
+                    Some((role, false)) => round.failed_by(role),
                     None => round.timed_out(),
                 },
                 () = &mut deadline => round.timed_out(),
@@ -315,19 +453,27 @@ impl Node {
             Quorum::Reached(()) => ClientReply::Written {
                 context: object.clock().clone(),
             },
-            Quorum::Unreachable { mut got, needed } => {
+            Quorum::Unreachable { .. } => {
                 // Tell the client how many replicas really hold the write:
                 // wait (within the deadline) for the answers still out.
                 loop {
                     tokio::select! {
                         ack = acks.recv() => match ack {
-                            Some(true) => got += 1,
-                            Some(false) => {}
+                            Some((role, true)) => {
+                                acked += 1;
+                                primaries_acked += (role == Role::Primary) as u32;
+                            }
+                            Some((_, false)) => {}
                             None => break,
                         },
                         () = &mut deadline => break,
                     }
                 }
+                let (got, needed) = if (acked as usize) < w {
+                    (acked, w as u32)
+                } else {
+                    (primaries_acked, pw as u32)
+                };
                 ClientReply::Failed(OpError::Unavailable { got, needed })
             }
             Quorum::TimedOut { got, needed } => ClientReply::Failed(OpError::Unavailable { got, needed }),
@@ -341,11 +487,12 @@ impl Node {
             let Some(addr) = Self::peer_addr(layout, *primary) else {
                 continue;
             };
-            match self
+            let result = self
                 .peers
                 .request(&addr, PeerRequest::Coordinate(op.clone()), timeout + FORWARD_GRACE)
-                .await
-            {
+                .await;
+            self.observe(*primary, &result);
+            match result {
                 Ok(PeerResponse::Coordinated(reply)) => return reply,
                 Ok(PeerResponse::Refused { message }) => {
                     return ClientReply::Failed(OpError::Internal { message });
@@ -382,17 +529,18 @@ impl Node {
             Err(e) => return ClientReply::Failed(e),
         };
         let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
-        let preference = layout.preference_list(partition, effective.n);
+        let plan = self.replica_plan(&layout, partition, effective.n);
         let timeout = Duration::from_millis(timeout_ms);
         let (mode, durability) = (effective.props.conflict, effective.durability);
-        let asked = preference.primaries.clone();
+        let asked: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
+        let primaries: Vec<NodeId> = plan.iter().filter(|r| r.hint_for.is_none()).map(|r| r.node).collect();
         let (replies_tx, mut replies) = mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len().max(1));
         for replica in asked.iter().copied() {
             let node = self.clone();
             let (bucket, key, replies_tx) = (bucket.clone(), key.clone(), replies_tx.clone());
             let addr = Self::peer_addr(&layout, replica);
             tokio::spawn(async move {
-                let reply = node.read_replica(replica, addr, partition, bucket, key, timeout).await;
+                let reply = node.read_replica(replica, addr, partition, bucket, key, mode, timeout).await;
                 let _ = replies_tx.send((replica, reply)).await;
             });
         }
@@ -425,7 +573,7 @@ impl Node {
             if let (Some(tx), Some(d)) = (decided_tx.take(), round.timed_out()) {
                 let _ = tx.send(d);
             }
-            node.read_repair(&round, partition, &bucket, &key, mode, durability).await;
+            node.read_repair(&round, &primaries, partition, &bucket, &key, mode, durability).await;
         });
         match decided.await {
             Ok(Quorum::Reached(object)) => {
@@ -446,6 +594,7 @@ impl Node {
     }
 
     /// One replica's copy: Some(object or None) on an answer, None on failure.
+    #[allow(clippy::too_many_arguments)]
     async fn read_replica(
         &self,
         replica: NodeId,
@@ -453,10 +602,11 @@ impl Node {
         partition: u32,
         bucket: String,
         key: Vec<u8>,
+        mode: ConflictMode,
         timeout: Duration,
     ) -> Option<Option<Object>> {
         if replica == self.id {
-            return match self.store.read(partition, &bucket, &key) {
+            return match self.read_local(partition, &bucket, &key, mode) {
                 Ok(object) => Some(object),
                 Err(e) => {
                     error!(error = %e, %bucket, "local read failed");
@@ -465,7 +615,9 @@ impl Node {
             };
         }
         let addr = addr?;
-        match self.peers.request(&addr, PeerRequest::ReplicaGet { bucket, key }, timeout).await {
+        let result = self.peers.request(&addr, PeerRequest::ReplicaGet { bucket, key }, timeout).await;
+        self.observe(replica, &result);
+        match result {
             Ok(PeerResponse::ReplicaGetDone { object: None }) => Some(None),
             Ok(PeerResponse::ReplicaGetDone { object: Some(bytes) }) => match Object::decode(&bytes) {
                 Ok(object) => Some(Some(object)),
@@ -481,9 +633,13 @@ impl Node {
         }
     }
 
+    /// Sends the merged object to the stale primaries (fallbacks hand
+    /// their hints off on their own).
+    #[allow(clippy::too_many_arguments)]
     async fn read_repair(
         &self,
         round: &GetRound,
+        primaries: &[NodeId],
         partition: u32,
         bucket: &str,
         key: &[u8],
@@ -498,7 +654,7 @@ impl Node {
             return;
         }
         let layout = self.layout();
-        for replica in stale {
+        for replica in stale.into_iter().filter(|r| primaries.contains(r)) {
             self.metrics.read_repairs.inc();
             if replica == self.id {
                 let incoming = merged.clone();
@@ -545,8 +701,10 @@ impl Node {
                 if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
                     return PeerResponse::Refused { message: e.to_string() };
                 }
-                let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
-                match self.store.read(partition, &bucket, &key) {
+                let layout = self.layout();
+                let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
+                let mode = self.effective(&bucket, &layout).props.conflict;
+                match self.read_local(partition, &bucket, &key, mode) {
                     Ok(object) => PeerResponse::ReplicaGetDone {
                         object: object.map(|o| o.encode()),
                     },
@@ -582,6 +740,18 @@ impl Node {
                     Err(e) => PeerResponse::Refused { message: e.to_string() },
                 }
             }
+            PeerRequest::HintPut {
+                bucket,
+                key,
+                object,
+                conflict,
+                durability,
+                hint_for,
+            } => self.store_hint(bucket, key, object, conflict, durability, hint_for).await,
+            PeerRequest::Ping { from } => {
+                self.detector.lock().expect("detector lock").heartbeat(from, now_ms());
+                PeerResponse::Pong { from: self.id }
+            }
             PeerRequest::Coordinate(op) => PeerResponse::Coordinated(self.execute(op, false).await),
             PeerRequest::Gossip(state) => {
                 self.absorb(state).await;
@@ -608,6 +778,179 @@ impl Node {
         tokio::spawn(async move { node.announce().await });
         PeerResponse::Joined {
             layout: self.layout().encode(),
+        }
+    }
+
+    // ---------------------------------------------------------------- hinted handoff
+
+    async fn store_hint(
+        &self,
+        bucket: String,
+        key: Vec<u8>,
+        object: Vec<u8>,
+        conflict: ConflictMode,
+        durability: DurabilityMode,
+        hint_for: NodeId,
+    ) -> PeerResponse {
+        if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
+            return PeerResponse::Refused { message: e.to_string() };
+        }
+        let incoming = match Object::decode(&object) {
+            Ok(object) => object,
+            Err(e) => return PeerResponse::Refused { message: e.to_string() },
+        };
+        // A full hint store refuses: the coordinator then counts this
+        // replica as failed and may still reach W through others.
+        if self.hints_pending() >= self.config.hints_max as i64 {
+            return PeerResponse::Refused {
+                message: format!("hint store is full ({} hints)", self.config.hints_max),
+            };
+        }
+        let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
+        let result = self
+            .store
+            .update_hint(partition, object_key(&bucket, &key), durability, move |current| {
+                let is_new = current.is_none();
+                let hint = match current {
+                    None => Hint {
+                        targets: [hint_for].into_iter().collect(),
+                        object: incoming,
+                    },
+                    Some(mut hint) => {
+                        hint.targets.insert(hint_for);
+                        hint.object = hint.object.merge(&incoming, conflict);
+                        hint
+                    }
+                };
+                (Some(hint), is_new)
+            })
+            .await;
+        match result {
+            Ok(is_new) => {
+                if is_new {
+                    self.hint_stored();
+                }
+                PeerResponse::ReplicaPutDone
+            }
+            Err(e) => PeerResponse::Refused { message: e.to_string() },
+        }
+    }
+
+    /// Counts the hints on disk (at start).
+    pub fn count_hints(&self) -> Result<(), StoreError> {
+        let mut count = 0i64;
+        for partition in 0..self.layout().partitions() {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.store.scan_hints(partition, after.as_deref(), 1024)?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                count += page.len() as i64;
+            }
+        }
+        self.hints_pending.store(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Hands hints off to their primaries once these are reachable again;
+    /// a hint is deleted only after its primary durably acknowledged it.
+    pub async fn hint_delivery_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(500));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if self.hints_pending() == 0 {
+                continue;
+            }
+            if let Err(e) = self.deliver_hints().await {
+                warn!(error = %e, "hint delivery failed");
+            }
+        }
+    }
+
+    async fn deliver_hints(self: &Arc<Self>) -> Result<(), StoreError> {
+        let layout = self.layout();
+        let budget_per_pass = self.config.hint_delivery_per_second.div_ceil(2).max(1);
+        let mut delivered = 0usize;
+        for partition in 0..layout.partitions() {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.store.scan_hints(partition, after.as_deref(), 128)?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                for (raw_key, hint) in page {
+                    let Some((bucket, key)) = split_object_key(&raw_key) else {
+                        warn!("hint with a malformed key; skipping");
+                        continue;
+                    };
+                    let mode = self.effective(&bucket, &layout).props.conflict;
+                    for target in hint.targets.iter().copied() {
+                        if delivered >= budget_per_pass {
+                            return Ok(());
+                        }
+                        let Some(addr) = Self::peer_addr(&layout, target).filter(|_| self.usable(target)) else {
+                            continue;
+                        };
+                        delivered += 1;
+                        let request = PeerRequest::ReplicaPut {
+                            bucket: bucket.clone(),
+                            key: key.clone(),
+                            object: hint.object.encode(),
+                            conflict: mode,
+                            durability: DurabilityMode::Sync,
+                        };
+                        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+                        let result = self.peers.request(&addr, request, timeout).await;
+                        self.observe(target, &result);
+                        if !matches!(result, Ok(PeerResponse::ReplicaPutDone)) {
+                            continue;
+                        }
+                        let sent = hint.object.clone();
+                        let removed = self
+                            .store
+                            .update_hint(partition, raw_key.clone(), DurabilityMode::Sync, move |current| {
+                                match current {
+                                    // A newer hinted write arrived meanwhile: keep the target.
+                                    Some(h) if h.object != sent => (Some(h), false),
+                                    Some(mut h) => {
+                                        h.targets.remove(&target);
+                                        if h.targets.is_empty() { (None, true) } else { (Some(h), false) }
+                                    }
+                                    None => (None, false),
+                                }
+                            })
+                            .await?;
+                        self.metrics.hints_delivered.inc();
+                        if removed {
+                            self.hints_pending.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pings every other member so the failure detector has fresh samples.
+    pub async fn heartbeat_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let layout = self.layout();
+            for member in layout.members().iter().filter(|m| m.id != self.id) {
+                let node = self.clone();
+                let (id, addr) = (member.id, member.peer_addr.clone());
+                tokio::spawn(async move {
+                    let timeout = Duration::from_millis(node.config.heartbeat_interval_ms * 4);
+                    let result = node.peers.request(&addr, PeerRequest::Ping { from: node.id }, timeout).await;
+                    node.observe(id, &result);
+                });
+            }
         }
     }
 
@@ -753,4 +1096,11 @@ fn check_member(member: &Member) -> Result<(), String> {
             .map_err(|_| format!("member address {addr:?} is not ip:port"))?;
     }
     Ok(())
+}
+
+/// Bucket and key back from `store::object_key`.
+fn split_object_key(raw: &[u8]) -> Option<(String, Vec<u8>)> {
+    let len = u16::from_be_bytes(raw.get(..2)?.try_into().ok()?) as usize;
+    let bucket = std::str::from_utf8(raw.get(2..2 + len)?).ok()?.to_string();
+    Some((bucket, raw[2 + len..].to_vec()))
 }

@@ -287,6 +287,7 @@ async fn write_with(node: &Arc<Node>, key: &[u8], value: Option<Vec<u8>>, contex
         content_type: "application/octet-stream".into(),
         context,
         w: None,
+        pw: None,
         timeout_ms: node.config.request_timeout_ms,
     };
     match node.execute(op, true).await {

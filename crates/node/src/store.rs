@@ -16,6 +16,8 @@ pub enum StoreError {
     Storage(#[from] StorageError),
     #[error("stored object is corrupt: {0}")]
     Corrupt(#[from] DecodeError),
+    #[error("stored hint is corrupt: {0}")]
+    CorruptHint(String),
     #[error("the write queue is full")]
     Busy,
     #[error("the store is shut down")]
@@ -76,17 +78,59 @@ impl LocalStore {
             outcome: None,
             reply: tx,
         };
-        let durability = match durability {
-            DurabilityMode::Sync => Durability::Sync,
-            DurabilityMode::Buffered => Durability::Buffered,
-        };
-        self.committer
-            .submit(Space::Data(partition), object_key(bucket, key), durability, Box::new(job))?;
+        self.committer.submit(
+            Space::Data(partition),
+            object_key(bucket, key),
+            storage_durability(durability),
+            Box::new(job),
+        )?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     pub fn stats(&self) -> ringkv_storage::GroupCommitStats {
         self.committer.stats()
+    }
+
+    /// The hint held for a key (sloppy quorum), if any.
+    pub fn read_hint(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Hint>, StoreError> {
+        match self.storage.get(Space::Hints(partition), &object_key(bucket, key))? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(Hint::decode(&bytes)?)),
+        }
+    }
+
+    /// One page of the hints of a partition, in key order after `after`.
+    pub fn scan_hints(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Hint)>, StoreError> {
+        let page = self.storage.scan(Space::Hints(partition), after, limit)?;
+        page.into_iter()
+            .map(|(key, bytes)| Ok((key, Hint::decode(&bytes)?)))
+            .collect()
+    }
+
+    /// Runs `update` on the hint record of a key inside the committer:
+    /// `None` from `update` deletes the record. Returns `update`'s second
+    /// value once the change is durable.
+    pub async fn update_hint<T: Send + 'static>(
+        &self,
+        partition: u32,
+        raw_key: Vec<u8>,
+        durability: DurabilityMode,
+        update: impl FnOnce(Option<Hint>) -> (Option<Hint>, T) + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job = HintJob {
+            update: Some(Box::new(update)),
+            outcome: None,
+            reply: tx,
+        };
+        self.committer
+            .submit(Space::Hints(partition), raw_key, storage_durability(durability), Box::new(job))?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -141,5 +185,130 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
         };
         // The requester may have given up (timeout); nothing to do then.
         let _ = self.reply.send(outcome);
+    }
+}
+
+fn storage_durability(mode: DurabilityMode) -> Durability {
+    match mode {
+        DurabilityMode::Sync => Durability::Sync,
+        DurabilityMode::Buffered => Durability::Buffered,
+    }
+}
+
+/// A write held by a fallback for primaries that were down (sloppy
+/// quorum): the causal merge of every hinted write of the key, and the
+/// primaries it is still owed to. Format: u8 version ‖ u32 BE target count
+/// ‖ u64 BE targets ‖ encoded object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    pub targets: std::collections::BTreeSet<ringkv_core::NodeId>,
+    pub object: Object,
+}
+
+const HINT_FORMAT: u8 = 1;
+
+impl Hint {
+    pub fn encode(&self) -> Vec<u8> {
+        let object = self.object.encode();
+        let mut out = Vec::with_capacity(5 + 8 * self.targets.len() + object.len());
+        out.push(HINT_FORMAT);
+        out.extend_from_slice(&(self.targets.len() as u32).to_be_bytes());
+        for target in &self.targets {
+            out.extend_from_slice(&target.to_be_bytes());
+        }
+        out.extend_from_slice(&object);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Hint, StoreError> {
+        let corrupt = |what: &str| StoreError::CorruptHint(what.to_string());
+        let (&version, rest) = bytes.split_first().ok_or_else(|| corrupt("empty record"))?;
+        if version != HINT_FORMAT {
+            return Err(corrupt("unknown format version"));
+        }
+        let count = rest.get(..4).ok_or_else(|| corrupt("truncated target count"))?;
+        let count = u32::from_be_bytes(count.try_into().expect("4 bytes")) as usize;
+        let targets_end = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(4))
+            .filter(|end| *end <= rest.len())
+            .ok_or_else(|| corrupt("truncated targets"))?;
+        let targets = rest[4..targets_end]
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let object = Object::decode(&rest[targets_end..])?;
+        Ok(Hint { targets, object })
+    }
+}
+
+type HintFn<T> = Box<dyn FnOnce(Option<Hint>) -> (Option<Hint>, T) + Send>;
+
+struct HintJob<T> {
+    update: Option<HintFn<T>>,
+    outcome: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send + 'static> Job for HintJob<T> {
+    fn apply(&mut self, current: Option<&[u8]>) -> Change {
+        let Some(update) = self.update.take() else {
+            return Change::Unchanged;
+        };
+        let current = match current.map(Hint::decode).transpose() {
+            Ok(current) => current,
+            Err(e) => {
+                self.outcome = Some(Err(e));
+                return Change::Unchanged;
+            }
+        };
+        let (next, value) = update(current);
+        self.outcome = Some(Ok(value));
+        match next {
+            Some(hint) => Change::Put(hint.encode()),
+            None => Change::Delete,
+        }
+    }
+
+    fn done(self: Box<Self>, result: Result<(), StorageError>) {
+        let outcome = match result {
+            Err(e) => Err(StoreError::Storage(e)),
+            Ok(()) => self.outcome.unwrap_or(Err(StoreError::Closed)),
+        };
+        let _ = self.reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_core::causality::{ConflictMode, NewVersion, VersionVector};
+
+    #[test]
+    fn hint_records_round_trip_and_reject_garbage() {
+        let object = Object::update(
+            None,
+            &VersionVector::new(),
+            NewVersion {
+                value: Some(b"v".to_vec()),
+                content_type: "text/plain".into(),
+                now_ms: 1,
+            },
+            7,
+            ConflictMode::Siblings,
+            10,
+        )
+        .unwrap();
+        let hint = Hint {
+            targets: [3, 9].into_iter().collect(),
+            object,
+        };
+        assert_eq!(Hint::decode(&hint.encode()).unwrap(), hint);
+        let bytes = hint.encode();
+        for cut in 0..bytes.len() {
+            assert!(Hint::decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes decoded");
+        }
+        assert!(Hint::decode(&[1, 255, 255, 255, 255]).is_err());
+        assert!(Hint::decode(&[2, 0, 0, 0, 0]).is_err());
     }
 }

@@ -38,21 +38,12 @@ pub enum PeerError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
+enum LinkState {
     Unknown,
     Up,
     Down,
 }
 
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Unknown => "unknown",
-            Liveness::Up => "up",
-            Liveness::Down => "down",
-        }
-    }
-}
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>;
 
@@ -64,19 +55,19 @@ struct Link {
 }
 
 impl Link {
-    fn liveness(&self) -> Liveness {
+    fn state(&self) -> LinkState {
         match self.state.load(Ordering::Relaxed) {
-            1 => Liveness::Up,
-            2 => Liveness::Down,
-            _ => Liveness::Unknown,
+            1 => LinkState::Up,
+            2 => LinkState::Down,
+            _ => LinkState::Unknown,
         }
     }
 
-    fn set(&self, liveness: Liveness) {
+    fn set(&self, liveness: LinkState) {
         let v = match liveness {
-            Liveness::Unknown => 0,
-            Liveness::Up => 1,
-            Liveness::Down => 2,
+            LinkState::Unknown => 0,
+            LinkState::Up => 1,
+            LinkState::Down => 2,
         };
         self.state.store(v, Ordering::Relaxed);
     }
@@ -101,14 +92,6 @@ impl Peers {
         })
     }
 
-    pub fn liveness(&self, addr: &str) -> Liveness {
-        self.links
-            .lock()
-            .expect("links lock")
-            .get(addr)
-            .map_or(Liveness::Unknown, |l| l.liveness())
-    }
-
     fn link(&self, addr: &str) -> Arc<Link> {
         let mut links = self.links.lock().expect("links lock");
         if let Some(link) = links.get(addr) {
@@ -129,7 +112,7 @@ impl Peers {
     /// Sends a request and waits for its answer at most `timeout`.
     pub async fn request(&self, addr: &str, body: PeerRequest, timeout: Duration) -> Result<PeerResponse, PeerError> {
         let link = self.link(addr);
-        if link.liveness() == Liveness::Down {
+        if link.state() == LinkState::Down {
             return Err(PeerError::Unreachable);
         }
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
@@ -156,18 +139,18 @@ async fn run_link(addr: String, link: Arc<Link>, mut queue: mpsc::Receiver<(u64,
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                link.set(Liveness::Up);
+                link.set(LinkState::Up);
                 backoff = BACKOFF_MIN;
                 let reason = drive_connection(stream, &link, &mut queue, max_frame_bytes).await;
                 debug!(peer = %addr, %reason, "peer connection closed");
-                link.set(Liveness::Down);
+                link.set(LinkState::Down);
                 link.fail_pending();
                 if queue.is_closed() {
                     return;
                 }
             }
             _ => {
-                link.set(Liveness::Down);
+                link.set(LinkState::Down);
                 // Nobody waits for requests queued while connecting failed.
                 while queue.try_recv().is_ok() {}
                 link.fail_pending();

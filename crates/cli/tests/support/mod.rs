@@ -215,3 +215,33 @@ fn reply_complete(buf: &[u8]) -> bool {
     }
     one(buf, 0).is_some()
 }
+
+/// A plain HTTP GET; returns the body (panics on transport errors).
+pub fn http_get(url: &str) -> String {
+    let (_, body) = http("GET", url, b"");
+    body
+}
+
+/// A plain HTTP PUT; returns (status, body).
+pub fn http_put(url: &str, body: &[u8]) -> (u16, String) {
+    http("PUT", url, body)
+}
+
+fn http(method: &str, url: &str, body: &[u8]) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
