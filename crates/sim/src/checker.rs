@@ -1,0 +1,390 @@
+//! The history checkers: what must hold of every run, judged only from what
+//! clients did and saw (no peeking at dots or replicas; the convergence
+//! check, which does look at replicas, lives in `Sim::finish`).
+//!
+//! - **No acknowledged write lost or silently superseded** (siblings
+//!   buckets, DESIGN §1): every write acknowledged OK is in the final read
+//!   of its key, or some write of the key (acknowledged or merely
+//!   attempted) *covered* it. A write covers what its causal context came
+//!   from: the versions returned by the read it got the context from, or
+//!   the write whose returned context it passed on, and transitively
+//!   whatever those versions' own writes covered.
+//! - **No resurrection**: a version covered by an acknowledged write does
+//!   not come back in the final read.
+//! - **No invented values**: every version any read returned is one some
+//!   client wrote (same value or tombstone, same key), before that read
+//!   completed.
+//! - **LWW**: the final read of an `lww` bucket holds at most one version.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use ringkv_core::causality::ConflictMode;
+
+use crate::history::{History, OpId, OpKind, Outcome};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ViolationKind {
+    /// An acknowledged write is neither in the final read nor covered by a
+    /// later write's context.
+    LostWrite,
+    /// A version that an acknowledged write covered is in the final read.
+    SupersededVersionReturned,
+    /// A read returned a version no client wrote (or wrote later, or to
+    /// another key, or with another value).
+    UnknownVersion,
+    /// A key that was written has no successful final read.
+    FinalReadMissing,
+    /// An `lww` bucket's final read returned more than one version.
+    SiblingsInLww,
+    /// After the final reads and their read repair, the primaries of a key
+    /// hold different objects.
+    Divergence,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub key: String,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} on key {:?}: {}", self.kind, self.key, self.detail)
+    }
+}
+
+/// Runs every history check for a bucket in `mode`.
+pub fn check_history(history: &History, mode: ConflictMode) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let writes = write_index(history);
+    check_versions_were_written(history, &writes, &mut violations);
+    let covers = Covers::compute(history, &writes);
+
+    let mut keys: BTreeSet<&str> = BTreeSet::new();
+    for op in &history.ops {
+        if op.as_write().is_some() {
+            keys.insert(&op.key);
+        }
+    }
+    for key in keys {
+        let final_read = history.ops.iter().enumerate().rev().find(|(_, op)| {
+            op.key == key && op.outcome == Outcome::Ok && op.as_read().is_some_and(|r| r.final_read)
+        });
+        let Some((final_op, final_record)) = final_read else {
+            violations.push(Violation {
+                kind: ViolationKind::FinalReadMissing,
+                key: key.to_string(),
+                detail: "no final read of this key succeeded".to_string(),
+            });
+            continue;
+        };
+        let final_read = final_record.as_read().expect("found as a read");
+        let final_writes: BTreeSet<OpId> = final_read
+            .seen
+            .iter()
+            .filter_map(|s| writes.get(s.write.as_str()).copied())
+            .collect();
+        let shown: Vec<&str> = final_read.seen.iter().map(|s| s.write.as_str()).collect();
+        match mode {
+            ConflictMode::Lww => {
+                if final_read.seen.len() > 1 {
+                    violations.push(Violation {
+                        kind: ViolationKind::SiblingsInLww,
+                        key: key.to_string(),
+                        detail: format!("final read (op {final_op}) returned {shown:?}"),
+                    });
+                }
+            }
+            ConflictMode::Siblings => {
+                for (op, record) in history.ops.iter().enumerate() {
+                    let Some(write) = record.as_write() else {
+                        continue;
+                    };
+                    if record.key != key || record.outcome != Outcome::Ok {
+                        continue;
+                    }
+                    if !final_writes.contains(&op) && !covers.is_covered(op) {
+                        violations.push(Violation {
+                            kind: ViolationKind::LostWrite,
+                            key: key.to_string(),
+                            detail: format!(
+                                "write {} (op {op}, client {}, node {}, invoked at {} ms, acknowledged at {} ms) \
+                                 is not in the final read {shown:?} and no write's context covered it",
+                                write.write,
+                                record.client,
+                                record.node,
+                                record.invoke_ms,
+                                record.complete_ms.unwrap_or(0),
+                            ),
+                        });
+                    }
+                    for covered in covers.of(op) {
+                        if final_writes.contains(covered) {
+                            let old = history.ops[*covered]
+                                .as_write()
+                                .map_or("?", |w| w.write.as_str());
+                            violations.push(Violation {
+                                kind: ViolationKind::SupersededVersionReturned,
+                                key: key.to_string(),
+                                detail: format!(
+                                    "acknowledged write {} (op {op}) covered {old}, yet the final read returned {shown:?}",
+                                    write.write
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// Write id → the op that wrote it (the first, should ids repeat).
+fn write_index(history: &History) -> BTreeMap<&str, OpId> {
+    let mut index = BTreeMap::new();
+    for (op, record) in history.ops.iter().enumerate() {
+        if let Some(write) = record.as_write() {
+            index.entry(write.write.as_str()).or_insert(op);
+        }
+    }
+    index
+}
+
+fn check_versions_were_written(
+    history: &History,
+    writes: &BTreeMap<&str, OpId>,
+    violations: &mut Vec<Violation>,
+) {
+    for (op, record) in history.ops.iter().enumerate() {
+        let OpKind::Read(read) = &record.kind else {
+            continue;
+        };
+        if record.outcome != Outcome::Ok {
+            continue;
+        }
+        for seen in &read.seen {
+            let problem = match writes.get(seen.write.as_str()) {
+                None => Some("no client wrote it".to_string()),
+                Some(&writer) => {
+                    let writer_record = &history.ops[writer];
+                    let write = writer_record.as_write().expect("indexed as a write");
+                    if writer_record.key != record.key {
+                        Some(format!("it was written to key {:?}", writer_record.key))
+                    } else if write.value != seen.value {
+                        Some(format!(
+                            "the write wrote {:?}, the read returned {:?}",
+                            write.value.as_deref().map(String::from_utf8_lossy),
+                            seen.value.as_deref().map(String::from_utf8_lossy)
+                        ))
+                    } else if record
+                        .complete_ms
+                        .is_some_and(|done| writer_record.invoke_ms > done)
+                    {
+                        Some("it was written after the read completed".to_string())
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(problem) = problem {
+                violations.push(Violation {
+                    kind: ViolationKind::UnknownVersion,
+                    key: record.key.clone(),
+                    detail: format!("read op {op} returned version {:?}: {problem}", seen.write),
+                });
+            }
+        }
+    }
+}
+
+/// For each write, the writes its context covered (transitively).
+struct Covers {
+    by_write: BTreeMap<OpId, BTreeSet<OpId>>,
+    covered: BTreeSet<OpId>,
+}
+
+impl Covers {
+    fn compute(history: &History, writes: &BTreeMap<&str, OpId>) -> Covers {
+        let mut by_write = BTreeMap::new();
+        for (op, record) in history.ops.iter().enumerate() {
+            if record.as_write().is_some() {
+                let mut visiting = BTreeSet::new();
+                covers_of(history, writes, op, &mut by_write, &mut visiting);
+            }
+        }
+        let covered = by_write.values().flatten().copied().collect();
+        Covers { by_write, covered }
+    }
+
+    fn of(&self, op: OpId) -> impl Iterator<Item = &OpId> {
+        self.by_write.get(&op).into_iter().flatten()
+    }
+
+    fn is_covered(&self, op: OpId) -> bool {
+        self.covered.contains(&op)
+    }
+}
+
+fn covers_of(
+    history: &History,
+    writes: &BTreeMap<&str, OpId>,
+    op: OpId,
+    memo: &mut BTreeMap<OpId, BTreeSet<OpId>>,
+    visiting: &mut BTreeSet<OpId>,
+) -> BTreeSet<OpId> {
+    if let Some(done) = memo.get(&op) {
+        return done.clone();
+    }
+    // A cycle can only come from a hand-made or corrupt history; cut it.
+    if !visiting.insert(op) {
+        return BTreeSet::new();
+    }
+    let record = &history.ops[op];
+    let mut covered = BTreeSet::new();
+    let source = record.as_write().and_then(|w| w.context_from);
+    if let Some(source) = source.filter(|&s| s < history.ops.len()) {
+        let source_record = &history.ops[source];
+        if source_record.key == record.key {
+            let direct: Vec<OpId> = match &source_record.kind {
+                OpKind::Read(read) if source_record.outcome == Outcome::Ok => read
+                    .seen
+                    .iter()
+                    .filter_map(|s| writes.get(s.write.as_str()).copied())
+                    .filter(|&w| history.ops[w].key == record.key)
+                    .collect(),
+                OpKind::Read(_) => Vec::new(),
+                OpKind::Write(_) => vec![source],
+            };
+            for writer in direct {
+                if writer == op {
+                    continue;
+                }
+                covered.insert(writer);
+                covered.extend(covers_of(history, writes, writer, memo, visiting));
+            }
+        }
+    }
+    covered.remove(&op);
+    visiting.remove(&op);
+    memo.insert(op, covered.clone());
+    covered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(violations: &[Violation]) -> Vec<ViolationKind> {
+        violations.iter().map(|v| v.kind).collect()
+    }
+
+    #[test]
+    fn a_blindly_overwritten_acknowledged_write_is_lost() {
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        h.record_write("k", "b", false, None, Outcome::Ok);
+        h.record_read("k", &["b"], true);
+        let v = check_history(&h, ConflictMode::Siblings);
+        assert_eq!(kinds(&v), vec![ViolationKind::LostWrite], "{v:?}");
+        assert!(v[0].detail.contains("write a "), "{}", v[0].detail);
+    }
+
+    #[test]
+    fn siblings_or_a_covering_write_keep_the_history_clean() {
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        h.record_write("k", "b", false, None, Outcome::Ok);
+        let read = h.record_read("k", &["a", "b"], false);
+        // c only attempted: its context still covers a and b.
+        h.record_write("k", "c", false, Some(read), Outcome::Unknown);
+        h.record_read("k", &["c"], true);
+        assert_eq!(check_history(&h, ConflictMode::Siblings), vec![]);
+
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        h.record_write("k", "b", false, None, Outcome::Ok);
+        h.record_read("k", &["a", "b"], true);
+        assert_eq!(check_history(&h, ConflictMode::Siblings), vec![]);
+    }
+
+    #[test]
+    fn coverage_is_transitive_through_reads_and_writes() {
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        let r1 = h.record_read("k", &["a"], false);
+        let b = h.record_write("k", "b", false, Some(r1), Outcome::Ok);
+        // c passes on b's returned context: covers b, and through b, a.
+        let c = h.record_write("k", "c", true, Some(b), Outcome::Ok);
+        let r2 = h.record_read("k", &["c"], false);
+        h.record_write("k", "d", false, Some(r2), Outcome::Failed);
+        h.record_read("k", &["d"], true);
+        assert_eq!(check_history(&h, ConflictMode::Siblings), vec![]);
+        let _ = c;
+    }
+
+    #[test]
+    fn a_covered_version_must_not_come_back() {
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        let read = h.record_read("k", &["a"], false);
+        h.record_write("k", "b", false, Some(read), Outcome::Ok);
+        h.record_read("k", &["a", "b"], true);
+        let v = check_history(&h, ConflictMode::Siblings);
+        assert_eq!(
+            kinds(&v),
+            vec![ViolationKind::SupersededVersionReturned],
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_context_from_another_key_covers_nothing() {
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        h.record_write("j", "x", false, None, Outcome::Ok);
+        let read = h.record_read("j", &["x"], false);
+        h.record_write("k", "b", false, Some(read), Outcome::Ok);
+        h.record_read("k", &["b"], true);
+        h.record_read("j", &["x"], true);
+        let v = check_history(&h, ConflictMode::Siblings);
+        assert_eq!(kinds(&v), vec![ViolationKind::LostWrite], "{v:?}");
+    }
+
+    #[test]
+    fn invented_wrong_and_misplaced_versions_are_reported() {
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        h.record_write("j", "x", true, None, Outcome::Failed);
+        h.record_read("k", &["a", "nobody"], false);
+        // x was a delete on key j: returning it for k is wrong twice over.
+        h.record_read("k", &["a", "x"], true);
+        h.record_read("j", &[], true);
+        let v = check_history(&h, ConflictMode::Siblings);
+        assert_eq!(
+            kinds(&v),
+            vec![ViolationKind::UnknownVersion, ViolationKind::UnknownVersion],
+            "{v:?}"
+        );
+        assert!(v[0].detail.contains("no client wrote it"));
+        assert!(v[1].detail.contains("key \"j\""));
+    }
+
+    #[test]
+    fn missing_final_read_and_lww_siblings_are_reported() {
+        let mut h = History::new();
+        h.record_write("k", "a", false, None, Outcome::Ok);
+        assert_eq!(
+            kinds(&check_history(&h, ConflictMode::Siblings)),
+            vec![ViolationKind::FinalReadMissing]
+        );
+        h.record_write("k", "b", false, None, Outcome::Ok);
+        h.record_read("k", &["a", "b"], true);
+        assert_eq!(
+            kinds(&check_history(&h, ConflictMode::Lww)),
+            vec![ViolationKind::SiblingsInLww]
+        );
+    }
+}

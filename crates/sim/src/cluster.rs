@@ -1,0 +1,83 @@
+//! `Cluster`: what every simulated node shares and never changes during a
+//! run: the layout (built with the real `core::ring`), the bucket's
+//! properties, the node ids by index, the request timeout and the planted
+//! bug, if any.
+
+use ringkv_core::NodeId;
+use ringkv_core::bucket::{BucketProps, DurabilityMode};
+use ringkv_core::ring::{DEFAULT_PARTITIONS, Layout, Member, MemberState, key_hash, partition_of};
+
+use crate::config::PlantedBug;
+use crate::rng::SimRng;
+
+pub struct Cluster {
+    pub layout: Layout,
+    pub props: BucketProps,
+    /// The bucket's durability, else the nodes' `--durability`.
+    pub durability: DurabilityMode,
+    /// Node id by node index.
+    pub ids: Vec<NodeId>,
+    pub bug: Option<PlantedBug>,
+}
+
+impl Cluster {
+    /// Draws `nodes` distinct non-zero ids and builds a layout of
+    /// `DEFAULT_PARTITIONS` partitions holding all of them.
+    pub fn new(
+        rng: &mut SimRng,
+        nodes: usize,
+        props: BucketProps,
+        node_durability: DurabilityMode,
+        bug: Option<PlantedBug>,
+    ) -> Cluster {
+        assert!((1..=16).contains(&nodes), "1 to 16 nodes, not {nodes}");
+        let mut ids: Vec<NodeId> = Vec::with_capacity(nodes);
+        while ids.len() < nodes {
+            let id = rng.next_u64();
+            if id != 0 && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let member = |index: usize| Member {
+            id: ids[index],
+            name: format!("n{index}"),
+            peer_addr: format!("127.0.0.1:{}", 7000 + index),
+            http_addr: format!("127.0.0.1:{}", 8000 + index),
+            resp_addr: format!("127.0.0.1:{}", 6300 + index),
+            state: MemberState::Valid,
+        };
+        let mut layout = Layout::new(DEFAULT_PARTITIONS, props.n, member(0))
+            .expect("a layout of default partitions and one member is valid");
+        for index in 1..nodes {
+            layout = layout
+                .with_member(member(index))
+                .expect("a member with a fresh id joins the layout");
+        }
+        Cluster {
+            layout,
+            props,
+            durability: props.durability.unwrap_or(node_durability),
+            ids,
+            bug,
+        }
+    }
+
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.ids.iter().position(|&i| i == id)
+    }
+
+    /// The bucket's `n`, capped at the member count (as the node does).
+    pub fn n(&self) -> usize {
+        (self.props.n as usize).min(self.ids.len()).max(1)
+    }
+
+    pub fn partition(&self, bucket: &str, key: &[u8]) -> u32 {
+        partition_of(key_hash(bucket.as_bytes(), key), self.layout.partitions())
+    }
+
+    /// The key's N primaries, in preference-list order.
+    pub fn primaries(&self, bucket: &str, key: &[u8]) -> Vec<NodeId> {
+        let partition = self.partition(bucket, key);
+        self.layout.preference_list(partition, self.n()).primaries
+    }
+}

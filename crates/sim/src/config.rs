@@ -1,0 +1,109 @@
+//! `SimConfig`: everything that shapes one simulated run besides the
+//! workload and the fault schedule: cluster size, bucket properties,
+//! network and disk timing, fault probabilities, planted bugs.
+
+use ringkv_core::bucket::{BucketProps, DurabilityMode};
+
+/// The bucket every simulated client uses.
+pub const SIM_BUCKET: &str = "sim";
+
+/// A deliberate defect the simulator can inject into its own copy of the
+/// node protocol, to show that the checkers catch the class of bug they
+/// exist for. `None` in every real scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The coordinator answers a put OK as soon as it has queued its local
+    /// write, before the write is durable anywhere and before W replicas
+    /// acknowledged it. A crash before the commit loses an acknowledged
+    /// write.
+    AckBeforeQuorum,
+    /// A replica stores the object it receives in place of merging it with
+    /// the one it holds, dropping concurrent siblings (and their dots from
+    /// its clock).
+    DropSiblingsOnMerge,
+}
+
+/// The simulated network between nodes. Reordering needs no knob: every
+/// message draws its own delay.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Probability that a message is lost.
+    pub drop_probability: f64,
+    /// Probability that a delivered message is delivered a second time
+    /// (with its own delay).
+    pub duplicate_probability: f64,
+}
+
+impl NetworkConfig {
+    /// Delays only: no loss, no duplicates.
+    pub fn reliable() -> NetworkConfig {
+        NetworkConfig {
+            min_delay_ms: 1,
+            max_delay_ms: 20,
+            drop_probability: 0.0,
+            duplicate_probability: 0.0,
+        }
+    }
+
+    pub fn lossy(drop_probability: f64, duplicate_probability: f64) -> NetworkConfig {
+        NetworkConfig {
+            drop_probability,
+            duplicate_probability,
+            ..NetworkConfig::reliable()
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Number of nodes, 1 to 16 (scenarios use 3 to 5).
+    pub nodes: usize,
+    /// Properties of [`SIM_BUCKET`].
+    pub bucket: BucketProps,
+    pub network: NetworkConfig,
+    /// Latency of a durable commit (one group commit of every write queued
+    /// on the node), drawn per commit.
+    pub disk_commit_ms: (u64, u64),
+    /// The nodes' `--durability` (a bucket's `durability` overrides it).
+    pub node_durability: DurabilityMode,
+    /// The group committer's `sync_interval`: longest time a buffered write
+    /// stays unsynced.
+    pub sync_interval_ms: u64,
+    /// One-way latency between a client and the node it talks to.
+    pub client_link_ms: (u64, u64),
+    /// `timeout_ms` of every client operation (the coordinator's round
+    /// timeout).
+    pub request_timeout_ms: u64,
+    /// Each node's clock is off by a fixed amount drawn in
+    /// `-clock_skew_ms..=clock_skew_ms` (matters to LWW buckets).
+    pub clock_skew_ms: u64,
+    /// How many trace lines to keep for failure reports (the hash covers
+    /// all of them).
+    pub trace_tail: usize,
+    pub bug: Option<PlantedBug>,
+}
+
+impl SimConfig {
+    /// Defaults: N=3, R=2, W=2 siblings bucket, sync durability, reliable
+    /// network with 1-20 ms delays, 1-8 ms commits, 500 ms request timeout,
+    /// 50 ms clock skew.
+    pub fn new(seed: u64, nodes: usize) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            bucket: BucketProps::default(),
+            network: NetworkConfig::reliable(),
+            disk_commit_ms: (1, 8),
+            node_durability: DurabilityMode::Sync,
+            sync_interval_ms: 1_000,
+            client_link_ms: (1, 3),
+            request_timeout_ms: 500,
+            clock_skew_ms: 50,
+            trace_tail: 200,
+            bug: None,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! `SimNode` driven by hand: inputs in, effects out.
+
+use ringkv_core::bucket::{BucketProps, DurabilityMode};
+use ringkv_core::causality::VersionVector;
+use ringkv_core::message::{ClientOp, ClientReply, OpError, PeerRequest, PeerResponse};
+use ringkv_storage::MemoryStorage;
+
+use super::*;
+use crate::config::SIM_BUCKET;
+use crate::rng::SimRng;
+
+fn cluster(nodes: usize, w: u32) -> Cluster {
+    let props = BucketProps {
+        w,
+        ..BucketProps::default()
+    };
+    Cluster::new(
+        &mut SimRng::new(7),
+        nodes,
+        props,
+        DurabilityMode::Sync,
+        None,
+    )
+}
+
+fn put(key: &str) -> ClientOp {
+    ClientOp::Put {
+        bucket: SIM_BUCKET.to_string(),
+        key: key.as_bytes().to_vec(),
+        value: Some(b"v".to_vec()),
+        content_type: "text/plain".to_string(),
+        context: VersionVector::new(),
+        w: None,
+        pw: None,
+        timeout_ms: 500,
+    }
+}
+
+/// The requests sent, as (to, id, request).
+fn requests(effects: &[Effect]) -> Vec<(NodeId, RequestId, PeerRequest)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                to,
+                payload: Payload::Request { id, request },
+            } => Some((*to, *id, request.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn client_replies(effects: &[Effect]) -> Vec<ClientReply> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ReplyToClient { reply, .. } => Some(reply.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack(id: RequestId) -> Payload {
+    Payload::Response {
+        id,
+        response: Ok(PeerResponse::ReplicaPutDone),
+    }
+}
+
+/// A coordinator (the key's first primary) that committed `key` and sent
+/// it to the other primaries; returns the node, the replica requests and
+/// the round's timer.
+fn coordinated_put(
+    cluster: &Cluster,
+    key: &str,
+) -> (SimNode, Vec<(NodeId, RequestId, PeerRequest)>, Timer) {
+    let coordinator = cluster.primaries(SIM_BUCKET, key.as_bytes())[0];
+    let mut node = SimNode::new(coordinator, MemoryStorage::new(), 0, 0);
+    let mut out = Vec::new();
+    node.execute(cluster, 1, put(key), ReplyTo::Client(0), true, &mut out);
+    assert!(
+        requests(&out).is_empty(),
+        "nothing is sent before the commit"
+    );
+    assert!(matches!(out[..], [Effect::CommitNeeded]));
+    out.clear();
+    node.commit(cluster, 1, &mut out);
+    let sent = requests(&out);
+    assert_eq!(sent.len(), 2, "the other two primaries get the object");
+    assert!(
+        sent.iter()
+            .all(|(_, _, r)| matches!(r, PeerRequest::ReplicaPut { .. }))
+    );
+    assert!(client_replies(&out).is_empty());
+    let timer = out
+        .iter()
+        .find_map(|e| match e {
+            Effect::Timer { timer, after_ms } => {
+                assert_eq!(*after_ms, 500, "the round times out after timeout_ms");
+                Some(*timer)
+            }
+            _ => None,
+        })
+        .expect("a put round sets a timer");
+    (node, sent, timer)
+}
+
+#[test]
+fn a_put_is_answered_after_w_acks_and_a_duplicate_ack_counts_once() {
+    let cluster = cluster(3, 3);
+    let (mut node, sent, _) = coordinated_put(&cluster, "k");
+    let mut out = Vec::new();
+    let (first, first_id, _) = sent[0];
+    node.receive(&cluster, 2, first, ack(first_id), &mut out);
+    node.receive(&cluster, 3, first, ack(first_id), &mut out);
+    assert!(client_replies(&out).is_empty(), "2 of 3 acks: {out:?}");
+    let (second, second_id, _) = sent[1];
+    node.receive(&cluster, 4, second, ack(second_id), &mut out);
+    assert!(matches!(
+        client_replies(&out)[..],
+        [ClientReply::Written { .. }]
+    ));
+}
+
+#[test]
+fn an_unreachable_quorum_is_answered_once_the_remaining_replica_answered() {
+    let cluster = cluster(3, 3);
+    let (mut node, sent, _) = coordinated_put(&cluster, "k");
+    let mut out = Vec::new();
+    let refused = Payload::Response {
+        id: sent[0].1,
+        response: Err(TransportError::ConnectionRefused),
+    };
+    node.receive(&cluster, 2, sent[0].0, refused, &mut out);
+    assert!(
+        client_replies(&out).is_empty(),
+        "W=3 is unreachable, but one replica is still out"
+    );
+    node.receive(&cluster, 3, sent[1].0, ack(sent[1].1), &mut out);
+    assert_eq!(
+        client_replies(&out),
+        vec![ClientReply::Failed(OpError::Unavailable {
+            got: 2,
+            needed: 3
+        })]
+    );
+}
+
+#[test]
+fn the_round_timer_answers_a_put_short_of_w() {
+    let cluster = cluster(3, 2);
+    let (mut node, sent, round) = coordinated_put(&cluster, "k");
+    let mut out = Vec::new();
+    node.timer(round, &mut out);
+    assert_eq!(
+        client_replies(&out),
+        vec![ClientReply::Failed(OpError::Unavailable {
+            got: 1,
+            needed: 2
+        })]
+    );
+    // A late ack changes nothing.
+    out.clear();
+    node.receive(&cluster, 600, sent[0].0, ack(sent[0].1), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_put_at_a_non_primary_is_forwarded_to_the_next_primary_when_one_refuses() {
+    let cluster = cluster(5, 2);
+    let key = (0..100)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            !cluster
+                .primaries(SIM_BUCKET, k.as_bytes())
+                .contains(&cluster.ids[0])
+        })
+        .expect("with 5 nodes some key avoids node 0");
+    let primaries = cluster.primaries(SIM_BUCKET, key.as_bytes());
+    let mut node = SimNode::new(cluster.ids[0], MemoryStorage::new(), 0, 0);
+    let mut out = Vec::new();
+    node.execute(&cluster, 1, put(&key), ReplyTo::Client(9), true, &mut out);
+    let sent = requests(&out);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, primaries[0]);
+    assert!(matches!(sent[0].2, PeerRequest::Coordinate(_)));
+    out.clear();
+    let refused = Payload::Response {
+        id: sent[0].1,
+        response: Err(TransportError::ConnectionRefused),
+    };
+    node.receive(&cluster, 2, primaries[0], refused, &mut out);
+    let sent = requests(&out);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, primaries[1], "the next primary is tried");
+    out.clear();
+    let reply = ClientReply::Written {
+        context: VersionVector::new(),
+    };
+    let coordinated = Payload::Response {
+        id: sent[0].1,
+        response: Ok(PeerResponse::Coordinated(reply.clone())),
+    };
+    node.receive(&cluster, 3, primaries[1], coordinated, &mut out);
+    assert_eq!(client_replies(&out), vec![reply]);
+}

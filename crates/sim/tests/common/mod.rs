@@ -1,0 +1,78 @@
+//! Scenario runs shared by the scenario tests and the planted-bug tests.
+#![allow(dead_code)] // each test binary uses a subset
+
+use ringkv_sim::{Fault, NetworkConfig, Sim, SimConfig, SimRng, WorkloadShape};
+
+/// 3, 4 or 5 nodes depending on the seed.
+pub fn nodes_for(seed: u64) -> usize {
+    3 + (seed % 3) as usize
+}
+
+/// A node other than `node`.
+pub fn other_node(rng: &mut SimRng, nodes: usize, node: usize) -> usize {
+    (node + 1 + rng.index(nodes - 1)) % nodes
+}
+
+/// A write-heavy workload over a lossy network while every node crashes
+/// and restarts, one at a time, then all at once.
+pub fn crash_restart_run(config: SimConfig) -> Sim {
+    let nodes = config.nodes;
+    let mut sim = Sim::new(config);
+    let mut rng = sim.fork_rng();
+    let mut shape = WorkloadShape::new(4, 30, 4, (0..nodes).collect());
+    shape.mix = [30, 40, 20, 10];
+    for steps in shape.generate(&mut rng) {
+        sim.add_client(rng.between(0, 10), steps);
+    }
+    let mut order: Vec<usize> = (0..nodes).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.index(i + 1));
+    }
+    let mut t = 50;
+    for node in order {
+        t += rng.between(50, 200);
+        sim.schedule(t, Fault::Crash(node));
+        sim.schedule(t + rng.between(20, 150), Fault::Restart(node));
+        t += 150;
+    }
+    t += rng.between(50, 200);
+    for node in 0..nodes {
+        sim.schedule(t + rng.between(0, 5), Fault::Crash(node));
+        sim.schedule(t + rng.between(50, 250), Fault::Restart(node));
+    }
+    sim
+}
+
+pub fn crash_config(seed: u64) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes_for(seed));
+    config.network = NetworkConfig::lossy(0.03, 0.0);
+    config
+}
+
+/// Partitions (isolated nodes, one-way links), loss and duplicates.
+pub fn partition_run(seed: u64) -> Sim {
+    let nodes = nodes_for(seed);
+    let mut config = SimConfig::new(seed, nodes);
+    config.network = NetworkConfig::lossy(0.02, 0.05);
+    let mut sim = Sim::new(config);
+    let mut rng = sim.fork_rng();
+    for steps in WorkloadShape::new(4, 30, 3, (0..nodes).collect()).generate(&mut rng) {
+        sim.add_client(rng.between(0, 10), steps);
+    }
+    let mut t = 0;
+    for _ in 0..4 {
+        t += rng.between(50, 300);
+        if rng.chance(0.5) {
+            sim.schedule(t, Fault::Isolate(rng.index(nodes)));
+        } else {
+            for _ in 0..3 {
+                let from = rng.index(nodes);
+                let to = other_node(&mut rng, nodes, from);
+                sim.schedule(t, Fault::Block { from, to });
+            }
+        }
+        t += rng.between(100, 400);
+        sim.schedule(t, Fault::Heal);
+    }
+    sim
+}

@@ -1,0 +1,320 @@
+//! Simulated scenarios, each over many seeds. A failure prints the seed and
+//! `RINGKV_SIM_SEED=<seed> cargo test -p ringkv-sim <test>` to replay it;
+//! `RINGKV_SIM_SEEDS=<count>` runs more seeds.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{crash_config, crash_restart_run, nodes_for, other_node, partition_run};
+
+use ringkv_core::bucket::BucketProps;
+use ringkv_sim::{
+    ContextFrom, Fault, History, NetworkConfig, OpKind, Outcome, Report, Sim, SimConfig, Step,
+    WorkloadShape, run_seeds,
+};
+
+fn clean(report: &Report) -> Result<(), String> {
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(report.to_string())
+    }
+}
+
+fn put(key: &str, node: usize, context: ContextFrom) -> Step {
+    Step::Put {
+        key: key.to_string(),
+        node,
+        context,
+    }
+}
+
+fn get(key: &str, node: usize) -> Step {
+    Step::Get {
+        key: key.to_string(),
+        node,
+        r: None,
+    }
+}
+
+fn describe(history: &History, op: usize) -> String {
+    format!("op {op}: {:?}", history.get(op))
+}
+
+// ---------------------------------------------------------------- 1
+
+/// Each client owns a key and alternates: write (with the context of its
+/// last read) through one node, read through another. At R = W = 2 every
+/// read that follows an acknowledged write returns exactly that value.
+#[test]
+fn read_after_write_at_r2_w2() {
+    run_seeds("read_after_write_at_r2_w2", 100, |seed| {
+        let nodes = nodes_for(seed);
+        let mut sim = Sim::new(SimConfig::new(seed, nodes));
+        let mut rng = sim.fork_rng();
+        for client in 0..3 {
+            let key = format!("own{client}");
+            let mut steps = Vec::new();
+            for _ in 0..8 {
+                let writer = rng.index(nodes);
+                let reader = other_node(&mut rng, nodes, writer);
+                steps.push(put(&key, writer, ContextFrom::LastRead));
+                steps.push(get(&key, reader));
+                steps.push(Step::Pause {
+                    ms: rng.between(0, 20),
+                });
+            }
+            sim.add_client(rng.between(0, 10), steps);
+        }
+        sim.run_until_clients_done();
+        let history = sim.history().clone();
+        let mut reads = 0;
+        for client in 0..3 {
+            let mut last_write: Option<String> = None;
+            for (op, record) in history.ops.iter().enumerate() {
+                if record.client != client {
+                    continue;
+                }
+                if record.outcome != Outcome::Ok {
+                    return Err(format!("no faults, yet {}", describe(&history, op)));
+                }
+                match &record.kind {
+                    OpKind::Write(write) => last_write = Some(write.write.clone()),
+                    OpKind::Read(_) => {
+                        let expected = vec![last_write.clone().expect("a write comes first")];
+                        if record.live_values() != expected {
+                            return Err(format!(
+                                "read returned {:?}, expected {expected:?}: {}",
+                                record.live_values(),
+                                describe(&history, op)
+                            ));
+                        }
+                        reads += 1;
+                    }
+                }
+            }
+        }
+        if reads != 24 {
+            return Err(format!("checked {reads} reads, expected 24"));
+        }
+        clean(&sim.finish())
+    });
+}
+
+// ---------------------------------------------------------------- 2
+
+/// 2 to 4 clients write one key blindly at the same moment through
+/// different nodes; all are acknowledged; a read returns all of them as
+/// siblings; a write with that read's context resolves them to one value.
+#[test]
+fn concurrent_blind_writes_become_siblings_that_a_read_context_resolves() {
+    run_seeds(
+        "concurrent_blind_writes_become_siblings_that_a_read_context_resolves",
+        100,
+        |seed| {
+            let nodes = nodes_for(seed);
+            let mut sim = Sim::new(SimConfig::new(seed, nodes));
+            let mut rng = sim.fork_rng();
+            let writers = 2 + rng.index(3);
+            let first = rng.index(nodes);
+            for writer in 0..writers {
+                let node = (first + writer) % nodes;
+                sim.add_client(5, vec![put("k", node, ContextFrom::Blind)]);
+            }
+            sim.run_until_clients_done();
+            let blind: BTreeSet<String> = sim
+                .history()
+                .ops
+                .iter()
+                .map(|op| match &op.kind {
+                    OpKind::Write(w) if op.outcome == Outcome::Ok => Ok(w.write.clone()),
+                    _ => Err(format!("a blind write failed without faults: {op:?}")),
+                })
+                .collect::<Result<_, _>>()?;
+
+            let node = rng.index(nodes);
+            let resolver = sim.add_client(
+                sim.now_ms() + 1,
+                vec![
+                    get("k", node),
+                    put(
+                        "k",
+                        other_node(&mut rng, nodes, node),
+                        ContextFrom::LastRead,
+                    ),
+                    get("k", rng.index(nodes)),
+                ],
+            );
+            sim.run_until_clients_done();
+            let history = sim.history().clone();
+            let ops: Vec<usize> = (0..history.ops.len())
+                .filter(|&op| history.get(op).client == resolver)
+                .collect();
+            let [read, resolve, reread] = ops[..] else {
+                return Err(format!("resolver ran {} operations", ops.len()));
+            };
+            let siblings: BTreeSet<String> = history.get(read).live_values().into_iter().collect();
+            if siblings != blind || history.get(read).live_values().len() != writers {
+                return Err(format!(
+                    "read returned {siblings:?}, expected the siblings {blind:?}"
+                ));
+            }
+            let resolved = history.get(resolve);
+            if resolved.outcome != Outcome::Ok {
+                return Err(format!("resolving write failed: {resolved:?}"));
+            }
+            let value = resolved.as_write().expect("a write").write.clone();
+            if history.get(reread).live_values() != vec![value.clone()] {
+                return Err(format!(
+                    "after the resolving write {value}, a read returned {:?}",
+                    history.get(reread).live_values()
+                ));
+            }
+            clean(&sim.finish())
+        },
+    );
+}
+
+/// In an LWW bucket the same concurrent writes leave exactly one value,
+/// the same on every replica.
+#[test]
+fn lww_bucket_keeps_one_of_concurrent_writes() {
+    run_seeds("lww_bucket_keeps_one_of_concurrent_writes", 50, |seed| {
+        let nodes = nodes_for(seed);
+        let mut config = SimConfig::new(seed, nodes);
+        config.bucket = BucketProps::lww();
+        let mut sim = Sim::new(config);
+        let mut rng = sim.fork_rng();
+        let writers = 2 + rng.index(3);
+        for writer in 0..writers {
+            sim.add_client(5, vec![put("k", writer % nodes, ContextFrom::Blind)]);
+        }
+        sim.run_until_clients_done();
+        let reader = sim.add_client(sim.now_ms() + 1, vec![get("k", rng.index(nodes))]);
+        sim.run_until_clients_done();
+        let history = sim.history().clone();
+        let read = history
+            .ops
+            .iter()
+            .find(|op| op.client == reader)
+            .expect("the reader read");
+        if read.live_values().len() != 1 {
+            return Err(format!("lww read returned {:?}", read.live_values()));
+        }
+        clean(&sim.finish())
+    });
+}
+
+// ---------------------------------------------------------------- 3
+
+/// One node is down from the start and the network only delays: every
+/// read and write sent to a live node succeeds at R = W = 2.
+#[test]
+fn one_node_down_reads_and_writes_still_succeed() {
+    run_seeds(
+        "one_node_down_reads_and_writes_still_succeed",
+        100,
+        |seed| {
+            let nodes = nodes_for(seed);
+            let mut sim = Sim::new(SimConfig::new(seed, nodes));
+            let mut rng = sim.fork_rng();
+            // A primary of k0, so that some key has a primary down.
+            let down = sim.primaries("k0")[rng.index(3)];
+            sim.schedule(0, Fault::Crash(down));
+            let live: Vec<usize> = (0..nodes).filter(|&n| n != down).collect();
+            let shape = WorkloadShape::new(4, 20, 4, live);
+            for steps in shape.generate(&mut rng) {
+                sim.add_client(1 + rng.between(0, 10), steps);
+            }
+            sim.run_until_clients_done();
+            let history = sim.history().clone();
+            if let Some(op) = history.ops.iter().position(|op| op.outcome != Outcome::Ok) {
+                return Err(format!("n{down} is down, yet {}", describe(&history, op)));
+            }
+            clean(&sim.finish())
+        },
+    );
+}
+
+// ---------------------------------------------------------------- 4
+
+#[test]
+fn crash_and_restart_of_every_node_lose_no_acknowledged_write() {
+    run_seeds(
+        "crash_and_restart_of_every_node_lose_no_acknowledged_write",
+        100,
+        |seed| {
+            let mut sim = crash_restart_run(crash_config(seed));
+            let report = sim.finish();
+            clean(&report)?;
+            let acked = sim
+                .history()
+                .ops
+                .iter()
+                .filter(|op| op.as_write().is_some() && op.outcome == Outcome::Ok)
+                .count();
+            if acked < 10 {
+                return Err(format!("only {acked} writes were acknowledged"));
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn partitions_loss_and_duplicates_lose_no_acknowledged_write() {
+    run_seeds(
+        "partitions_loss_and_duplicates_lose_no_acknowledged_write",
+        100,
+        |seed| clean(&partition_run(seed).finish()),
+    );
+}
+
+// ---------------------------------------------------------------- 5
+
+#[test]
+fn same_seed_same_trace_and_history() {
+    run_seeds("same_seed_same_trace_and_history", 20, |seed| {
+        let mut first = crash_restart_run(crash_config(seed));
+        let mut second = crash_restart_run(crash_config(seed));
+        let (a, b) = (first.finish(), second.finish());
+        if a.trace_hash != b.trace_hash || a.events != b.events {
+            return Err(format!(
+                "same seed, different traces: {:016x} ({} events) vs {:016x} ({} events)",
+                a.trace_hash, a.events, b.trace_hash, b.events
+            ));
+        }
+        if first.history() != second.history() {
+            return Err("same seed, different histories".to_string());
+        }
+        let mut third = partition_run(seed);
+        let mut fourth = partition_run(seed);
+        if third.finish().trace_hash != fourth.finish().trace_hash {
+            return Err("same seed, different partition traces".to_string());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn different_seeds_give_different_traces() {
+    let hashes: BTreeSet<u64> = (1..=30)
+        .map(|seed| crash_restart_run(crash_config(seed)).finish().trace_hash)
+        .collect();
+    assert!(
+        hashes.len() >= 29,
+        "30 seeds gave only {} distinct traces",
+        hashes.len()
+    );
+    // Same cluster size, same workload shape: only the seed differs.
+    let hashes: BTreeSet<u64> = (0..10)
+        .map(|i| {
+            let seed = 3 * i + 3;
+            let mut config = SimConfig::new(seed, 3);
+            config.network = NetworkConfig::reliable();
+            crash_restart_run(config).finish().trace_hash
+        })
+        .collect();
+    assert_eq!(hashes.len(), 10, "seeds with 3 nodes collided");
+}
