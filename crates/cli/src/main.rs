@@ -132,6 +132,10 @@ struct ServerArgs {
     hints_max: Option<u64>,
     #[arg(long)]
     hint_delivery_per_second: Option<usize>,
+    #[arg(long)]
+    aae_interval_ms: Option<u64>,
+    #[arg(long)]
+    aae_max_segments: Option<usize>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -171,7 +175,9 @@ impl ServerArgs {
             buffered_sync_interval_ms,
             heartbeat_interval_ms,
             hints_max,
-            hint_delivery_per_second
+            hint_delivery_per_second,
+            aae_interval_ms,
+            aae_max_segments
         );
         if !self.join.is_empty() {
             config.join = self.join;

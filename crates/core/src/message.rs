@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
+use crate::antientropy::{ExchangeRequest, ExchangeResponse};
 use crate::bucket::{BucketRegistry, DurabilityMode};
 use crate::causality::{ConflictMode, VersionVector};
 
@@ -122,7 +123,16 @@ pub enum PeerRequest {
         key: Vec<u8>,
     },
     /// Failure-detector heartbeat.
-    Ping { from: NodeId },
+    Ping {
+        from: NodeId,
+    },
+    /// One step of an anti-entropy exchange over the Merkle tree of
+    /// `partition` for buckets with `n` replicas.
+    AntiEntropy {
+        partition: u32,
+        n: u32,
+        request: ExchangeRequest,
+    },
     /// Coordinate a client operation on behalf of a node that is not a primary.
     Coordinate(ClientOp),
     Gossip(GossipState),
@@ -135,7 +145,10 @@ pub enum PeerRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     ReplicaPutDone,
-    Pong { from: NodeId },
+    Pong {
+        from: NodeId,
+    },
+    AntiEntropy(ExchangeResponse),
     ReplicaGetDone {
         object: Option<Vec<u8>>,
     },

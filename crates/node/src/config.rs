@@ -45,6 +45,12 @@ pub struct NodeConfig {
     pub hints_max: u64,
     /// Hints handed off per second at most.
     pub hint_delivery_per_second: usize,
+    /// Anti-entropy: one exchange per (partition, n) this node is a primary
+    /// of, every this many milliseconds.
+    pub aae_interval_ms: u64,
+    /// Anti-entropy rate limit: Merkle segments (of 1024 per tree) compared
+    /// and repaired per exchange.
+    pub aae_max_segments: usize,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +74,8 @@ impl Default for NodeConfig {
             heartbeat_interval_ms: 500,
             hints_max: 1_000_000,
             hint_delivery_per_second: 2000,
+            aae_interval_ms: 10_000,
+            aae_max_segments: 64,
         }
     }
 }
@@ -89,6 +97,9 @@ impl NodeConfig {
         }
         if self.buffered_sync_interval_ms == 0 || self.buffered_sync_interval_ms > 60_000 {
             return Err("buffered-sync-interval-ms must be between 1 and 60000".into());
+        }
+        if self.aae_interval_ms == 0 || self.aae_max_segments == 0 {
+            return Err("aae-interval-ms and aae-max-segments must be positive".into());
         }
         if self.heartbeat_interval_ms == 0 || self.hints_max == 0 || self.hint_delivery_per_second == 0 {
             return Err("heartbeat-interval-ms, hints-max and hint-delivery-per-second must be positive".into());

@@ -2,6 +2,7 @@
 //! execution, gossip. Protocol decisions live in `ringkv-core`; this crate
 //! moves bytes, runs timers and executes what the core decides.
 
+pub mod antientropy;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -178,6 +179,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(node.clone().gossip_loop());
     tokio::spawn(node.clone().heartbeat_loop());
     tokio::spawn(node.clone().hint_delivery_loop());
+    let aae = node.clone();
+    tokio::spawn(async move {
+        match aae.rebuild_trees().await {
+            Ok(()) => aae.anti_entropy_loop().await,
+            Err(e) => tracing::error!(error = %e, "cannot build anti-entropy trees; anti-entropy is off"),
+        }
+    });
     node.announce().await;
     info!(node = %node.me.name, %peer_addr, %http_addr, %resp_addr, "serving");
     Ok(RunningNode {

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub hints_stored: Counter,
     pub hints_delivered: Counter,
     pub peer_up: Family<PeerLabels, Gauge>,
+    pub keys_repaired: Counter,
+    pub tree_keys: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,8 +135,14 @@ impl Metrics {
         registry.register("hints_delivered", "Hints handed off to their primary and acknowledged", hints_delivered.clone());
         let peer_up = Family::<PeerLabels, Gauge>::default();
         registry.register("peer_up", "1 when this node sees the peer up or suspect, 0 when down", peer_up.clone());
+        let keys_repaired = Counter::default();
+        registry.register("aae_keys_repaired", "Keys repaired by active anti-entropy", keys_repaired.clone());
+        let tree_keys = Gauge::default();
+        registry.register("aae_tree_keys", "Keys in this node's anti-entropy Merkle trees", tree_keys.clone());
         Metrics {
             registry,
+            keys_repaired,
+            tree_keys,
             hints_pending,
             hints_stored,
             hints_delivered,

@@ -46,8 +46,8 @@ pub struct Node {
     pub id: NodeId,
     /// This node as a layout member, with the addresses it really listens on.
     pub me: Member,
-    store: LocalStore,
-    peers: Arc<Peers>,
+    pub(crate) store: LocalStore,
+    pub(crate) peers: Arc<Peers>,
     layout: RwLock<Arc<Layout>>,
     buckets: RwLock<Arc<BucketRegistry>>,
     membership: tokio::sync::Mutex<()>,
@@ -61,10 +61,10 @@ pub struct Node {
 /// A bucket's properties as they apply in this cluster now: `n` is capped
 /// at the number of members (a one-node store is usable with defaults).
 #[derive(Debug, Clone, Copy)]
-struct Effective {
-    props: BucketProps,
-    n: usize,
-    durability: DurabilityMode,
+pub(crate) struct Effective {
+    pub(crate) props: BucketProps,
+    pub(crate) n: usize,
+    pub(crate) durability: DurabilityMode,
 }
 
 impl Effective {
@@ -156,14 +156,19 @@ impl Node {
         }
     }
 
-    fn effective(&self, bucket: &str, layout: &Layout) -> Effective {
+    pub(crate) fn effective(&self, bucket: &str, layout: &Layout) -> Effective {
         let props = self.bucket_props(bucket);
         let n = (props.n as usize).min(layout.members().len()).max(1);
         let durability = props.durability.unwrap_or(self.config.durability);
         Effective { props, n, durability }
     }
 
-    fn peer_addr(layout: &Layout, id: NodeId) -> Option<String> {
+    /// The `n` whose Merkle tree holds a bucket's keys on this node.
+    pub(crate) fn tree_n(&self, bucket: &str) -> u32 {
+        self.effective(bucket, &self.layout()).n as u32
+    }
+
+    pub(crate) fn peer_addr(layout: &Layout, id: NodeId) -> Option<String> {
         layout.member(id).map(|m| m.peer_addr.clone())
     }
 
@@ -179,12 +184,12 @@ impl Node {
         self.detector.lock().expect("detector lock").view(id, now_ms())
     }
 
-    fn usable(&self, id: NodeId) -> bool {
+    pub(crate) fn usable(&self, id: NodeId) -> bool {
         self.peer_view(id).liveness.is_usable()
     }
 
     /// Feeds the failure detector with the outcome of a request to a peer.
-    fn observe<T>(&self, id: NodeId, result: &Result<T, PeerError>) {
+    pub(crate) fn observe<T>(&self, id: NodeId, result: &Result<T, PeerError>) {
         let mut detector = self.detector.lock().expect("detector lock");
         match result {
             Ok(_) => detector.heartbeat(id, now_ms()),
@@ -223,7 +228,7 @@ impl Node {
 
     /// The local copy of a key: the replica's object merged with any hint
     /// this node holds for it.
-    fn read_local(&self, partition: u32, bucket: &str, key: &[u8], mode: ConflictMode) -> Result<Option<Object>, StoreError> {
+    pub(crate) fn read_local(&self, partition: u32, bucket: &str, key: &[u8], mode: ConflictMode) -> Result<Option<Object>, StoreError> {
         let data = self.store.read(partition, bucket, key)?;
         let hint = self.store.read_hint(partition, bucket, key)?;
         Ok(match (data, hint) {
@@ -372,7 +377,7 @@ impl Node {
                 .await,
             None => self
                 .store
-                .update(partition, &bucket, &key, durability, move |current| update(current.as_ref()))
+                .update(partition, &bucket, &key, effective.n as u32, durability, move |current| update(current.as_ref()))
                 .await
                 .map(|result| (result, false)),
         };
@@ -660,7 +665,7 @@ impl Node {
                 let incoming = merged.clone();
                 let result = self
                     .store
-                    .update(partition, bucket, key, durability, move |current| {
+                    .update(partition, bucket, key, self.tree_n(bucket), durability, move |current| {
                         Ok::<_, ()>(merge_into(current, &incoming, mode))
                     })
                     .await;
@@ -731,7 +736,7 @@ impl Node {
                 let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
                 let result = self
                     .store
-                    .update(partition, &bucket, &key, durability, move |current| {
+                    .update(partition, &bucket, &key, self.tree_n(&bucket), durability, move |current| {
                         Ok::<_, ()>(merge_into(current, &incoming, conflict))
                     })
                     .await;
@@ -752,6 +757,7 @@ impl Node {
                 self.detector.lock().expect("detector lock").heartbeat(from, now_ms());
                 PeerResponse::Pong { from: self.id }
             }
+            PeerRequest::AntiEntropy { partition, n, request } => self.answer_exchange(partition, n, &request),
             PeerRequest::Coordinate(op) => PeerResponse::Coordinated(self.execute(op, false).await),
             PeerRequest::Gossip(state) => {
                 self.absorb(state).await;
@@ -1077,7 +1083,7 @@ impl Node {
     }
 }
 
-fn merge_into(current: Option<Object>, incoming: &Object, mode: ConflictMode) -> Object {
+pub(crate) fn merge_into(current: Option<Object>, incoming: &Object, mode: ConflictMode) -> Object {
     match current {
         None => incoming.clone(),
         Some(current) => current.merge(incoming, mode),
@@ -1099,7 +1105,7 @@ fn check_member(member: &Member) -> Result<(), String> {
 }
 
 /// Bucket and key back from `store::object_key`.
-fn split_object_key(raw: &[u8]) -> Option<(String, Vec<u8>)> {
+pub(crate) fn split_object_key(raw: &[u8]) -> Option<(String, Vec<u8>)> {
     let len = u16::from_be_bytes(raw.get(..2)?.try_into().ok()?) as usize;
     let bucket = std::str::from_utf8(raw.get(2..2 + len)?).ok()?.to_string();
     Some((bucket, raw[2 + len..].to_vec()))

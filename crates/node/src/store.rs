@@ -3,8 +3,10 @@
 //! committer (one read-modify-write per key at a time, many keys per sync).
 //! Also the node's metadata records (identity, layout, buckets).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 
+use ringkv_core::antientropy::MerkleTree;
 use ringkv_core::bucket::DurabilityMode;
 use ringkv_core::causality::{DecodeError, Object};
 use ringkv_storage::{Change, Durability, GroupCommitter, Job, Space, Storage, StorageError, SubmitError};
@@ -37,6 +39,35 @@ impl From<SubmitError> for StoreError {
 pub struct LocalStore {
     storage: Arc<dyn Storage>,
     committer: GroupCommitter,
+    trees: Arc<Trees>,
+}
+
+/// The anti-entropy Merkle trees of this node, one per (partition, n):
+/// replicas of buckets with different `n` differ, so they are compared
+/// separately. Kept in memory, rebuilt from storage at start, updated in
+/// commit order by the group committer once a write is applied.
+#[derive(Default)]
+pub struct Trees {
+    trees: RwLock<BTreeMap<(u32, u32), Arc<Mutex<MerkleTree>>>>,
+}
+
+impl Trees {
+    pub fn tree(&self, partition: u32, n: u32) -> Arc<Mutex<MerkleTree>> {
+        if let Some(tree) = self.trees.read().expect("trees lock").get(&(partition, n)) {
+            return tree.clone();
+        }
+        self.trees
+            .write()
+            .expect("trees lock")
+            .entry((partition, n))
+            .or_insert_with(|| Arc::new(Mutex::new(MerkleTree::default())))
+            .clone()
+    }
+
+    /// Every (partition, n) that has a tree.
+    pub fn keys(&self) -> Vec<(u32, u32)> {
+        self.trees.read().expect("trees lock").keys().copied().collect()
+    }
 }
 
 /// The key of an object inside its partition: `u16 BE bucket length ‖ bucket ‖ key`
@@ -51,7 +82,20 @@ pub fn object_key(bucket: &str, key: &[u8]) -> Vec<u8> {
 
 impl LocalStore {
     pub fn new(storage: Arc<dyn Storage>, committer: GroupCommitter) -> Self {
-        LocalStore { storage, committer }
+        LocalStore {
+            storage,
+            committer,
+            trees: Arc::new(Trees::default()),
+        }
+    }
+
+    pub fn trees(&self) -> &Trees {
+        &self.trees
+    }
+
+    /// One page of a partition's objects (raw keys, encoded objects).
+    pub fn scan_objects(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self.storage.scan(Space::Data(partition), after, limit)?)
     }
 
     pub fn read(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Object>, StoreError> {
@@ -64,23 +108,30 @@ impl LocalStore {
     /// Runs `update` on the current object inside the committer and
     /// returns its result once it is durable. `update` returning `Err`
     /// writes nothing.
+    /// `n`: the bucket's replica count, which names the Merkle tree the
+    /// new version's digest goes to.
     pub async fn update<E: Send + 'static>(
         &self,
         partition: u32,
         bucket: &str,
         key: &[u8],
+        n: u32,
         durability: DurabilityMode,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
     ) -> Result<Result<Object, E>, StoreError> {
         let (tx, rx) = oneshot::channel();
+        let raw_key = object_key(bucket, key);
         let job = UpdateJob {
             update: Some(Box::new(update)),
             outcome: None,
             reply: tx,
+            tree: self.trees.tree(partition, n),
+            raw_key: raw_key.clone(),
+            digest: None,
         };
         self.committer.submit(
             Space::Data(partition),
-            object_key(bucket, key),
+            raw_key,
             storage_durability(durability),
             Box::new(job),
         )?;
@@ -151,6 +202,10 @@ struct UpdateJob<E> {
     update: Option<UpdateFn<E>>,
     outcome: Option<Result<Result<Object, E>, StoreError>>,
     reply: oneshot::Sender<Result<Result<Object, E>, StoreError>>,
+    tree: Arc<Mutex<MerkleTree>>,
+    raw_key: Vec<u8>,
+    /// Digest of the bytes written, recorded in the tree once durable.
+    digest: Option<u64>,
 }
 
 impl<E: Send + 'static> Job for UpdateJob<E> {
@@ -168,6 +223,7 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
         match update(current) {
             Ok(object) => {
                 let bytes = object.encode();
+                self.digest = Some(xxhash_rust::xxh3::xxh3_64(&bytes));
                 self.outcome = Some(Ok(Ok(object)));
                 Change::Put(bytes)
             }
@@ -181,7 +237,12 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
     fn done(self: Box<Self>, result: Result<(), StorageError>) {
         let outcome = match result {
             Err(e) => Err(StoreError::Storage(e)),
-            Ok(()) => self.outcome.unwrap_or(Err(StoreError::Closed)),
+            Ok(()) => {
+                if let Some(digest) = self.digest {
+                    self.tree.lock().expect("tree lock").insert(&self.raw_key, digest);
+                }
+                self.outcome.unwrap_or(Err(StoreError::Closed))
+            }
         };
         // The requester may have given up (timeout); nothing to do then.
         let _ = self.reply.send(outcome);

@@ -1,0 +1,203 @@
+//! Active anti-entropy on a node: the Merkle trees of `store::Trees` are
+//! rebuilt from storage at start, then every `--aae-interval-ms` this node
+//! runs one exchange per (partition, n) it is a primary of, with the next
+//! other primary in turn, and repairs every differing key by causal merge
+//! on both sides. The exchange logic itself is `ringkv_core::antientropy`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_core::NodeId;
+use ringkv_core::antientropy::{Exchange, ExchangeLimits, ExchangeStep, answer};
+use ringkv_core::message::{PeerRequest, PeerResponse};
+use ringkv_core::ring::Layout;
+use tracing::{debug, info, warn};
+
+use crate::node::{Node, merge_into, split_object_key};
+use crate::store::StoreError;
+
+impl Node {
+    /// Fills the trees from what is on disk. Runs once at start, in pages,
+    /// yielding between them so that start-up CPU stays bounded.
+    pub async fn rebuild_trees(self: &Arc<Self>) -> Result<(), StoreError> {
+        let layout = self.layout();
+        let mut keys = 0usize;
+        for partition in 0..layout.partitions() {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.store.scan_objects(partition, after.as_deref(), 512)?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                for (raw_key, bytes) in &page {
+                    let Some((bucket, _)) = split_object_key(raw_key) else {
+                        continue;
+                    };
+                    let digest = xxhash_rust::xxh3::xxh3_64(bytes);
+                    let tree = self.store.trees().tree(partition, self.tree_n(&bucket));
+                    tree.lock().expect("tree lock").insert(raw_key, digest);
+                    keys += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        info!(keys, "anti-entropy trees built");
+        Ok(())
+    }
+
+    /// Keys in all of this node's trees.
+    pub fn tree_keys(&self) -> usize {
+        let trees = self.store.trees();
+        trees.keys().into_iter().map(|(p, n)| trees.tree(p, n).lock().expect("tree lock").len()).sum()
+    }
+
+    pub(crate) fn answer_exchange(
+        &self,
+        partition: u32,
+        n: u32,
+        request: &ringkv_core::antientropy::ExchangeRequest,
+    ) -> PeerResponse {
+        if partition >= self.layout().partitions() || n == 0 || n > ringkv_core::bucket::MAX_N {
+            return PeerResponse::Refused {
+                message: format!("no tree for partition {partition} and n {n}"),
+            };
+        }
+        let tree = self.store.trees().tree(partition, n);
+        let mut tree = tree.lock().expect("tree lock");
+        match answer(&mut tree, request) {
+            Ok(response) => PeerResponse::AntiEntropy(response),
+            Err(e) => PeerResponse::Refused { message: e.to_string() },
+        }
+    }
+
+    /// Runs exchanges forever, one round every `aae_interval_ms`.
+    pub async fn anti_entropy_loop(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(self.config.aae_interval_ms));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: usize = 0;
+        loop {
+            interval.tick().await;
+            round += 1;
+            let layout = self.layout();
+            for (partition, n) in self.store.trees().keys() {
+                if n < 2 {
+                    continue;
+                }
+                let preference = layout.preference_list(partition, n as usize);
+                if !preference.primaries.contains(&self.id) {
+                    continue;
+                }
+                let peers: Vec<NodeId> = preference
+                    .primaries
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != self.id && self.usable(*p))
+                    .collect();
+                if peers.is_empty() {
+                    continue;
+                }
+                let peer = peers[round % peers.len()];
+                if let Err(e) = self.exchange(&layout, partition, n, peer).await {
+                    debug!(partition, peer = format!("{peer:016x}"), error = %e, "anti-entropy exchange failed");
+                }
+            }
+        }
+    }
+
+    async fn exchange(self: &Arc<Self>, layout: &Layout, partition: u32, n: u32, peer: NodeId) -> Result<(), String> {
+        let addr = Self::peer_addr(layout, peer).ok_or("peer left the layout")?;
+        let tree = self.store.trees().tree(partition, n);
+        let limits = ExchangeLimits {
+            max_indices_per_request: 1024,
+            max_segments: self.config.aae_max_segments,
+        };
+        let (mut exchange, mut request) = Exchange::start(&mut tree.lock().expect("tree lock"), limits);
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let outcome = loop {
+            let result = self
+                .peers
+                .request(&addr, PeerRequest::AntiEntropy { partition, n, request }, timeout)
+                .await;
+            self.observe(peer, &result);
+            let response = match result {
+                Ok(PeerResponse::AntiEntropy(response)) => response,
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            };
+            let step = exchange
+                .on_response(&mut tree.lock().expect("tree lock"), response)
+                .map_err(|e| e.to_string())?;
+            match step {
+                ExchangeStep::Send(next) => request = next,
+                ExchangeStep::Done(outcome) => break outcome,
+            }
+        };
+        if outcome.differences.is_empty() {
+            return Ok(());
+        }
+        debug!(partition, n, keys = outcome.differences.len(), truncated = outcome.truncated, "anti-entropy found differences");
+        for difference in outcome.differences {
+            if let Err(e) = self.repair_key(partition, n, &difference.key, peer, &addr).await {
+                warn!(partition, error = %e, "anti-entropy repair failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges the local and the peer's copy of a key and stores the merge
+    /// wherever it is news.
+    async fn repair_key(&self, partition: u32, n: u32, raw_key: &[u8], peer: NodeId, addr: &str) -> Result<(), String> {
+        let (bucket, key) = split_object_key(raw_key).ok_or("malformed key in tree")?;
+        let layout = self.layout();
+        let effective = self.effective(&bucket, &layout);
+        let mode = effective.props.conflict;
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let local = self.store.read(partition, &bucket, &key).map_err(|e| e.to_string())?;
+        let result = self
+            .peers
+            .request(addr, PeerRequest::ReplicaGet { bucket: bucket.clone(), key: key.clone() }, timeout)
+            .await;
+        self.observe(peer, &result);
+        let remote = match result {
+            Ok(PeerResponse::ReplicaGetDone { object }) => object
+                .map(|bytes| ringkv_core::causality::Object::decode(&bytes))
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let merged = match (&local, &remote) {
+            (None, None) => return Ok(()),
+            (Some(l), None) => l.clone(),
+            (None, Some(r)) => r.clone(),
+            (Some(l), Some(r)) => l.merge(r, mode),
+        };
+        // Written locally even when unchanged, so the tree records the
+        // digest of what is really stored.
+        let incoming = merged.clone();
+        self.store
+            .update(partition, &bucket, &key, n, effective.durability, move |current| {
+                Ok::<_, ()>(merge_into(current, &incoming, mode))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|()| "merge cannot fail".to_string())?;
+        if remote.as_ref() != Some(&merged) {
+            let request = PeerRequest::ReplicaPut {
+                bucket,
+                key,
+                object: merged.encode(),
+                conflict: mode,
+                durability: effective.durability,
+            };
+            let result = self.peers.request(addr, request, timeout).await;
+            self.observe(peer, &result);
+            if !matches!(result, Ok(PeerResponse::ReplicaPutDone)) {
+                return Err("peer did not take the repair".into());
+            }
+        }
+        self.metrics.keys_repaired.inc();
+        Ok(())
+    }
+}
