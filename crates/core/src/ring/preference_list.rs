@@ -1,0 +1,58 @@
+//! Preference lists: which members hold a partition's replicas (primaries)
+//! and which stand in for them (fallbacks), read off a layout by walking the
+//! ring. Liveness is not considered here; the coordinator skips down nodes.
+
+use super::Layout;
+use crate::NodeId;
+
+/// The members for one partition, in walk order, each once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreferenceList {
+    /// The first n distinct owners from the partition on (fewer when the
+    /// cluster has fewer members); the first is the partition's owner.
+    pub primaries: Vec<NodeId>,
+    /// Every other member, in the order the walk meets them.
+    pub fallbacks: Vec<NodeId>,
+}
+
+impl Layout {
+    /// Walks partitions from `partition` (wrapping), taking owners not taken
+    /// yet: the first `n` are the primaries, the rest of the members are
+    /// fallbacks. Members owning no partition come last, by id.
+    ///
+    /// # Panics
+    /// If `partition >= self.partitions()`.
+    pub fn preference_list(&self, partition: u32, n: usize) -> PreferenceList {
+        let partitions = self.partitions();
+        assert!(
+            partition < partitions,
+            "partition {partition} is outside 0..{partitions}"
+        );
+        let members = self.members();
+        let mut taken = vec![false; members.len()];
+        let mut walk = Vec::with_capacity(members.len());
+        for step in 0..partitions {
+            let owner = self.owner((partition + step) % partitions);
+            let index = self.index_of(owner).expect("every owner is a member");
+            if !taken[index] {
+                taken[index] = true;
+                walk.push(owner);
+                if walk.len() == members.len() {
+                    break;
+                }
+            }
+        }
+        walk.extend(
+            members
+                .iter()
+                .zip(&taken)
+                .filter(|(_, taken)| !**taken)
+                .map(|(member, _)| member.id),
+        );
+        let fallbacks = walk.split_off(n.min(walk.len()));
+        PreferenceList {
+            primaries: walk,
+            fallbacks,
+        }
+    }
+}
