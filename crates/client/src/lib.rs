@@ -12,7 +12,11 @@ use serde::Deserialize;
 pub const CONTEXT_HEADER: &str = "x-ringkv-context";
 /// Largest response body the client reads (siblings of large values add up).
 const MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -20,7 +24,11 @@ pub enum ClientError {
     Transport { url: String, reason: String },
     /// The server answered with an error body `{"error", "message"}`.
     #[error("{status} {code}: {message}")]
-    Server { status: u16, code: String, message: String },
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("unexpected answer: {0}")]
     Protocol(String),
 }
@@ -34,8 +42,15 @@ pub struct Sibling {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GetResult {
-    Found { value: Vec<u8>, content_type: String, context: String },
-    Siblings { siblings: Vec<Sibling>, context: String },
+    Found {
+        value: Vec<u8>,
+        content_type: String,
+        context: String,
+    },
+    Siblings {
+        siblings: Vec<Sibling>,
+        context: String,
+    },
     /// Absent or deleted; the context is known when the key was deleted.
     NotFound { context: Option<String> },
 }
@@ -64,7 +79,6 @@ pub struct Client {
     base: String,
     agent: ureq::Agent,
 }
-
 
 impl Client {
     pub fn new(url: &str) -> Self {
@@ -129,19 +143,20 @@ impl Client {
             200 => Ok(GetResult::Found {
                 value: body,
                 content_type,
-                context: context.ok_or_else(|| ClientError::Protocol("200 without a context header".into()))?,
+                context: context
+                    .ok_or_else(|| ClientError::Protocol("200 without a context header".into()))?,
             }),
             300 => {
-                let parsed: SiblingsBody =
-                    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("siblings body: {e}")))?;
+                let parsed: SiblingsBody = serde_json::from_slice(&body)
+                    .map_err(|e| ClientError::Protocol(format!("siblings body: {e}")))?;
                 let siblings = parsed
                     .siblings
                     .into_iter()
                     .map(|s| {
                         Ok(Sibling {
-                            value: STANDARD
-                                .decode(s.value_base64)
-                                .map_err(|e| ClientError::Protocol(format!("sibling value: {e}")))?,
+                            value: STANDARD.decode(s.value_base64).map_err(|e| {
+                                ClientError::Protocol(format!("sibling value: {e}"))
+                            })?,
                             content_type: s.content_type,
                             modified_ms: s.modified_ms,
                         })
@@ -179,7 +194,13 @@ impl Client {
         written(&mut response)
     }
 
-    pub fn delete(&self, bucket: &str, key: &[u8], context: Option<&str>, w: Option<u32>) -> Result<String, ClientError> {
+    pub fn delete(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        context: Option<&str>,
+        w: Option<u32>,
+    ) -> Result<String, ClientError> {
         let query: Vec<(&str, String)> = w.map(|w| ("w", w.to_string())).into_iter().collect();
         let mut request = self.agent.delete(&self.key_url(bucket, key, &query));
         if let Some(context) = context {
@@ -201,12 +222,17 @@ impl Client {
         if status != 200 {
             return Err(server_error(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("cluster body: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("cluster body: {e}")))
     }
 
     /// `PUT /v1/buckets/{bucket}` with a JSON body such as `{"n":3,"r":2,"w":2,"conflict":"siblings"}`.
     pub fn set_bucket(&self, bucket: &str, props: &serde_json::Value) -> Result<(), ClientError> {
-        let url = format!("{}/v1/buckets/{}", self.base, utf8_percent_encode(bucket, UNRESERVED));
+        let url = format!(
+            "{}/v1/buckets/{}",
+            self.base,
+            utf8_percent_encode(bucket, UNRESERVED)
+        );
         let mut response = self
             .agent
             .put(&url)

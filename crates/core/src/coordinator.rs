@@ -51,7 +51,12 @@ impl PutRound {
     /// A strict round among primaries: `local_ack` when the coordinator
     /// stored the object itself, `remote` primaries it was sent to.
     pub fn new(w: usize, local_ack: bool, remote: usize) -> Self {
-        Self::with_roles(w, 0, local_ack.then_some(Role::Primary), &vec![Role::Primary; remote])
+        Self::with_roles(
+            w,
+            0,
+            local_ack.then_some(Role::Primary),
+            &vec![Role::Primary; remote],
+        )
     }
 
     /// `local`: the role of the coordinator's own durable copy, if it is a
@@ -140,7 +145,8 @@ impl PutRound {
             self.decided = true;
             return Some(Quorum::Reached(()));
         }
-        if self.acks + self.pending < self.w || self.primary_acks + self.pending_primaries < self.pw {
+        if self.acks + self.pending < self.w || self.primary_acks + self.pending_primaries < self.pw
+        {
             self.decided = true;
             let (got, needed) = self.shortfall();
             return Some(Quorum::Unreachable { got, needed });
@@ -331,14 +337,20 @@ mod tests {
         assert_eq!(round.acked_by(F), Some(Quorum::Reached(())));
         // Strict: pw=2 cannot be met by fallbacks.
         let mut round = PutRound::with_roles(2, 2, Some(P), &[F, F]);
-        assert_eq!(round.start(), Some(Quorum::Unreachable { got: 1, needed: 2 }));
+        assert_eq!(
+            round.start(),
+            Some(Quorum::Unreachable { got: 1, needed: 2 })
+        );
         let mut round = PutRound::with_roles(2, 2, Some(P), &[P, F]);
         assert_eq!(round.acked_by(F), None);
         assert_eq!(round.acked_by(P), Some(Quorum::Reached(())));
         // A coordinator that is not a replica itself.
         let mut round = PutRound::with_roles(2, 1, None, &[P, F, F]);
         assert_eq!(round.acked_by(F), None);
-        assert_eq!(round.failed_by(P), Some(Quorum::Unreachable { got: 0, needed: 1 }));
+        assert_eq!(
+            round.failed_by(P),
+            Some(Quorum::Unreachable { got: 0, needed: 1 })
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ pub struct PeerView {
 
 impl FailureDetector {
     pub fn new(config: DetectorConfig) -> Self {
-        assert!(config.window >= 2 && config.down_phi > config.suspect_phi, "bad detector config");
+        assert!(
+            config.window >= 2 && config.down_phi > config.suspect_phi,
+            "bad detector config"
+        );
         FailureDetector {
             config,
             peers: BTreeMap::new(),
@@ -100,22 +103,25 @@ impl FailureDetector {
     pub fn heartbeat(&mut self, peer: NodeId, now_ms: u64) {
         let window = self.config.window;
         let history = self.peers.entry(peer).or_default();
-        if let Some(last) = history.last_heartbeat_ms {
-            if now_ms > last {
-                if history.intervals.len() == window {
-                    history.intervals.pop_front();
-                }
-                history.intervals.push_back((now_ms - last) as f64);
+        if let Some(last) = history.last_heartbeat_ms
+            && now_ms > last
+        {
+            if history.intervals.len() == window {
+                history.intervals.pop_front();
             }
+            history.intervals.push_back((now_ms - last) as f64);
         }
-        history.last_heartbeat_ms = Some(history.last_heartbeat_ms.map_or(now_ms, |l| l.max(now_ms)));
+        history.last_heartbeat_ms =
+            Some(history.last_heartbeat_ms.map_or(now_ms, |l| l.max(now_ms)));
         history.unreachable_since_ms = None;
     }
 
     /// A request proved the peer unreachable (connection refused or reset).
     pub fn unreachable(&mut self, peer: NodeId, now_ms: u64) {
         let history = self.peers.entry(peer).or_default();
-        if history.last_heartbeat_ms.is_none_or(|last| now_ms >= last) && history.unreachable_since_ms.is_none() {
+        if history.last_heartbeat_ms.is_none_or(|last| now_ms >= last)
+            && history.unreachable_since_ms.is_none()
+        {
             history.unreachable_since_ms = Some(now_ms);
         }
     }
@@ -135,11 +141,19 @@ impl FailureDetector {
         };
         let elapsed = now_ms.saturating_sub(last) as f64;
         let (mean, std) = if history.intervals.is_empty() {
-            (self.config.first_interval_ms, self.config.first_interval_ms / 4.0)
+            (
+                self.config.first_interval_ms,
+                self.config.first_interval_ms / 4.0,
+            )
         } else {
             let n = history.intervals.len() as f64;
             let mean = history.intervals.iter().sum::<f64>() / n;
-            let var = history.intervals.iter().map(|i| (i - mean).powi(2)).sum::<f64>() / n;
+            let var = history
+                .intervals
+                .iter()
+                .map(|i| (i - mean).powi(2))
+                .sum::<f64>()
+                / n;
             (mean, var.sqrt())
         };
         let mean = mean + self.config.acceptable_pause_ms;
@@ -151,7 +165,11 @@ impl FailureDetector {
         } else {
             -(1.0 - 1.0 / (1.0 + e)).log10()
         };
-        if phi.is_finite() { phi.max(0.0) } else { f64::MAX }
+        if phi.is_finite() {
+            phi.max(0.0)
+        } else {
+            f64::MAX
+        }
     }
 
     pub fn view(&self, peer: NodeId, now_ms: u64) -> PeerView {
@@ -207,8 +225,14 @@ mod tests {
             .step_by(50)
             .find(|t| d.liveness(1, *t) == Liveness::Down)
             .expect("a silent peer is declared down");
-        assert!(down_after - 10_000 <= 3_000, "took {} ms", down_after - 10_000);
-        let suspect_at = (10_000..down_after).step_by(50).find(|t| d.liveness(1, *t) == Liveness::Suspect);
+        assert!(
+            down_after - 10_000 <= 3_000,
+            "took {} ms",
+            down_after - 10_000
+        );
+        let suspect_at = (10_000..down_after)
+            .step_by(50)
+            .find(|t| d.liveness(1, *t) == Liveness::Suspect);
         assert!(suspect_at.is_some(), "a peer is suspect before it is down");
         // It comes back.
         d.heartbeat(1, 30_000);
@@ -223,7 +247,9 @@ mod tests {
         let mut seed = 7u64;
         let mut worst = Liveness::Up;
         for _ in 0..2_000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let interval = 300 + (seed >> 33) % 600;
             // Check just before the next heartbeat arrives: the worst moment.
             if t > 5_000 {
@@ -232,7 +258,10 @@ mod tests {
             t += interval;
             d.heartbeat(1, t);
         }
-        assert!(worst <= Liveness::Suspect, "a healthy peer was declared down");
+        assert!(
+            worst <= Liveness::Suspect,
+            "a healthy peer was declared down"
+        );
         assert_ne!(worst, Liveness::Down);
     }
 

@@ -49,7 +49,11 @@ impl Node {
     /// Keys in all of this node's trees.
     pub fn tree_keys(&self) -> usize {
         let trees = self.store.trees();
-        trees.keys().into_iter().map(|(p, n)| trees.tree(p, n).lock().expect("tree lock").len()).sum()
+        trees
+            .keys()
+            .into_iter()
+            .map(|(p, n)| trees.tree(p, n).lock().expect("tree lock").len())
+            .sum()
     }
 
     pub(crate) fn answer_exchange(
@@ -67,13 +71,16 @@ impl Node {
         let mut tree = tree.lock().expect("tree lock");
         match answer(&mut tree, request) {
             Ok(response) => PeerResponse::AntiEntropy(response),
-            Err(e) => PeerResponse::Refused { message: e.to_string() },
+            Err(e) => PeerResponse::Refused {
+                message: e.to_string(),
+            },
         }
     }
 
     /// Runs exchanges forever, one round every `aae_interval_ms`.
     pub async fn anti_entropy_loop(self: Arc<Self>) {
-        let mut interval = tokio::time::interval(Duration::from_millis(self.config.aae_interval_ms));
+        let mut interval =
+            tokio::time::interval(Duration::from_millis(self.config.aae_interval_ms));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: usize = 0;
         loop {
@@ -105,19 +112,34 @@ impl Node {
         }
     }
 
-    async fn exchange(self: &Arc<Self>, layout: &Layout, partition: u32, n: u32, peer: NodeId) -> Result<(), String> {
+    async fn exchange(
+        self: &Arc<Self>,
+        layout: &Layout,
+        partition: u32,
+        n: u32,
+        peer: NodeId,
+    ) -> Result<(), String> {
         let addr = Self::peer_addr(layout, peer).ok_or("peer left the layout")?;
         let tree = self.store.trees().tree(partition, n);
         let limits = ExchangeLimits {
             max_indices_per_request: 1024,
             max_segments: self.config.aae_max_segments,
         };
-        let (mut exchange, mut request) = Exchange::start(&mut tree.lock().expect("tree lock"), limits);
+        let (mut exchange, mut request) =
+            Exchange::start(&mut tree.lock().expect("tree lock"), limits);
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let outcome = loop {
             let result = self
                 .peers
-                .request(&addr, PeerRequest::AntiEntropy { partition, n, request }, timeout)
+                .request(
+                    &addr,
+                    PeerRequest::AntiEntropy {
+                        partition,
+                        n,
+                        request,
+                    },
+                    timeout,
+                )
                 .await;
             self.observe(peer, &result);
             let response = match result {
@@ -136,9 +158,18 @@ impl Node {
         if outcome.differences.is_empty() {
             return Ok(());
         }
-        debug!(partition, n, keys = outcome.differences.len(), truncated = outcome.truncated, "anti-entropy found differences");
+        debug!(
+            partition,
+            n,
+            keys = outcome.differences.len(),
+            truncated = outcome.truncated,
+            "anti-entropy found differences"
+        );
         for difference in outcome.differences {
-            if let Err(e) = self.repair_key(partition, n, &difference.key, peer, &addr).await {
+            if let Err(e) = self
+                .repair_key(partition, n, &difference.key, peer, &addr)
+                .await
+            {
                 warn!(partition, error = %e, "anti-entropy repair failed");
             }
         }
@@ -147,16 +178,33 @@ impl Node {
 
     /// Merges the local and the peer's copy of a key and stores the merge
     /// wherever it is news.
-    async fn repair_key(&self, partition: u32, n: u32, raw_key: &[u8], peer: NodeId, addr: &str) -> Result<(), String> {
+    async fn repair_key(
+        &self,
+        partition: u32,
+        n: u32,
+        raw_key: &[u8],
+        peer: NodeId,
+        addr: &str,
+    ) -> Result<(), String> {
         let (bucket, key) = split_object_key(raw_key).ok_or("malformed key in tree")?;
         let layout = self.layout();
         let effective = self.effective(&bucket, &layout);
         let mode = effective.props.conflict;
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        let local = self.store.read(partition, &bucket, &key).map_err(|e| e.to_string())?;
+        let local = self
+            .store
+            .read(partition, &bucket, &key)
+            .map_err(|e| e.to_string())?;
         let result = self
             .peers
-            .request(addr, PeerRequest::ReplicaGet { bucket: bucket.clone(), key: key.clone() }, timeout)
+            .request(
+                addr,
+                PeerRequest::ReplicaGet {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                },
+                timeout,
+            )
             .await;
         self.observe(peer, &result);
         let remote = match result {
@@ -177,9 +225,14 @@ impl Node {
         // digest of what is really stored.
         let incoming = merged.clone();
         self.store
-            .update(partition, &bucket, &key, n, effective.durability, move |current| {
-                Ok::<_, ()>(merge_into(current, &incoming, mode))
-            })
+            .update(
+                partition,
+                &bucket,
+                &key,
+                n,
+                effective.durability,
+                move |current| Ok::<_, ()>(merge_into(current, &incoming, mode)),
+            )
             .await
             .map_err(|e| e.to_string())?
             .map_err(|()| "merge cannot fail".to_string())?;

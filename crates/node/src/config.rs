@@ -82,18 +82,34 @@ impl Default for NodeConfig {
 
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("node name {:?} must be 1-64 characters of [A-Za-z0-9_.-]", self.name));
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "node name {:?} must be 1-64 characters of [A-Za-z0-9_.-]",
+                self.name
+            ));
         }
-        ringkv_core::bucket::validate_bucket_name(&self.resp_bucket).map_err(|e| format!("resp-bucket: {e}"))?;
-        if !self.partitions.is_power_of_two() || self.partitions > ringkv_core::ring::MAX_PARTITIONS {
-            return Err(format!("partitions must be a power of two up to 4096, got {}", self.partitions));
+        ringkv_core::bucket::validate_bucket_name(&self.resp_bucket)
+            .map_err(|e| format!("resp-bucket: {e}"))?;
+        if !self.partitions.is_power_of_two() || self.partitions > ringkv_core::ring::MAX_PARTITIONS
+        {
+            return Err(format!(
+                "partitions must be a power of two up to 4096, got {}",
+                self.partitions
+            ));
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > 512 * 1024 * 1024 {
             return Err("max-value-bytes must be between 1 and 512 MiB".into());
         }
         if self.max_frame_bytes < 2 * self.max_value_bytes + 64 * 1024 {
-            return Err("max-frame-bytes must be at least twice max-value-bytes plus 64 KiB".into());
+            return Err(
+                "max-frame-bytes must be at least twice max-value-bytes plus 64 KiB".into(),
+            );
         }
         if self.buffered_sync_interval_ms == 0 || self.buffered_sync_interval_ms > 60_000 {
             return Err("buffered-sync-interval-ms must be between 1 and 60000".into());
@@ -101,11 +117,21 @@ impl NodeConfig {
         if self.aae_interval_ms == 0 || self.aae_max_segments == 0 {
             return Err("aae-interval-ms and aae-max-segments must be positive".into());
         }
-        if self.heartbeat_interval_ms == 0 || self.hints_max == 0 || self.hint_delivery_per_second == 0 {
-            return Err("heartbeat-interval-ms, hints-max and hint-delivery-per-second must be positive".into());
+        if self.heartbeat_interval_ms == 0
+            || self.hints_max == 0
+            || self.hint_delivery_per_second == 0
+        {
+            return Err(
+                "heartbeat-interval-ms, hints-max and hint-delivery-per-second must be positive"
+                    .into(),
+            );
         }
-        if self.request_timeout_ms == 0 || self.gossip_interval_ms == 0 || self.max_connections == 0 {
-            return Err("request-timeout-ms, gossip-interval-ms and max-connections must be positive".into());
+        if self.request_timeout_ms == 0 || self.gossip_interval_ms == 0 || self.max_connections == 0
+        {
+            return Err(
+                "request-timeout-ms, gossip-interval-ms and max-connections must be positive"
+                    .into(),
+            );
         }
         Ok(())
     }

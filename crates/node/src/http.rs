@@ -1,5 +1,8 @@
 //! The HTTP API (DESIGN §8): keys, buckets, cluster view, metrics, health.
 //! Every error is a JSON body `{"error": code, "message": sentence}`.
+//! Helpers return `Result<_, Response>` so a handler can answer an error
+//! with `?`-like early returns (hence `result_large_err` is allowed).
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 
@@ -36,7 +39,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_IN_FLIGHT_REQUESTS))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_IN_FLIGHT_REQUESTS,
+        ))
         .with_state(node)
 }
 
@@ -73,13 +78,21 @@ fn parse_query(raw: Option<&str>) -> Result<KvQuery, Response> {
     let mut query = KvQuery::default();
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = || bad_request(format!("query parameter {name} must be a positive integer, got {value:?}"));
+        let bad = || {
+            bad_request(format!(
+                "query parameter {name} must be a positive integer, got {value:?}"
+            ))
+        };
         match name {
             "r" => query.r = Some(value.parse().map_err(|_| bad())?),
             "w" => query.w = Some(value.parse().map_err(|_| bad())?),
             "pw" => query.pw = Some(value.parse().map_err(|_| bad())?),
             "timeout_ms" => query.timeout_ms = Some(value.parse().map_err(|_| bad())?),
-            _ => return Err(bad_request(format!("unknown query parameter {name:?} (known: r, w, pw, timeout_ms)"))),
+            _ => {
+                return Err(bad_request(format!(
+                    "unknown query parameter {name:?} (known: r, w, pw, timeout_ms)"
+                )));
+            }
         }
     }
     Ok(query)
@@ -159,7 +172,10 @@ async fn kv(
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "too_large",
-                        format!("value exceeds max-value-bytes ({})", node.config.max_value_bytes),
+                        format!(
+                            "value exceeds max-value-bytes ({})",
+                            node.config.max_value_bytes
+                        ),
                     );
                 }
                 Err(rejection) => return bad_request(rejection.body_text()),
@@ -187,11 +203,17 @@ async fn kv(
         ClientReply::Failed(e) => op_error(&e),
         ClientReply::Written { context } => {
             let mut response = StatusCode::NO_CONTENT.into_response();
-            response.headers_mut().insert(CONTEXT_HEADER, context_value(&context));
+            response
+                .headers_mut()
+                .insert(CONTEXT_HEADER, context_value(&context));
             response
         }
-        ClientReply::Found { object: None } => error(StatusCode::NOT_FOUND, "not_found", "key not found"),
-        ClientReply::Found { object: Some(bytes) } => match Object::decode(&bytes) {
+        ClientReply::Found { object: None } => {
+            error(StatusCode::NOT_FOUND, "not_found", "key not found")
+        }
+        ClientReply::Found {
+            object: Some(bytes),
+        } => match Object::decode(&bytes) {
             Ok(object) => found(&object),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         },
@@ -209,12 +231,19 @@ fn found(object: &Object) -> Response {
     let context = context_value(object.clock());
     let live: Vec<_> = object.live_siblings().collect();
     let mut response = match live.as_slice() {
-        [] => error(StatusCode::NOT_FOUND, "not_found", "key not found (deleted)"),
+        [] => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "key not found (deleted)",
+        ),
         [one] => {
-            let mut response = (StatusCode::OK, one.value.clone().unwrap_or_default()).into_response();
+            let mut response =
+                (StatusCode::OK, one.value.clone().unwrap_or_default()).into_response();
             let content_type = HeaderValue::from_str(&one.content_type)
                 .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
             response
         }
         many => {
@@ -241,7 +270,11 @@ async fn get_bucket(State(node): State<Arc<Node>>, Path(bucket): Path<String>) -
     axum::Json(node.bucket_props(&bucket)).into_response()
 }
 
-async fn put_bucket(State(node): State<Arc<Node>>, Path(bucket): Path<String>, body: Bytes) -> Response {
+async fn put_bucket(
+    State(node): State<Arc<Node>>,
+    Path(bucket): Path<String>,
+    body: Bytes,
+) -> Response {
     let props: BucketProps = match serde_json::from_slice(&body) {
         Ok(props) => props,
         Err(e) => return bad_request(format!("bucket properties: {e}")),
@@ -314,11 +347,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         let up = matches!(liveness, Liveness::Up | Liveness::Suspect);
         node.metrics
             .peer_up
-            .get_or_create(&crate::metrics::PeerLabels { peer: member.name.clone() })
+            .get_or_create(&crate::metrics::PeerLabels {
+                peer: member.name.clone(),
+            })
             .set(i64::from(up));
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         node.metrics.render(),
     )
         .into_response()
@@ -334,13 +372,24 @@ async fn preflist(State(node): State<Arc<Node>>, uri: Uri) -> Response {
         Ok(parts) => parts,
         Err(response) => return response,
     };
-    if let Err(e) = ringkv_core::bucket::validate_bucket_name(&bucket).and(ringkv_core::bucket::validate_key(&key)) {
+    if let Err(e) = ringkv_core::bucket::validate_bucket_name(&bucket)
+        .and(ringkv_core::bucket::validate_key(&key))
+    {
         return bad_request(e.to_string());
     }
     let layout = node.layout();
-    let n = (node.bucket_props(&bucket).n as usize).min(layout.members().len()).max(1);
-    let partition = ringkv_core::ring::partition_of(ringkv_core::ring::key_hash(bucket.as_bytes(), &key), layout.partitions());
-    let name = |id: u64| layout.member(id).map_or_else(|| format!("{id:016x}"), |m| m.name.clone());
+    let n = (node.bucket_props(&bucket).n as usize)
+        .min(layout.members().len())
+        .max(1);
+    let partition = ringkv_core::ring::partition_of(
+        ringkv_core::ring::key_hash(bucket.as_bytes(), &key),
+        layout.partitions(),
+    );
+    let name = |id: u64| {
+        layout
+            .member(id)
+            .map_or_else(|| format!("{id:016x}"), |m| m.name.clone())
+    };
     let preference = layout.preference_list(partition, n);
     let plan: Vec<serde_json::Value> = node
         .replica_plan(&layout, partition, n)

@@ -52,7 +52,9 @@ fn encode_meta<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode_meta<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
     match bytes.split_first() {
-        Some((&META_FORMAT, rest)) => postcard::from_bytes(rest).with_context(|| format!("while decoding the stored {what}")),
+        Some((&META_FORMAT, rest)) => {
+            postcard::from_bytes(rest).with_context(|| format!("while decoding the stored {what}"))
+        }
         Some((version, _)) => bail!("stored {what} has unknown format version {version}"),
         None => bail!("stored {what} is empty"),
     }
@@ -73,8 +75,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("while creating data dir {}", config.data_dir.display()))?;
     let path = config.data_dir.join("ringkv.redb");
-    let storage: Arc<dyn Storage> =
-        Arc::new(RedbStorage::open(&path).with_context(|| format!("while opening {}", path.display()))?);
+    let storage: Arc<dyn Storage> = Arc::new(
+        RedbStorage::open(&path).with_context(|| format!("while opening {}", path.display()))?,
+    );
     let committer = GroupCommitter::start(
         storage.clone(),
         GroupCommitOptions {
@@ -155,7 +158,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     store.meta_put_sync(META_LAYOUT, layout.encode())?;
 
-    let node = Node::new(config.clone(), identity.id, me.clone(), store, peers, layout.clone(), buckets);
+    let node = Node::new(
+        config.clone(),
+        identity.id,
+        me.clone(),
+        store,
+        peers,
+        layout.clone(),
+        buckets,
+    );
     // Our own addresses may have changed since the layout was written.
     if let Some(next) = layout.with_member(me) {
         node.adopt_layout(next)?;
@@ -167,14 +178,23 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         let node = handler_node.clone();
         Box::pin(async move { node.handle_peer(request).await })
     });
-    tokio::spawn(transport::serve(peer_listener, handler, config.max_frame_bytes, connections.clone()));
+    tokio::spawn(transport::serve(
+        peer_listener,
+        handler,
+        config.max_frame_bytes,
+        connections.clone(),
+    ));
     let app = http::router(node.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    tokio::spawn(resp::serve(resp_listener, node.clone(), Arc::new(Semaphore::new(config.max_connections))));
+    tokio::spawn(resp::serve(
+        resp_listener,
+        node.clone(),
+        Arc::new(Semaphore::new(config.max_connections)),
+    ));
     node.count_hints()?;
     tokio::spawn(node.clone().gossip_loop());
     tokio::spawn(node.clone().heartbeat_loop());
@@ -183,7 +203,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(async move {
         match aae.rebuild_trees().await {
             Ok(()) => aae.anti_entropy_loop().await,
-            Err(e) => tracing::error!(error = %e, "cannot build anti-entropy trees; anti-entropy is off"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build anti-entropy trees; anti-entropy is off")
+            }
         }
     });
     node.announce().await;
@@ -203,14 +225,17 @@ async fn join(peers: &Peers, seeds: &[String], me: &Member) -> anyhow::Result<La
             let request = PeerRequest::Join { member: me.clone() };
             match peers.request(seed, request, Duration::from_secs(5)).await {
                 Ok(PeerResponse::Joined { layout }) => {
-                    let layout = Layout::decode(&layout).context("while decoding the layout sent by the seed")?;
+                    let layout = Layout::decode(&layout)
+                        .context("while decoding the layout sent by the seed")?;
                     if layout.member(me.id).is_some() {
                         info!(%seed, version = layout.version(), "joined the cluster");
                         return Ok(layout);
                     }
                     warn!(%seed, "seed answered without adding this node; retrying");
                 }
-                Ok(PeerResponse::Refused { message }) => bail!("{seed} refused the join: {message}"),
+                Ok(PeerResponse::Refused { message }) => {
+                    bail!("{seed} refused the join: {message}")
+                }
                 Ok(other) => warn!(%seed, ?other, "unexpected answer to join"),
                 Err(e) => warn!(%seed, error = %e, "cannot reach seed"),
             }

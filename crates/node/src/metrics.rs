@@ -102,11 +102,23 @@ impl Metrics {
             request_failures.clone(),
         );
         let read_repairs = Counter::default();
-        registry.register("read_repairs", "Stale replicas repaired after a read", read_repairs.clone());
-        let siblings_read = Histogram::new([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0].into_iter());
-        registry.register("siblings", "Live siblings of the objects returned by reads", siblings_read.clone());
+        registry.register(
+            "read_repairs",
+            "Stale replicas repaired after a read",
+            read_repairs.clone(),
+        );
+        let siblings_read = Histogram::new([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        registry.register(
+            "siblings",
+            "Live siblings of the objects returned by reads",
+            siblings_read.clone(),
+        );
         let forwarded = Counter::default();
-        registry.register("forwarded", "Writes forwarded to a primary of the key", forwarded.clone());
+        registry.register(
+            "forwarded",
+            "Writes forwarded to a primary of the key",
+            forwarded.clone(),
+        );
         let peer_failures = Counter::default();
         registry.register(
             "peer_request_failures",
@@ -126,19 +138,47 @@ impl Metrics {
             group_commit_jobs.clone(),
         );
         let layout_version = Gauge::default();
-        registry.register("layout_version", "Version of the layout this node uses", layout_version.clone());
+        registry.register(
+            "layout_version",
+            "Version of the layout this node uses",
+            layout_version.clone(),
+        );
         let hints_pending = Gauge::default();
-        registry.register("hints_pending", "Hint records held for nodes that were down", hints_pending.clone());
+        registry.register(
+            "hints_pending",
+            "Hint records held for nodes that were down",
+            hints_pending.clone(),
+        );
         let hints_stored = Counter::default();
-        registry.register("hints_stored", "Hint records created (sloppy quorum writes held for a down primary)", hints_stored.clone());
+        registry.register(
+            "hints_stored",
+            "Hint records created (sloppy quorum writes held for a down primary)",
+            hints_stored.clone(),
+        );
         let hints_delivered = Counter::default();
-        registry.register("hints_delivered", "Hints handed off to their primary and acknowledged", hints_delivered.clone());
+        registry.register(
+            "hints_delivered",
+            "Hints handed off to their primary and acknowledged",
+            hints_delivered.clone(),
+        );
         let peer_up = Family::<PeerLabels, Gauge>::default();
-        registry.register("peer_up", "1 when this node sees the peer up or suspect, 0 when down", peer_up.clone());
+        registry.register(
+            "peer_up",
+            "1 when this node sees the peer up or suspect, 0 when down",
+            peer_up.clone(),
+        );
         let keys_repaired = Counter::default();
-        registry.register("aae_keys_repaired", "Keys repaired by active anti-entropy", keys_repaired.clone());
+        registry.register(
+            "aae_keys_repaired",
+            "Keys repaired by active anti-entropy",
+            keys_repaired.clone(),
+        );
         let tree_keys = Gauge::default();
-        registry.register("aae_tree_keys", "Keys in this node's anti-entropy Merkle trees", tree_keys.clone());
+        registry.register(
+            "aae_tree_keys",
+            "Keys in this node's anti-entropy Merkle trees",
+            tree_keys.clone(),
+        );
         Metrics {
             registry,
             keys_repaired,
@@ -161,7 +201,8 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

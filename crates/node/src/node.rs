@@ -14,11 +14,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use ringkv_core::NodeId;
-use ringkv_core::bucket::{BucketProps, BucketRegistry, DurabilityMode, InvalidInput, validate_bucket_name, validate_key};
+use ringkv_core::bucket::{
+    BucketProps, BucketRegistry, DurabilityMode, InvalidInput, validate_bucket_name, validate_key,
+};
 use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError};
 use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role};
 use ringkv_core::membership::{DetectorConfig, FailureDetector, Liveness, PeerView};
-use ringkv_core::message::{ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse};
+use ringkv_core::message::{
+    ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse,
+};
 use ringkv_core::ring::{Layout, Member, key_hash, partition_of};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -92,12 +96,18 @@ pub struct PlannedReplica {
 
 impl PlannedReplica {
     fn role(&self) -> Role {
-        if self.hint_for.is_some() { Role::Fallback } else { Role::Primary }
+        if self.hint_for.is_some() {
+            Role::Fallback
+        } else {
+            Role::Primary
+        }
     }
 }
 
 fn bad_request(e: InvalidInput) -> OpError {
-    OpError::BadRequest { message: e.to_string() }
+    OpError::BadRequest {
+        message: e.to_string(),
+    }
 }
 
 impl Node {
@@ -160,7 +170,11 @@ impl Node {
         let props = self.bucket_props(bucket);
         let n = (props.n as usize).min(layout.members().len()).max(1);
         let durability = props.durability.unwrap_or(self.config.durability);
-        Effective { props, n, durability }
+        Effective {
+            props,
+            n,
+            durability,
+        }
     }
 
     /// The `n` whose Merkle tree holds a bucket's keys on this node.
@@ -181,7 +195,10 @@ impl Node {
                 last_heard_ms_ago: Some(0),
             };
         }
-        self.detector.lock().expect("detector lock").view(id, now_ms())
+        self.detector
+            .lock()
+            .expect("detector lock")
+            .view(id, now_ms())
     }
 
     pub(crate) fn usable(&self, id: NodeId) -> bool {
@@ -193,7 +210,9 @@ impl Node {
         let mut detector = self.detector.lock().expect("detector lock");
         match result {
             Ok(_) => detector.heartbeat(id, now_ms()),
-            Err(PeerError::Unreachable | PeerError::Disconnected) => detector.unreachable(id, now_ms()),
+            Err(PeerError::Unreachable | PeerError::Disconnected) => {
+                detector.unreachable(id, now_ms())
+            }
             Err(PeerError::Timeout | PeerError::Overloaded) => {}
         }
     }
@@ -202,11 +221,18 @@ impl Node {
     /// are not down, each down one replaced by the next usable fallback.
     pub fn replica_plan(&self, layout: &Layout, partition: u32, n: usize) -> Vec<PlannedReplica> {
         let preference = layout.preference_list(partition, n);
-        let mut fallbacks = preference.fallbacks.iter().copied().filter(|f| self.usable(*f));
+        let mut fallbacks = preference
+            .fallbacks
+            .iter()
+            .copied()
+            .filter(|f| self.usable(*f));
         let mut plan = Vec::with_capacity(n);
         for primary in preference.primaries {
             if self.usable(primary) {
-                plan.push(PlannedReplica { node: primary, hint_for: None });
+                plan.push(PlannedReplica {
+                    node: primary,
+                    hint_for: None,
+                });
             } else if let Some(fallback) = fallbacks.next() {
                 plan.push(PlannedReplica {
                     node: fallback,
@@ -228,7 +254,13 @@ impl Node {
 
     /// The local copy of a key: the replica's object merged with any hint
     /// this node holds for it.
-    pub(crate) fn read_local(&self, partition: u32, bucket: &str, key: &[u8], mode: ConflictMode) -> Result<Option<Object>, StoreError> {
+    pub(crate) fn read_local(
+        &self,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+        mode: ConflictMode,
+    ) -> Result<Option<Object>, StoreError> {
         let data = self.store.read(partition, bucket, key)?;
         let hint = self.store.read_hint(partition, bucket, key)?;
         Ok(match (data, hint) {
@@ -253,7 +285,12 @@ impl Node {
         let reply = match self.check(&op) {
             Err(e) => ClientReply::Failed(e),
             Ok(()) => match op {
-                ClientOp::Get { bucket, key, r, timeout_ms } => self.coordinate_get(bucket, key, r, timeout_ms).await,
+                ClientOp::Get {
+                    bucket,
+                    key,
+                    r,
+                    timeout_ms,
+                } => self.coordinate_get(bucket, key, r, timeout_ms).await,
                 put @ ClientOp::Put { .. } => self.coordinate_put(put, may_forward).await,
             },
         };
@@ -284,26 +321,36 @@ impl Node {
         validate_key(op.key()).map_err(bad_request)?;
         if op.timeout_ms() == 0 || op.timeout_ms() > 600_000 {
             return Err(OpError::BadRequest {
-                message: format!("timeout_ms must be between 1 and 600000, got {}", op.timeout_ms()),
+                message: format!(
+                    "timeout_ms must be between 1 and 600000, got {}",
+                    op.timeout_ms()
+                ),
             });
         }
-        if let ClientOp::Put { value: Some(value), .. } = op {
-            if value.len() > self.config.max_value_bytes {
-                return Err(OpError::BadRequest {
-                    message: format!(
-                        "value of {} bytes exceeds max-value-bytes ({})",
-                        value.len(),
-                        self.config.max_value_bytes
-                    ),
-                });
-            }
+        if let ClientOp::Put {
+            value: Some(value), ..
+        } = op
+            && value.len() > self.config.max_value_bytes
+        {
+            return Err(OpError::BadRequest {
+                message: format!(
+                    "value of {} bytes exceeds max-value-bytes ({})",
+                    value.len(),
+                    self.config.max_value_bytes
+                ),
+            });
         }
-        if let ClientOp::Put { context, content_type, .. } = op {
-            if context.len() > ringkv_core::causality::MAX_CONTEXT_ENTRIES || content_type.len() > 256 {
-                return Err(OpError::BadRequest {
-                    message: "context or content type too large".into(),
-                });
-            }
+        if let ClientOp::Put {
+            context,
+            content_type,
+            ..
+        } = op
+            && (context.len() > ringkv_core::causality::MAX_CONTEXT_ENTRIES
+                || content_type.len() > 256)
+        {
+            return Err(OpError::BadRequest {
+                message: "context or content type too large".into(),
+            });
         }
         Ok(())
     }
@@ -353,7 +400,11 @@ impl Node {
         };
         // Not a replica by this node's view (a forwarded request, views
         // differ): keep the write as a hint for the key's first primary.
-        let first_primary = layout.preference_list(partition, 1).primaries.first().copied();
+        let first_primary = layout
+            .preference_list(partition, 1)
+            .primaries
+            .first()
+            .copied();
         let local_hint_for = match mine {
             Some(m) => m.hint_for,
             None => first_primary.filter(|p| *p != self.id),
@@ -361,23 +412,43 @@ impl Node {
         let stored = match local_hint_for {
             // A fallback coordinating for a primary that is down: the
             // write lives in the hint store until it is handed off.
-            Some(hint_for) => self
-                .store
-                .update_hint(partition, object_key(&bucket, &key), durability, move |current| {
-                    let is_new = current.is_none();
-                    match update(current.as_ref().map(|h| &h.object)) {
-                        Ok(object) => {
-                            let mut targets = current.map(|h| h.targets).unwrap_or_default();
-                            targets.insert(hint_for);
-                            (Some(Hint { targets, object: object.clone() }), (Ok(object), is_new))
-                        }
-                        Err(e) => (current, (Err(e), false)),
-                    }
-                })
-                .await,
+            Some(hint_for) => {
+                self.store
+                    .update_hint(
+                        partition,
+                        object_key(&bucket, &key),
+                        durability,
+                        move |current| {
+                            let is_new = current.is_none();
+                            match update(current.as_ref().map(|h| &h.object)) {
+                                Ok(object) => {
+                                    let mut targets =
+                                        current.map(|h| h.targets).unwrap_or_default();
+                                    targets.insert(hint_for);
+                                    (
+                                        Some(Hint {
+                                            targets,
+                                            object: object.clone(),
+                                        }),
+                                        (Ok(object), is_new),
+                                    )
+                                }
+                                Err(e) => (current, (Err(e), false)),
+                            }
+                        },
+                    )
+                    .await
+            }
             None => self
                 .store
-                .update(partition, &bucket, &key, effective.n as u32, durability, move |current| update(current.as_ref()))
+                .update(
+                    partition,
+                    &bucket,
+                    &key,
+                    effective.n as u32,
+                    durability,
+                    move |current| update(current.as_ref()),
+                )
                 .await
                 .map(|result| (result, false)),
         };
@@ -394,10 +465,15 @@ impl Node {
                     max: max as u32,
                 });
             }
-            Ok((Err(e), _)) => return ClientReply::Failed(OpError::BadRequest { message: e.to_string() }),
+            Ok((Err(e), _)) => {
+                return ClientReply::Failed(OpError::BadRequest {
+                    message: e.to_string(),
+                });
+            }
             Err(e) => return ClientReply::Failed(self.store_failure(e)),
         };
-        let remotes: Vec<PlannedReplica> = plan.iter().filter(|r| r.node != self.id).copied().collect();
+        let remotes: Vec<PlannedReplica> =
+            plan.iter().filter(|r| r.node != self.id).copied().collect();
         let roles: Vec<Role> = remotes.iter().map(|r| r.role()).collect();
         let mut round = PutRound::with_roles(w, pw, mine.map(|m| m.role()), &roles);
         let (acks_tx, mut acks) = mpsc::channel(remotes.len().max(1));
@@ -439,7 +515,10 @@ impl Node {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut decision = round.start();
-        let (mut acked, mut primaries_acked) = (mine.is_some() as u32, (mine.map(|m| m.role()) == Some(Role::Primary)) as u32);
+        let (mut acked, mut primaries_acked) = (
+            mine.is_some() as u32,
+            (mine.map(|m| m.role()) == Some(Role::Primary)) as u32,
+        );
         while decision.is_none() {
             decision = tokio::select! {
                 ack = acks.recv() => match ack {
@@ -481,12 +560,21 @@ impl Node {
                 };
                 ClientReply::Failed(OpError::Unavailable { got, needed })
             }
-            Quorum::TimedOut { got, needed } => ClientReply::Failed(OpError::Unavailable { got, needed }),
+            Quorum::TimedOut { got, needed } => {
+                ClientReply::Failed(OpError::Unavailable { got, needed })
+            }
         }
     }
 
     /// Sends a put to the first primary that answers.
-    async fn forward(&self, layout: &Layout, primaries: &[NodeId], op: ClientOp, w: usize, timeout: Duration) -> ClientReply {
+    async fn forward(
+        &self,
+        layout: &Layout,
+        primaries: &[NodeId],
+        op: ClientOp,
+        w: usize,
+        timeout: Duration,
+    ) -> ClientReply {
         self.metrics.forwarded.inc();
         for primary in primaries {
             let Some(addr) = Self::peer_addr(layout, *primary) else {
@@ -494,7 +582,11 @@ impl Node {
             };
             let result = self
                 .peers
-                .request(&addr, PeerRequest::Coordinate(op.clone()), timeout + FORWARD_GRACE)
+                .request(
+                    &addr,
+                    PeerRequest::Coordinate(op.clone()),
+                    timeout + FORWARD_GRACE,
+                )
                 .await;
             self.observe(*primary, &result);
             match result {
@@ -526,7 +618,13 @@ impl Node {
         })
     }
 
-    async fn coordinate_get(self: &Arc<Self>, bucket: String, key: Vec<u8>, r: Option<u32>, timeout_ms: u64) -> ClientReply {
+    async fn coordinate_get(
+        self: &Arc<Self>,
+        bucket: String,
+        key: Vec<u8>,
+        r: Option<u32>,
+        timeout_ms: u64,
+    ) -> ClientReply {
         let layout = self.layout();
         let effective = self.effective(&bucket, &layout);
         let r = match effective.quorum("r", r) {
@@ -538,14 +636,21 @@ impl Node {
         let timeout = Duration::from_millis(timeout_ms);
         let (mode, durability) = (effective.props.conflict, effective.durability);
         let asked: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
-        let primaries: Vec<NodeId> = plan.iter().filter(|r| r.hint_for.is_none()).map(|r| r.node).collect();
-        let (replies_tx, mut replies) = mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len().max(1));
+        let primaries: Vec<NodeId> = plan
+            .iter()
+            .filter(|r| r.hint_for.is_none())
+            .map(|r| r.node)
+            .collect();
+        let (replies_tx, mut replies) =
+            mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len().max(1));
         for replica in asked.iter().copied() {
             let node = self.clone();
             let (bucket, key, replies_tx) = (bucket.clone(), key.clone(), replies_tx.clone());
             let addr = Self::peer_addr(&layout, replica);
             tokio::spawn(async move {
-                let reply = node.read_replica(replica, addr, partition, bucket, key, mode, timeout).await;
+                let reply = node
+                    .read_replica(replica, addr, partition, bucket, key, mode, timeout)
+                    .await;
                 let _ = replies_tx.send((replica, reply)).await;
             });
         }
@@ -569,21 +674,26 @@ impl Node {
                     },
                     () = &mut deadline => break,
                 };
-                if let Some(decision) = decision {
-                    if let Some(tx) = decided_tx.take() {
-                        let _ = tx.send(decision);
-                    }
+                if let Some(decision) = decision
+                    && let Some(tx) = decided_tx.take()
+                {
+                    let _ = tx.send(decision);
                 }
             }
             if let (Some(tx), Some(d)) = (decided_tx.take(), round.timed_out()) {
                 let _ = tx.send(d);
             }
-            node.read_repair(&round, &primaries, partition, &bucket, &key, mode, durability).await;
+            node.read_repair(
+                &round, &primaries, partition, &bucket, &key, mode, durability,
+            )
+            .await;
         });
         match decided.await {
             Ok(Quorum::Reached(object)) => {
                 if let Some(object) = &object {
-                    self.metrics.siblings_read.observe(object.live_siblings().count() as f64);
+                    self.metrics
+                        .siblings_read
+                        .observe(object.live_siblings().count() as f64);
                 }
                 ClientReply::Found {
                     object: object.map(|o| o.encode()),
@@ -620,11 +730,16 @@ impl Node {
             };
         }
         let addr = addr?;
-        let result = self.peers.request(&addr, PeerRequest::ReplicaGet { bucket, key }, timeout).await;
+        let result = self
+            .peers
+            .request(&addr, PeerRequest::ReplicaGet { bucket, key }, timeout)
+            .await;
         self.observe(replica, &result);
         match result {
             Ok(PeerResponse::ReplicaGetDone { object: None }) => Some(None),
-            Ok(PeerResponse::ReplicaGetDone { object: Some(bytes) }) => match Object::decode(&bytes) {
+            Ok(PeerResponse::ReplicaGetDone {
+                object: Some(bytes),
+            }) => match Object::decode(&bytes) {
                 Ok(object) => Some(Some(object)),
                 Err(e) => {
                     warn!(peer = %addr, error = %e, "replica sent a malformed object");
@@ -665,9 +780,14 @@ impl Node {
                 let incoming = merged.clone();
                 let result = self
                     .store
-                    .update(partition, bucket, key, self.tree_n(bucket), durability, move |current| {
-                        Ok::<_, ()>(merge_into(current, &incoming, mode))
-                    })
+                    .update(
+                        partition,
+                        bucket,
+                        key,
+                        self.tree_n(bucket),
+                        durability,
+                        move |current| Ok::<_, ()>(merge_into(current, &incoming, mode)),
+                    )
                     .await;
                 if let Err(e) = result {
                     warn!(error = %e, "local read repair failed");
@@ -693,7 +813,9 @@ impl Node {
             StoreError::Busy => OpError::Overloaded,
             e => {
                 error!(error = %e, "local storage failed");
-                OpError::Internal { message: e.to_string() }
+                OpError::Internal {
+                    message: e.to_string(),
+                }
             }
         }
     }
@@ -704,10 +826,13 @@ impl Node {
         match request {
             PeerRequest::ReplicaGet { bucket, key } => {
                 if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-                    return PeerResponse::Refused { message: e.to_string() };
+                    return PeerResponse::Refused {
+                        message: e.to_string(),
+                    };
                 }
                 let layout = self.layout();
-                let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
+                let partition =
+                    partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
                 let mode = self.effective(&bucket, &layout).props.conflict;
                 match self.read_local(partition, &bucket, &key, mode) {
                     Ok(object) => PeerResponse::ReplicaGetDone {
@@ -715,7 +840,9 @@ impl Node {
                     },
                     Err(e) => {
                         error!(error = %e, %bucket, "replica read failed");
-                        PeerResponse::Refused { message: e.to_string() }
+                        PeerResponse::Refused {
+                            message: e.to_string(),
+                        }
                     }
                 }
             }
@@ -727,22 +854,38 @@ impl Node {
                 durability,
             } => {
                 if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-                    return PeerResponse::Refused { message: e.to_string() };
+                    return PeerResponse::Refused {
+                        message: e.to_string(),
+                    };
                 }
                 let incoming = match Object::decode(&object) {
                     Ok(object) => object,
-                    Err(e) => return PeerResponse::Refused { message: e.to_string() },
+                    Err(e) => {
+                        return PeerResponse::Refused {
+                            message: e.to_string(),
+                        };
+                    }
                 };
-                let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
+                let partition = partition_of(
+                    key_hash(bucket.as_bytes(), &key),
+                    self.layout().partitions(),
+                );
                 let result = self
                     .store
-                    .update(partition, &bucket, &key, self.tree_n(&bucket), durability, move |current| {
-                        Ok::<_, ()>(merge_into(current, &incoming, conflict))
-                    })
+                    .update(
+                        partition,
+                        &bucket,
+                        &key,
+                        self.tree_n(&bucket),
+                        durability,
+                        move |current| Ok::<_, ()>(merge_into(current, &incoming, conflict)),
+                    )
                     .await;
                 match result {
                     Ok(_) => PeerResponse::ReplicaPutDone,
-                    Err(e) => PeerResponse::Refused { message: e.to_string() },
+                    Err(e) => PeerResponse::Refused {
+                        message: e.to_string(),
+                    },
                 }
             }
             PeerRequest::HintPut {
@@ -752,12 +895,22 @@ impl Node {
                 conflict,
                 durability,
                 hint_for,
-            } => self.store_hint(bucket, key, object, conflict, durability, hint_for).await,
+            } => {
+                self.store_hint(bucket, key, object, conflict, durability, hint_for)
+                    .await
+            }
             PeerRequest::Ping { from } => {
-                self.detector.lock().expect("detector lock").heartbeat(from, now_ms());
+                self.detector
+                    .lock()
+                    .expect("detector lock")
+                    .heartbeat(from, now_ms());
                 PeerResponse::Pong { from: self.id }
             }
-            PeerRequest::AntiEntropy { partition, n, request } => self.answer_exchange(partition, n, &request),
+            PeerRequest::AntiEntropy {
+                partition,
+                n,
+                request,
+            } => self.answer_exchange(partition, n, &request),
             PeerRequest::Coordinate(op) => PeerResponse::Coordinated(self.execute(op, false).await),
             PeerRequest::Gossip(state) => {
                 self.absorb(state).await;
@@ -776,7 +929,9 @@ impl Node {
             if let Some(next) = self.layout().with_member(member.clone()) {
                 info!(joining = %member.name, version = next.version(), "member joined");
                 if let Err(e) = self.adopt_layout(next) {
-                    return PeerResponse::Refused { message: e.to_string() };
+                    return PeerResponse::Refused {
+                        message: e.to_string(),
+                    };
                 }
             }
         }
@@ -799,11 +954,17 @@ impl Node {
         hint_for: NodeId,
     ) -> PeerResponse {
         if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-            return PeerResponse::Refused { message: e.to_string() };
+            return PeerResponse::Refused {
+                message: e.to_string(),
+            };
         }
         let incoming = match Object::decode(&object) {
             Ok(object) => object,
-            Err(e) => return PeerResponse::Refused { message: e.to_string() },
+            Err(e) => {
+                return PeerResponse::Refused {
+                    message: e.to_string(),
+                };
+            }
         };
         // A full hint store refuses: the coordinator then counts this
         // replica as failed and may still reach W through others.
@@ -812,24 +973,32 @@ impl Node {
                 message: format!("hint store is full ({} hints)", self.config.hints_max),
             };
         }
-        let partition = partition_of(key_hash(bucket.as_bytes(), &key), self.layout().partitions());
+        let partition = partition_of(
+            key_hash(bucket.as_bytes(), &key),
+            self.layout().partitions(),
+        );
         let result = self
             .store
-            .update_hint(partition, object_key(&bucket, &key), durability, move |current| {
-                let is_new = current.is_none();
-                let hint = match current {
-                    None => Hint {
-                        targets: [hint_for].into_iter().collect(),
-                        object: incoming,
-                    },
-                    Some(mut hint) => {
-                        hint.targets.insert(hint_for);
-                        hint.object = hint.object.merge(&incoming, conflict);
-                        hint
-                    }
-                };
-                (Some(hint), is_new)
-            })
+            .update_hint(
+                partition,
+                object_key(&bucket, &key),
+                durability,
+                move |current| {
+                    let is_new = current.is_none();
+                    let hint = match current {
+                        None => Hint {
+                            targets: [hint_for].into_iter().collect(),
+                            object: incoming,
+                        },
+                        Some(mut hint) => {
+                            hint.targets.insert(hint_for);
+                            hint.object = hint.object.merge(&incoming, conflict);
+                            hint
+                        }
+                    };
+                    (Some(hint), is_new)
+                },
+            )
             .await;
         match result {
             Ok(is_new) => {
@@ -838,7 +1007,9 @@ impl Node {
                 }
                 PeerResponse::ReplicaPutDone
             }
-            Err(e) => PeerResponse::Refused { message: e.to_string() },
+            Err(e) => PeerResponse::Refused {
+                message: e.to_string(),
+            },
         }
     }
 
@@ -898,7 +1069,9 @@ impl Node {
                         if delivered >= budget_per_pass {
                             return Ok(());
                         }
-                        let Some(addr) = Self::peer_addr(&layout, target).filter(|_| self.usable(target)) else {
+                        let Some(addr) =
+                            Self::peer_addr(&layout, target).filter(|_| self.usable(target))
+                        else {
                             continue;
                         };
                         delivered += 1;
@@ -918,17 +1091,26 @@ impl Node {
                         let sent = hint.object.clone();
                         let removed = self
                             .store
-                            .update_hint(partition, raw_key.clone(), DurabilityMode::Sync, move |current| {
-                                match current {
-                                    // A newer hinted write arrived meanwhile: keep the target.
-                                    Some(h) if h.object != sent => (Some(h), false),
-                                    Some(mut h) => {
-                                        h.targets.remove(&target);
-                                        if h.targets.is_empty() { (None, true) } else { (Some(h), false) }
+                            .update_hint(
+                                partition,
+                                raw_key.clone(),
+                                DurabilityMode::Sync,
+                                move |current| {
+                                    match current {
+                                        // A newer hinted write arrived meanwhile: keep the target.
+                                        Some(h) if h.object != sent => (Some(h), false),
+                                        Some(mut h) => {
+                                            h.targets.remove(&target);
+                                            if h.targets.is_empty() {
+                                                (None, true)
+                                            } else {
+                                                (Some(h), false)
+                                            }
+                                        }
+                                        None => (None, false),
                                     }
-                                    None => (None, false),
-                                }
-                            })
+                                },
+                            )
                             .await?;
                         self.metrics.hints_delivered.inc();
                         if removed {
@@ -943,7 +1125,8 @@ impl Node {
 
     /// Pings every other member so the failure detector has fresh samples.
     pub async fn heartbeat_loop(self: Arc<Self>) {
-        let mut interval = tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
+        let mut interval =
+            tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
@@ -953,7 +1136,10 @@ impl Node {
                 let (id, addr) = (member.id, member.peer_addr.clone());
                 tokio::spawn(async move {
                     let timeout = Duration::from_millis(node.config.heartbeat_interval_ms * 4);
-                    let result = node.peers.request(&addr, PeerRequest::Ping { from: node.id }, timeout).await;
+                    let result = node
+                        .peers
+                        .request(&addr, PeerRequest::Ping { from: node.id }, timeout)
+                        .await;
                     node.observe(id, &result);
                 });
             }
@@ -977,7 +1163,11 @@ impl Node {
             return Ok(false);
         }
         self.store.meta_put_sync(META_LAYOUT, layout.encode())?;
-        info!(version = layout.version(), members = layout.members().len(), "using new layout");
+        info!(
+            version = layout.version(),
+            members = layout.members().len(),
+            "using new layout"
+        );
         self.metrics.layout_version.set(layout.version() as i64);
         *current = Arc::new(layout);
         Ok(true)
@@ -986,8 +1176,10 @@ impl Node {
     pub fn set_bucket(&self, bucket: &str, props: BucketProps) -> Result<(), OpError> {
         let mut current = self.buckets.write().expect("buckets lock");
         let mut next = (**current).clone();
-        next.set(bucket, props, now_ms(), self.id).map_err(bad_request)?;
-        self.persist_buckets(&next).map_err(|e| self.store_failure(e))?;
+        next.set(bucket, props, now_ms(), self.id)
+            .map_err(bad_request)?;
+        self.persist_buckets(&next)
+            .map_err(|e| self.store_failure(e))?;
         *current = Arc::new(next);
         Ok(())
     }
@@ -1036,10 +1228,10 @@ impl Node {
             return;
         }
         let _serial = self.membership.lock().await;
-        if let Some(next) = self.layout().with_member(self.me.clone()) {
-            if let Err(e) = self.adopt_layout(next) {
-                error!(error = %e, "cannot persist layout");
-            }
+        if let Some(next) = self.layout().with_member(self.me.clone())
+            && let Err(e) = self.adopt_layout(next)
+        {
+            error!(error = %e, "cannot persist layout");
         }
     }
 
@@ -1068,11 +1260,16 @@ impl Node {
 
     /// Every interval, exchanges state with one random other member.
     pub async fn gossip_loop(self: Arc<Self>) {
-        let mut interval = tokio::time::interval(Duration::from_millis(self.config.gossip_interval_ms));
+        let mut interval =
+            tokio::time::interval(Duration::from_millis(self.config.gossip_interval_ms));
         loop {
             interval.tick().await;
             let layout = self.layout();
-            let others: Vec<&Member> = layout.members().iter().filter(|m| m.id != self.id).collect();
+            let others: Vec<&Member> = layout
+                .members()
+                .iter()
+                .filter(|m| m.id != self.id)
+                .collect();
             if others.is_empty() {
                 continue;
             }

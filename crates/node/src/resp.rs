@@ -98,7 +98,10 @@ async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Re
 }
 
 fn wrong_args(out: &mut BytesMut, name: &str) -> Next {
-    resp::error_reply(out, &format!("ERR wrong number of arguments for '{name}' command"));
+    resp::error_reply(
+        out,
+        &format!("ERR wrong number of arguments for '{name}' command"),
+    );
     Next::Continue
 }
 
@@ -123,7 +126,10 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
         }
         "select" => match args.get(1).map(|a| a.as_slice()) {
             Some(b"0") if argc == 2 => resp::simple(out, "OK"),
-            Some(_) if argc == 2 => resp::error_reply(out, "ERR DB index is out of range (ringkv has database 0 only)"),
+            Some(_) if argc == 2 => resp::error_reply(
+                out,
+                "ERR DB index is out of range (ringkv has database 0 only)",
+            ),
             _ => return wrong_args(out, &name),
         },
         "client" => match args.get(1).map(|a| a.to_ascii_lowercase()) {
@@ -188,11 +194,13 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
             }
         }
         "mset" => {
-            if argc < 3 || argc % 2 == 0 {
+            if argc < 3 || argc.is_multiple_of(2) {
                 return wrong_args(out, &name);
             }
             let pairs = args[1..].chunks(2);
-            let results = futures::future::join_all(pairs.map(|p| write(node, &p[0], Some(p[1].clone())))).await;
+            let results =
+                futures::future::join_all(pairs.map(|p| write(node, &p[0], Some(p[1].clone()))))
+                    .await;
             match results.into_iter().find(|r| r.is_err()) {
                 Some(Err(e)) => error(out, &e),
                 _ => resp::simple(out, "OK"),
@@ -208,11 +216,11 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
             for (key, result) in keys.iter().zip(found) {
                 match result {
                     Ok(Some((_, context))) => {
-                        if name == "del" {
-                            if let Err(e) = write_with(node, key, None, context).await {
-                                error(out, &e);
-                                return Next::Continue;
-                            }
+                        if name == "del"
+                            && let Err(e) = write_with(node, key, None, context).await
+                        {
+                            error(out, &e);
+                            return Next::Continue;
                         }
                         count += 1;
                     }
@@ -236,7 +244,9 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
 fn error(out: &mut BytesMut, e: &OpError) {
     let prefix = match e {
         OpError::BadRequest { .. } => "ERR",
-        OpError::Unavailable { .. } | OpError::Timeout { .. } | OpError::Overloaded => "UNAVAILABLE",
+        OpError::Unavailable { .. } | OpError::Timeout { .. } | OpError::Overloaded => {
+            "UNAVAILABLE"
+        }
         OpError::TooManySiblings { .. } | OpError::Internal { .. } => "ERR",
     };
     resp::error_reply(out, &format!("{prefix} {e}"));
@@ -257,8 +267,12 @@ async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<(Vec<u8>, VersionVe
     };
     match node.execute(op, true).await {
         ClientReply::Found { object: None } => Ok(None),
-        ClientReply::Found { object: Some(bytes) } => {
-            let object = Object::decode(&bytes).map_err(|e| OpError::Internal { message: e.to_string() })?;
+        ClientReply::Found {
+            object: Some(bytes),
+        } => {
+            let object = Object::decode(&bytes).map_err(|e| OpError::Internal {
+                message: e.to_string(),
+            })?;
             let newest = object
                 .live_siblings()
                 .max_by_key(|s| (s.modified_ms, s.dot))
@@ -279,7 +293,12 @@ async fn write(node: &Arc<Node>, key: &[u8], value: Option<Vec<u8>>) -> Result<(
     write_with(node, key, value, VersionVector::new()).await
 }
 
-async fn write_with(node: &Arc<Node>, key: &[u8], value: Option<Vec<u8>>, context: VersionVector) -> Result<(), OpError> {
+async fn write_with(
+    node: &Arc<Node>,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+    context: VersionVector,
+) -> Result<(), OpError> {
     let op = ClientOp::Put {
         bucket: node.config.resp_bucket.clone(),
         key: key.to_vec(),

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use ringkv_core::antientropy::MerkleTree;
 use ringkv_core::bucket::DurabilityMode;
 use ringkv_core::causality::{DecodeError, Object};
-use ringkv_storage::{Change, Durability, GroupCommitter, Job, Space, Storage, StorageError, SubmitError};
+use ringkv_storage::{
+    Change, Durability, GroupCommitter, Job, Space, Storage, StorageError, SubmitError,
+};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +50,12 @@ pub struct LocalStore {
 /// commit order by the group committer once a write is applied.
 #[derive(Default)]
 pub struct Trees {
-    trees: RwLock<BTreeMap<(u32, u32), Arc<Mutex<MerkleTree>>>>,
+    trees: RwLock<BTreeMap<TreeId, SharedTree>>,
 }
+
+/// (partition, n).
+type TreeId = (u32, u32);
+pub type SharedTree = Arc<Mutex<MerkleTree>>;
 
 impl Trees {
     pub fn tree(&self, partition: u32, n: u32) -> Arc<Mutex<MerkleTree>> {
@@ -66,7 +72,12 @@ impl Trees {
 
     /// Every (partition, n) that has a tree.
     pub fn keys(&self) -> Vec<(u32, u32)> {
-        self.trees.read().expect("trees lock").keys().copied().collect()
+        self.trees
+            .read()
+            .expect("trees lock")
+            .keys()
+            .copied()
+            .collect()
     }
 }
 
@@ -94,12 +105,25 @@ impl LocalStore {
     }
 
     /// One page of a partition's objects (raw keys, encoded objects).
-    pub fn scan_objects(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_objects(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<ringkv_storage::KeyValue>, StoreError> {
         Ok(self.storage.scan(Space::Data(partition), after, limit)?)
     }
 
-    pub fn read(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Object>, StoreError> {
-        match self.storage.get(Space::Data(partition), &object_key(bucket, key))? {
+    pub fn read(
+        &self,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Object>, StoreError> {
+        match self
+            .storage
+            .get(Space::Data(partition), &object_key(bucket, key))?
+        {
             None => Ok(None),
             Some(bytes) => Ok(Some(Object::decode(&bytes)?)),
         }
@@ -143,8 +167,16 @@ impl LocalStore {
     }
 
     /// The hint held for a key (sloppy quorum), if any.
-    pub fn read_hint(&self, partition: u32, bucket: &str, key: &[u8]) -> Result<Option<Hint>, StoreError> {
-        match self.storage.get(Space::Hints(partition), &object_key(bucket, key))? {
+    pub fn read_hint(
+        &self,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Hint>, StoreError> {
+        match self
+            .storage
+            .get(Space::Hints(partition), &object_key(bucket, key))?
+        {
             None => Ok(None),
             Some(bytes) => Ok(Some(Hint::decode(&bytes)?)),
         }
@@ -179,8 +211,12 @@ impl LocalStore {
             outcome: None,
             reply: tx,
         };
-        self.committer
-            .submit(Space::Hints(partition), raw_key, storage_durability(durability), Box::new(job))?;
+        self.committer.submit(
+            Space::Hints(partition),
+            raw_key,
+            storage_durability(durability),
+            Box::new(job),
+        )?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -239,7 +275,10 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
             Err(e) => Err(StoreError::Storage(e)),
             Ok(()) => {
                 if let Some(digest) = self.digest {
-                    self.tree.lock().expect("tree lock").insert(&self.raw_key, digest);
+                    self.tree
+                        .lock()
+                        .expect("tree lock")
+                        .insert(&self.raw_key, digest);
                 }
                 self.outcome.unwrap_or(Err(StoreError::Closed))
             }
@@ -287,7 +326,9 @@ impl Hint {
         if version != HINT_FORMAT {
             return Err(corrupt("unknown format version"));
         }
-        let count = rest.get(..4).ok_or_else(|| corrupt("truncated target count"))?;
+        let count = rest
+            .get(..4)
+            .ok_or_else(|| corrupt("truncated target count"))?;
         let count = u32::from_be_bytes(count.try_into().expect("4 bytes")) as usize;
         let targets_end = count
             .checked_mul(8)
@@ -367,7 +408,10 @@ mod tests {
         assert_eq!(Hint::decode(&hint.encode()).unwrap(), hint);
         let bytes = hint.encode();
         for cut in 0..bytes.len() {
-            assert!(Hint::decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes decoded");
+            assert!(
+                Hint::decode(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
         }
         assert!(Hint::decode(&[1, 255, 255, 255, 255]).is_err());
         assert!(Hint::decode(&[2, 0, 0, 0, 0]).is_err());

@@ -44,7 +44,6 @@ enum LinkState {
     Down,
 }
 
-
 type Pending = Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>;
 
 struct Link {
@@ -105,12 +104,22 @@ impl Peers {
             queue: tx,
         });
         links.insert(addr.to_string(), link.clone());
-        tokio::spawn(run_link(addr.to_string(), link.clone(), rx, self.max_frame_bytes));
+        tokio::spawn(run_link(
+            addr.to_string(),
+            link.clone(),
+            rx,
+            self.max_frame_bytes,
+        ));
         link
     }
 
     /// Sends a request and waits for its answer at most `timeout`.
-    pub async fn request(&self, addr: &str, body: PeerRequest, timeout: Duration) -> Result<PeerResponse, PeerError> {
+    pub async fn request(
+        &self,
+        addr: &str,
+        body: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
         let link = self.link(addr);
         if link.state() == LinkState::Down {
             return Err(PeerError::Unreachable);
@@ -133,7 +142,12 @@ impl Peers {
     }
 }
 
-async fn run_link(addr: String, link: Arc<Link>, mut queue: mpsc::Receiver<(u64, PeerRequest)>, max_frame_bytes: usize) {
+async fn run_link(
+    addr: String,
+    link: Arc<Link>,
+    mut queue: mpsc::Receiver<(u64, PeerRequest)>,
+    max_frame_bytes: usize,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
@@ -177,7 +191,10 @@ async fn drive_connection(
             while let Some((id, body)) = next.take() {
                 match encode_frame(&Frame::Request { id, body }) {
                     Ok(bytes) if bytes.len() > max_frame_bytes => {
-                        warn!(bytes = bytes.len(), "peer request larger than max-frame-bytes; not sent");
+                        warn!(
+                            bytes = bytes.len(),
+                            "peer request larger than max-frame-bytes; not sent"
+                        );
                         link.pending.lock().expect("pending lock").remove(&id);
                     }
                     Ok(bytes) => {
@@ -205,11 +222,14 @@ async fn drive_connection(
                 Some(Err(e)) => return format!("read failed: {e}"),
                 Some(Ok(bytes)) => match decode_frame(&bytes) {
                     Ok(Frame::Response { id, body }) => {
-                        if let Some(waiter) = link.pending.lock().expect("pending lock").remove(&id) {
+                        if let Some(waiter) = link.pending.lock().expect("pending lock").remove(&id)
+                        {
                             let _ = waiter.send(body);
                         }
                     }
-                    Ok(Frame::Request { .. }) => return "peer sent a request on a client connection".into(),
+                    Ok(Frame::Request { .. }) => {
+                        return "peer sent a request on a client connection".into();
+                    }
                     Err(e) => return format!("bad frame from peer: {e}"),
                 },
             }
@@ -221,10 +241,16 @@ async fn drive_connection(
     }
 }
 
-pub type Handler = Arc<dyn Fn(PeerRequest) -> Pin<Box<dyn Future<Output = PeerResponse> + Send>> + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(PeerRequest) -> Pin<Box<dyn Future<Output = PeerResponse> + Send>> + Send + Sync>;
 
 /// Accepts peer connections and answers their requests with `handler`.
-pub async fn serve(listener: TcpListener, handler: Handler, max_frame_bytes: usize, connections: Arc<Semaphore>) {
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    max_frame_bytes: usize,
+    connections: Arc<Semaphore>,
+) {
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
@@ -277,7 +303,9 @@ async fn serve_connection(stream: TcpStream, handler: Handler, max_frame_bytes: 
             };
             let (id, body) = match decode_frame(&bytes) {
                 Ok(Frame::Request { id, body }) => (id, body),
-                Ok(Frame::Response { .. }) => return "peer sent a response on a server connection".into(),
+                Ok(Frame::Response { .. }) => {
+                    return "peer sent a response on a server connection".into();
+                }
                 Err(e) => {
                     warn!(error = %e, "bad frame from peer; closing the connection");
                     return format!("bad frame: {e}");
@@ -295,7 +323,10 @@ async fn serve_connection(stream: TcpStream, handler: Handler, max_frame_bytes: 
                         encode_frame(&Frame::Response {
                             id,
                             body: PeerResponse::Refused {
-                                message: format!("response of {} bytes exceeds max-frame-bytes", bytes.len()),
+                                message: format!(
+                                    "response of {} bytes exceeds max-frame-bytes",
+                                    bytes.len()
+                                ),
                             },
                         })
                     } else {

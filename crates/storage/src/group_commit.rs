@@ -363,7 +363,11 @@ impl Committer {
                 }
             }
             self.commit(&mut batch);
-            if self.unsynced && self.sync_interval.is_some_and(|i| self.last_sync.elapsed() >= i) {
+            if self.unsynced
+                && self
+                    .sync_interval
+                    .is_some_and(|i| self.last_sync.elapsed() >= i)
+            {
                 self.background_sync();
             }
         }

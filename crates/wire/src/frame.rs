@@ -43,7 +43,9 @@ pub fn encode_frame(frame: &Frame) -> Result<Bytes, WireError> {
         Frame::Request { id, body } => (KIND_REQUEST, *id, postcard::to_stdvec(body)),
         Frame::Response { id, body } => (KIND_RESPONSE, *id, postcard::to_stdvec(body)),
     };
-    let body = body.map_err(|e| WireError::Body { reason: e.to_string() })?;
+    let body = body.map_err(|e| WireError::Body {
+        reason: e.to_string(),
+    })?;
     let mut out = BytesMut::with_capacity(HEADER_BYTES + body.len());
     out.put_u8(PROTOCOL_VERSION);
     out.put_u8(kind);
@@ -63,7 +65,9 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, WireError> {
     let kind = bytes[1];
     let id = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
     let body = &bytes[HEADER_BYTES..];
-    let malformed = |e: postcard::Error| WireError::Body { reason: e.to_string() };
+    let malformed = |e: postcard::Error| WireError::Body {
+        reason: e.to_string(),
+    };
     match kind {
         KIND_REQUEST => {
             let (body, rest) = postcard::take_from_bytes(body).map_err(malformed)?;
@@ -122,19 +126,31 @@ mod tests {
             body: PeerResponse::ReplicaPutDone,
         })
         .unwrap();
-        assert_eq!(decode_frame(&good[..5]), Err(WireError::Truncated { len: 5 }));
+        assert_eq!(
+            decode_frame(&good[..5]),
+            Err(WireError::Truncated { len: 5 })
+        );
         let mut wrong_version = good.to_vec();
         wrong_version[0] = 9;
-        assert_eq!(decode_frame(&wrong_version), Err(WireError::Version { version: 9 }));
+        assert_eq!(
+            decode_frame(&wrong_version),
+            Err(WireError::Version { version: 9 })
+        );
         let mut wrong_kind = good.to_vec();
         wrong_kind[1] = 7;
         assert_eq!(decode_frame(&wrong_kind), Err(WireError::Kind { kind: 7 }));
         let mut trailing = good.to_vec();
         trailing.push(0);
-        assert!(matches!(decode_frame(&trailing), Err(WireError::Body { .. })));
+        assert!(matches!(
+            decode_frame(&trailing),
+            Err(WireError::Body { .. })
+        ));
         let mut bad_body = good[..HEADER_BYTES].to_vec();
         bad_body.push(200);
-        assert!(matches!(decode_frame(&bad_body), Err(WireError::Body { .. })));
+        assert!(matches!(
+            decode_frame(&bad_body),
+            Err(WireError::Body { .. })
+        ));
     }
 
     proptest! {

@@ -31,12 +31,17 @@ pub struct RespError {
 }
 
 fn error<T>(reason: impl Into<String>) -> Result<T, RespError> {
-    Err(RespError { reason: reason.into() })
+    Err(RespError {
+        reason: reason.into(),
+    })
 }
+
+/// A parsed command's arguments and the bytes of input it used.
+pub type ParsedCommand = (Vec<Vec<u8>>, usize);
 
 /// Parses one command from the front of `buf`. `Ok(None)`: more bytes
 /// are needed. `Ok(Some((args, consumed)))`: a whole command.
-pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<ParsedCommand>, RespError> {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_array(buf, limits),
@@ -67,7 +72,11 @@ fn read_length(
         return Ok(None);
     };
     if buf[pos] != prefix {
-        return error(format!("expected '{}', got '{}'", prefix as char, buf[pos].escape_ascii()));
+        return error(format!(
+            "expected '{}', got '{}'",
+            prefix as char,
+            buf[pos].escape_ascii()
+        ));
     }
     let digits = &buf[pos + 1..end];
     let text = std::str::from_utf8(digits).ok();
@@ -77,7 +86,7 @@ fn read_length(
     }
 }
 
-fn parse_array(buf: &[u8], limits: &RespLimits) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+fn parse_array(buf: &[u8], limits: &RespLimits) -> Result<Option<ParsedCommand>, RespError> {
     let Some((count, mut pos)) = read_length(buf, 0, b'*', "multibulk")? else {
         return Ok(None);
     };
@@ -113,7 +122,7 @@ fn parse_array(buf: &[u8], limits: &RespLimits) -> Result<Option<(Vec<Vec<u8>>, 
     Ok(Some((args, pos)))
 }
 
-fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Option<ParsedCommand>, RespError> {
     let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > limits.max_inline_bytes {
             return error("too big inline request");
@@ -181,7 +190,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn parse(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+    fn parse(buf: &[u8]) -> Result<Option<ParsedCommand>, RespError> {
         parse_command(buf, &RespLimits::default())
     }
 
@@ -243,7 +252,10 @@ mod tests {
         bulk(&mut out, b"hi");
         null(&mut out);
         array_header(&mut out, 2);
-        assert_eq!(&out[..], b"+OK\r\n-ERR bad  thing\r\n:-3\r\n$2\r\nhi\r\n$-1\r\n*2\r\n");
+        assert_eq!(
+            &out[..],
+            b"+OK\r\n-ERR bad  thing\r\n:-3\r\n$2\r\nhi\r\n$-1\r\n*2\r\n"
+        );
     }
 
     proptest! {

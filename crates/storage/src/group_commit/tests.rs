@@ -591,12 +591,18 @@ fn buffered_writes_are_synced_within_the_interval() {
     // Acknowledged from memory first; durable once the interval passed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while memory.get_durable(Space::Data(1), b"k").unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "buffered write never synced");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "buffered write never synced"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(committer.stats().synced_batches >= 1);
     memory.crash();
-    assert_eq!(memory.get(Space::Data(1), b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(
+        memory.get(Space::Data(1), b"k").unwrap(),
+        Some(b"v".to_vec())
+    );
 }
 
 #[test]
