@@ -40,6 +40,8 @@ pub enum ViolationKind {
     /// After the final reads and their read repair, the primaries of a key
     /// hold different objects.
     Divergence,
+    /// A hint was still not handed off long after every node was up.
+    HintsNotDelivered,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,9 +5,10 @@
 
 use ringkv_core::NodeId;
 use ringkv_core::bucket::{BucketProps, DurabilityMode};
+use ringkv_core::membership::DetectorConfig;
 use ringkv_core::ring::{DEFAULT_PARTITIONS, Layout, Member, MemberState, key_hash, partition_of};
 
-use crate::config::PlantedBug;
+use crate::config::{HintRetention, PlantedBug, SimConfig};
 use crate::rng::SimRng;
 
 pub struct Cluster {
@@ -18,18 +19,21 @@ pub struct Cluster {
     /// Node id by node index.
     pub ids: Vec<NodeId>,
     pub bug: Option<PlantedBug>,
+    pub detector: DetectorConfig,
+    pub hint_retention: HintRetention,
+    pub heartbeat_interval_ms: u64,
+    pub hint_delivery_interval_ms: u64,
+    pub hint_delivery_per_second: usize,
+    pub hints_max: u64,
+    /// Timeout of the node's own requests (hint delivery).
+    pub node_request_timeout_ms: u64,
 }
 
 impl Cluster {
-    /// Draws `nodes` distinct non-zero ids and builds a layout of
+    /// Draws `config.nodes` distinct non-zero ids and builds a layout of
     /// `DEFAULT_PARTITIONS` partitions holding all of them.
-    pub fn new(
-        rng: &mut SimRng,
-        nodes: usize,
-        props: BucketProps,
-        node_durability: DurabilityMode,
-        bug: Option<PlantedBug>,
-    ) -> Cluster {
+    pub fn new(rng: &mut SimRng, config: &SimConfig) -> Cluster {
+        let (nodes, props) = (config.nodes, config.bucket);
         assert!((1..=16).contains(&nodes), "1 to 16 nodes, not {nodes}");
         let mut ids: Vec<NodeId> = Vec::with_capacity(nodes);
         while ids.len() < nodes {
@@ -56,9 +60,16 @@ impl Cluster {
         Cluster {
             layout,
             props,
-            durability: props.durability.unwrap_or(node_durability),
+            durability: props.durability.unwrap_or(config.node_durability),
             ids,
-            bug,
+            bug: config.bug,
+            detector: DetectorConfig::default(),
+            hint_retention: config.hint_retention,
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            hint_delivery_interval_ms: config.hint_delivery_interval_ms,
+            hint_delivery_per_second: config.hint_delivery_per_second,
+            hints_max: config.hints_max,
+            node_request_timeout_ms: config.node_request_timeout_ms,
         }
     }
 

@@ -23,6 +23,22 @@ pub enum PlantedBug {
     DropSiblingsOnMerge,
 }
 
+/// What a fallback does with a hint once every primary it was owed to has
+/// durably acknowledged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HintRetention {
+    /// Deletes the record, as `crates/node/src/node.rs` does (commit
+    /// 76994de). The fallback then forgets the counters of the dots it
+    /// stamped for the key: the next write it coordinates for the key as a
+    /// fallback reuses a dot, and replicas that saw the old dot drop the
+    /// new write (or one of the two) although it was acknowledged.
+    DeleteWhenDelivered,
+    /// Keeps the record without targets, so that the fallback's next write
+    /// to the key counts on from its own last dot. The simulator's default
+    /// until the node is fixed one way or another.
+    KeepAsCounterMemory,
+}
+
 /// The simulated network between nodes. Reordering needs no knob: every
 /// message draws its own delay.
 #[derive(Clone, Debug)]
@@ -80,6 +96,17 @@ pub struct SimConfig {
     /// Each node's clock is off by a fixed amount drawn in
     /// `-clock_skew_ms..=clock_skew_ms` (matters to LWW buckets).
     pub clock_skew_ms: u64,
+    /// What a fallback does with a delivered hint.
+    pub hint_retention: HintRetention,
+    /// The nodes' heartbeat interval (failure detection).
+    pub heartbeat_interval_ms: u64,
+    /// How often a node tries to hand its hints off.
+    pub hint_delivery_interval_ms: u64,
+    pub hint_delivery_per_second: usize,
+    /// Most hints a node holds (`--hints-max`).
+    pub hints_max: u64,
+    /// Timeout of a node's own requests (hint delivery, read repair).
+    pub node_request_timeout_ms: u64,
     /// How many trace lines to keep for failure reports (the hash covers
     /// all of them).
     pub trace_tail: usize,
@@ -102,6 +129,12 @@ impl SimConfig {
             client_link_ms: (1, 3),
             request_timeout_ms: 500,
             clock_skew_ms: 50,
+            hint_retention: HintRetention::KeepAsCounterMemory,
+            heartbeat_interval_ms: 500,
+            hint_delivery_interval_ms: 500,
+            hint_delivery_per_second: 2000,
+            hints_max: 1_000_000,
+            node_request_timeout_ms: 5_000,
             trace_tail: 200,
             bug: None,
         }

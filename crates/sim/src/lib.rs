@@ -17,19 +17,35 @@
 //! 3 to 5 [`SimNode`]s share one `core::ring::Layout` (built with
 //! `Layout::new` + `with_member`) and one bucket (N=3, R=2, W=2, siblings
 //! by default). Each node runs the protocol of `crates/node/src/node.rs`
-//! over the real core and the real storage: a put lands on any node and is
-//! forwarded to a primary, which applies `Object::update` in its commit
-//! queue (the group committer), writes it to its own `MemoryStorage`
-//! (`Durability::Sync` by default; `SimConfig::node_durability` or the
-//! bucket's `durability` select buffered writes synced within
-//! `sync_interval_ms`), sends the object to the other primaries
-//! (`ReplicaPut`, merged with `Object::merge` and committed before the
-//! acknowledgement) and answers when `PutRound` decides (an unreachable
-//! quorum is answered once the remaining replicas answered, with the true
-//! count). A get asks the N primaries (`ReplicaGet`), answers when
-//! `GetRound` has R replies, and once all replied or the round timed out
-//! sends the causal merge to stale replicas (read repair). The simulator
-//! reimplements no merge logic.
+//! over the real core and the real storage:
+//! - a heartbeat loop pings every peer and feeds the core's
+//!   `FailureDetector` (phi-accrual; a refused request marks a peer down),
+//!   as do the outcomes of the node's other requests;
+//! - a put lands on any node; one outside the key's replica plan forwards
+//!   it to the plan's nodes in turn. The plan is the key's primaries, each
+//!   one the node sees down replaced by the next usable fallback (sloppy
+//!   quorum). The coordinator applies `Object::update` in its commit queue
+//!   (the group committer) to its stored object, or to its hint when it is
+//!   a fallback, writes it to its own `MemoryStorage` (`Durability::Sync`
+//!   by default; `SimConfig::node_durability` or the bucket's `durability`
+//!   select buffered writes synced within `sync_interval_ms`), sends it to
+//!   the rest of the plan (`ReplicaPut` to primaries, `HintPut` to
+//!   fallbacks, each merged with `Object::merge` and committed before the
+//!   acknowledgement) and answers when `PutRound` (W, PW) decides; an
+//!   unreachable quorum is answered once the remaining replicas answered,
+//!   with the true count;
+//! - a get asks the plan (`ReplicaGet`; a replica answers with its object
+//!   merged with any hint it holds), answers when `GetRound` has R replies,
+//!   and once all replied or the round timed out sends the causal merge to
+//!   stale primaries (read repair);
+//! - a hint delivery loop hands hints to their primaries once these are
+//!   usable again and drops a target only after its durable acknowledgement.
+//!
+//! The simulator reimplements no merge or quorum logic. Where it departs
+//! from the node: a fallback keeps a delivered hint's record (without
+//! targets) instead of deleting it, because deleting it makes the fallback
+//! reuse dots and lose acknowledged writes ([`HintRetention`]); gossip,
+//! joins and anti-entropy are not simulated (one static layout).
 //!
 //! # The fault model
 //! - Network: every message draws its own delay (so messages reorder),
@@ -69,6 +85,7 @@ pub mod checker;
 mod cluster;
 mod config;
 mod event;
+mod hint;
 pub mod history;
 mod network;
 mod node;
@@ -80,11 +97,14 @@ mod workload;
 
 pub use checker::{Violation, ViolationKind, check_history};
 pub use cluster::Cluster;
-pub use config::{NetworkConfig, PlantedBug, SIM_BUCKET, SimConfig};
+pub use config::{HintRetention, NetworkConfig, PlantedBug, SIM_BUCKET, SimConfig};
 pub use event::EventQueue;
+pub use hint::Hint;
 pub use history::{History, OpId, OpKind, OpRecord, Outcome};
 pub use network::Network;
-pub use node::{Effect, FORWARD_GRACE_MS, Payload, ReplyTo, SimNode, Timer, TransportError};
+pub use node::{
+    Effect, FORWARD_GRACE_MS, Payload, PlannedReplica, ReplyTo, SimNode, Timer, TransportError,
+};
 pub use rng::SimRng;
 pub use seeds::{SEED_ENV, SEEDS_ENV, run_seeds};
 pub use sim::{Fault, Report, Sim};

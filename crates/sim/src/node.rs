@@ -1,15 +1,18 @@
 //! `SimNode`: one simulated ringkv node. It runs the protocol of
-//! `crates/node/src/node.rs` (coordinate_put / coordinate_get / forward /
-//! read_repair / handle_peer) as a synchronous state machine over the real
-//! core: `Object::update` and `Object::merge` for versions, `PutRound` and
-//! `GetRound` for quorums, the real `MemoryStorage` for its disk. Inputs are
-//! calls (client operation, peer message, commit, timer); outputs are
-//! [`Effect`]s that the simulator carries out (send, reply, set a timer,
-//! schedule a commit). It owns no clock, randomness or network.
+//! `crates/node/src/node.rs` — coordinate_put (sloppy quorum with
+//! fallbacks and hints), forward, coordinate_get, read_repair, handle_peer,
+//! the heartbeat loop feeding the failure detector, hinted handoff — as a
+//! synchronous state machine over the real core: `Object::update` and
+//! `Object::merge` for versions, `PutRound` and `GetRound` for quorums,
+//! `FailureDetector` for liveness, the real `MemoryStorage` for its disk.
+//! Inputs are calls (client operation, peer message, commit, timer,
+//! periodic tick); outputs are [`Effect`]s that the simulator carries out
+//! (send, reply, set a timer, schedule a commit). It owns no clock,
+//! randomness or network.
 //!
 //! Writes go through a commit queue that stands for the node's group
 //! committer: a write is queued, and at the next commit every queued
-//! read-modify-write runs against the stored object (earlier jobs of the
+//! read-modify-write runs against the stored record (earlier jobs of the
 //! batch included) and the batch is written, with `Durability::Sync` if any
 //! job asked for it (the default), else `Durability::Buffered`; only then
 //! are acknowledgements sent. Buffered writes are synced by a background
@@ -22,17 +25,21 @@ use std::collections::BTreeMap;
 use ringkv_core::NodeId;
 use ringkv_core::bucket::{BucketProps, DurabilityMode, validate_bucket_name, validate_key};
 use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError, VersionVector};
-use ringkv_core::coordinator::{GetRound, PutRound, Quorum};
+use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role};
+use ringkv_core::membership::FailureDetector;
 use ringkv_core::message::{ClientOp, ClientReply, OpError, PeerRequest, PeerResponse};
 use ringkv_storage::{Durability, MemoryStorage, Space, Storage, WriteBatch};
 
 use crate::cluster::Cluster;
-use crate::config::PlantedBug;
+use crate::config::{HintRetention, PlantedBug};
+use crate::hint::{Hint, split_object_key};
 use crate::history::OpId;
 
 /// Extra time a forwarding node waits beyond the operation's own timeout
 /// (`FORWARD_GRACE` in the node).
 pub const FORWARD_GRACE_MS: u64 = 500;
+/// Hints scanned per page by hint delivery (as the node).
+const HINT_PAGE: usize = 128;
 
 pub type RequestId = u64;
 
@@ -90,7 +97,30 @@ pub enum Effect {
 pub enum Timer {
     PutRound(u64),
     GetRound(u64),
-    Forward { forward: u64, request: RequestId },
+    Forward {
+        forward: u64,
+        request: RequestId,
+    },
+    /// A peer request with its own timeout (ping, hint delivery).
+    Request(RequestId),
+}
+
+/// One replica of a key for a request: a primary, or a fallback standing
+/// in for `hint_for`, a primary that is down (sloppy quorum).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedReplica {
+    pub node: NodeId,
+    pub hint_for: Option<NodeId>,
+}
+
+impl PlannedReplica {
+    fn role(&self) -> Role {
+        if self.hint_for.is_some() {
+            Role::Fallback
+        } else {
+            Role::Primary
+        }
+    }
 }
 
 /// The key of an object inside its partition: `u16 BE bucket length ‖
@@ -103,7 +133,7 @@ pub fn object_key(bucket: &str, key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads one object from a node's storage.
+/// Reads one object from a node's storage (data only, no hints).
 pub fn read_object(
     storage: &MemoryStorage,
     partition: u32,
@@ -116,6 +146,45 @@ pub fn read_object(
     stored
         .map(|bytes| Object::decode(&bytes).map_err(|e| e.to_string()))
         .transpose()
+}
+
+/// Reads the hint a node holds for one key.
+pub fn read_hint(
+    storage: &MemoryStorage,
+    partition: u32,
+    bucket: &str,
+    key: &[u8],
+) -> Result<Option<Hint>, String> {
+    let stored = storage
+        .get(Space::Hints(partition), &object_key(bucket, key))
+        .map_err(|e| e.to_string())?;
+    stored.map(|bytes| Hint::decode(&bytes)).transpose()
+}
+
+/// Every hint record a node's storage holds that is still owed to some
+/// primary, in key order.
+pub fn scan_hints(storage: &MemoryStorage, partitions: u32) -> Vec<(u32, Vec<u8>, Hint)> {
+    let mut hints = Vec::new();
+    for partition in 0..partitions {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = storage
+                .scan(Space::Hints(partition), after.as_deref(), HINT_PAGE)
+                .unwrap_or_default();
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (raw_key, bytes) in page {
+                if let Ok(hint) = Hint::decode(&bytes)
+                    && !hint.targets.is_empty()
+                {
+                    hints.push((partition, raw_key, hint));
+                }
+            }
+        }
+    }
+    hints
 }
 
 fn storage_durability(mode: DurabilityMode) -> Durability {
@@ -132,6 +201,10 @@ fn merge_into(current: Option<Object>, incoming: &Object, mode: ConflictMode) ->
     }
 }
 
+fn bad_request(message: String) -> OpError {
+    OpError::BadRequest { message }
+}
+
 fn quorum(
     props: &BucketProps,
     field: &'static str,
@@ -141,11 +214,23 @@ fn quorum(
     props
         .quorum(field, requested)
         .map(|q| q.min(n))
-        .map_err(|e| OpError::BadRequest {
-            message: e.to_string(),
-        })
+        .map_err(|e| bad_request(e.to_string()))
 }
 
+/// `pr`/`pw`: how many primaries must answer (0 when not asked for).
+fn strict_quorum(
+    props: &BucketProps,
+    field: &'static str,
+    requested: Option<u32>,
+    n: usize,
+) -> Result<usize, OpError> {
+    match requested {
+        None | Some(0) => Ok(0),
+        Some(_) => quorum(props, field, requested, n),
+    }
+}
+
+#[derive(Clone)]
 struct Target {
     partition: u32,
     bucket: String,
@@ -153,24 +238,33 @@ struct Target {
 }
 
 impl Target {
-    fn storage_key(&self) -> (u32, Vec<u8>) {
-        (self.partition, object_key(&self.bucket, &self.key))
+    fn raw_key(&self) -> Vec<u8> {
+        object_key(&self.bucket, &self.key)
     }
 }
 
+/// What a put round needs once the coordinator's own write is stored.
+struct PutPlan {
+    reply_to: Option<ReplyTo>,
+    target: Target,
+    mode: ConflictMode,
+    durability: DurabilityMode,
+    plan: Vec<PlannedReplica>,
+    mine: Option<PlannedReplica>,
+    w: usize,
+    pw: usize,
+    timeout_ms: u64,
+}
+
 enum CommitJob {
-    /// The coordinator's write: `Object::update` on the stored object.
+    /// The coordinator's write: `Object::update` on its stored object, or
+    /// on its hint for the key when it stands in for `hint_for`.
     Coordinate {
-        reply_to: Option<ReplyTo>,
-        target: Target,
+        put: PutPlan,
         context: VersionVector,
         new: NewVersion,
-        mode: ConflictMode,
         max_siblings: usize,
-        durability: DurabilityMode,
-        primaries: Vec<NodeId>,
-        w: usize,
-        timeout_ms: u64,
+        hint_for: Option<NodeId>,
     },
     /// A replica's (or read repair's) `Object::merge` of an incoming object.
     Merge {
@@ -180,36 +274,126 @@ enum CommitJob {
         durability: DurabilityMode,
         ack: Option<(NodeId, RequestId)>,
     },
+    /// A fallback keeps an incoming object as a hint for `hint_for`.
+    HintMerge {
+        target: Target,
+        incoming: Object,
+        conflict: ConflictMode,
+        durability: DurabilityMode,
+        hint_for: NodeId,
+        ack: (NodeId, RequestId),
+    },
+    /// `target` durably acknowledged the hint `sent`: drop it from the
+    /// hint's targets (the record when none is left), unless a newer
+    /// hinted write changed the hint meanwhile.
+    HintDelivered {
+        partition: u32,
+        raw_key: Vec<u8>,
+        target: NodeId,
+        sent: Object,
+    },
+}
+
+impl CommitJob {
+    fn space_and_key(&self) -> (Space, Vec<u8>) {
+        match self {
+            CommitJob::Coordinate { put, hint_for, .. } => {
+                let space = match hint_for {
+                    Some(_) => Space::Hints(put.target.partition),
+                    None => Space::Data(put.target.partition),
+                };
+                (space, put.target.raw_key())
+            }
+            CommitJob::Merge { target, .. } => (Space::Data(target.partition), target.raw_key()),
+            CommitJob::HintMerge { target, .. } => {
+                (Space::Hints(target.partition), target.raw_key())
+            }
+            CommitJob::HintDelivered {
+                partition, raw_key, ..
+            } => (Space::Hints(*partition), raw_key.clone()),
+        }
+    }
+
+    fn durability(&self) -> DurabilityMode {
+        match self {
+            CommitJob::Coordinate { put, .. } => put.durability,
+            CommitJob::Merge { durability, .. } | CommitJob::HintMerge { durability, .. } => {
+                *durability
+            }
+            CommitJob::HintDelivered { .. } => DurabilityMode::Sync,
+        }
+    }
+
+    /// What to answer when the job cannot run.
+    fn failed(self, message: String) -> AfterCommit {
+        match self {
+            CommitJob::Coordinate { put, .. } => {
+                AfterCommit::Reply(put.reply_to, internal(&message))
+            }
+            CommitJob::Merge { ack, .. } => AfterCommit::Refuse(ack, message),
+            CommitJob::HintMerge { ack, .. } => AfterCommit::Refuse(Some(ack), message),
+            CommitJob::HintDelivered { .. } => AfterCommit::Nothing,
+        }
+    }
+}
+
+/// The batch's view of one record it touched: its value, and whether a job
+/// changed it.
+type OverlayEntry = (Option<Vec<u8>>, bool);
+
+/// The change one job makes to its record.
+enum Change {
+    Put(Vec<u8>),
+    Delete,
+    Unchanged,
 }
 
 /// What to do once a commit is durable (or failed).
 enum AfterCommit {
     StartPut {
-        reply_to: Option<ReplyTo>,
-        target: Target,
+        put: PutPlan,
         object: Object,
-        mode: ConflictMode,
-        durability: DurabilityMode,
-        primaries: Vec<NodeId>,
-        w: usize,
-        timeout_ms: u64,
+        new_hint: bool,
     },
     Reply(Option<ReplyTo>, ClientReply),
-    Ack(Option<(NodeId, RequestId)>),
-    /// A replica merge that failed: refuse the request.
+    Ack {
+        ack: Option<(NodeId, RequestId)>,
+        new_hint: bool,
+    },
+    /// A replica merge that could not run: refuse the request.
     Refuse(Option<(NodeId, RequestId)>, String),
+    HintRemoved,
+    Nothing,
 }
 
 struct PutState {
     reply_to: Option<ReplyTo>,
     round: PutRound,
     context: VersionVector,
+    w: usize,
+    pw: usize,
     /// Replica requests not answered yet.
     outstanding: usize,
-    /// Set once the round found W unreachable: the node then waits for the
-    /// answers still out (within the deadline) to report how many replicas
-    /// really hold the write, counting late acknowledgements here.
-    unreachable: Option<(u32, u32)>,
+    /// Acknowledgements so far, the coordinator's own included, and how
+    /// many of them came from primaries.
+    acked: u32,
+    primaries_acked: u32,
+    /// Set once the round found W (or PW) unreachable: the node then waits
+    /// for the answers still out (within the deadline) to report how many
+    /// replicas really hold the write.
+    unreachable: bool,
+}
+
+impl PutState {
+    /// The shortfall the node reports in its 503.
+    fn shortfall(&self) -> OpError {
+        let (got, needed) = if (self.acked as usize) < self.w {
+            (self.acked, self.w as u32)
+        } else {
+            (self.primaries_acked, self.pw as u32)
+        };
+        OpError::Unavailable { got, needed }
+    }
 }
 
 struct GetState {
@@ -218,6 +402,8 @@ struct GetState {
     target: Target,
     mode: ConflictMode,
     durability: DurabilityMode,
+    /// Only stale primaries are repaired (fallbacks hand their hints off).
+    primaries: Vec<NodeId>,
 }
 
 struct ForwardState {
@@ -230,9 +416,24 @@ struct ForwardState {
 }
 
 enum Pending {
-    PutReplica { round: u64 },
-    GetReplica { round: u64, replica: NodeId },
-    Forward { forward: u64 },
+    PutReplica {
+        round: u64,
+        role: Role,
+    },
+    GetReplica {
+        round: u64,
+        replica: NodeId,
+    },
+    Forward {
+        forward: u64,
+    },
+    Ping,
+    HintDelivery {
+        partition: u32,
+        raw_key: Vec<u8>,
+        target: NodeId,
+        sent: Object,
+    },
 }
 
 pub struct SimNode {
@@ -244,6 +445,12 @@ pub struct SimNode {
     unsynced: bool,
     /// Virtual time of the last sync (or of the start).
     last_sync_ms: u64,
+    detector: FailureDetector,
+    /// Hint records held for other nodes (counted at start, then kept up
+    /// to date, as the node's `hints_pending`).
+    hints_pending: i64,
+    /// Hint deliveries of the current pass still out.
+    deliveries_out: usize,
     put_rounds: BTreeMap<u64, PutState>,
     get_rounds: BTreeMap<u64, GetState>,
     forwards: BTreeMap<u64, ForwardState>,
@@ -251,10 +458,18 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    /// A node process. `incarnation` (0 at first start, +1 per restart)
-    /// keeps request and round ids of different incarnations apart, so an
-    /// answer to a request of a previous life is never taken for a new one.
-    pub fn new(id: NodeId, storage: MemoryStorage, incarnation: u64, now_ms: u64) -> SimNode {
+    /// A node process starting on `storage`. `incarnation` (0 at first
+    /// start, +1 per restart) keeps request and round ids of different
+    /// incarnations apart, so an answer to a request of a previous life is
+    /// never taken for a new one. `now_ms` is virtual time.
+    pub fn new(
+        id: NodeId,
+        storage: MemoryStorage,
+        incarnation: u64,
+        now_ms: u64,
+        cluster: &Cluster,
+    ) -> SimNode {
+        let hints_pending = scan_hints(&storage, cluster.layout.partitions()).len() as i64;
         SimNode {
             id,
             storage,
@@ -262,6 +477,9 @@ impl SimNode {
             commit_queue: Vec::new(),
             unsynced: false,
             last_sync_ms: now_ms,
+            detector: FailureDetector::new(cluster.detector),
+            hints_pending,
+            deliveries_out: 0,
             put_rounds: BTreeMap::new(),
             get_rounds: BTreeMap::new(),
             forwards: BTreeMap::new(),
@@ -279,10 +497,153 @@ impl SimNode {
         self.put_rounds.len() + self.get_rounds.len() + self.forwards.len()
     }
 
+    pub fn hints_pending(&self) -> i64 {
+        self.hints_pending.max(0)
+    }
+
+    // ------------------------------------------------------------ liveness
+
+    /// Whether this node sends requests to `peer` (itself: always).
+    pub fn usable(&self, peer: NodeId, now_ms: u64) -> bool {
+        peer == self.id || self.detector.view(peer, now_ms).liveness.is_usable()
+    }
+
+    /// Feeds the failure detector with the outcome of a request.
+    fn observe(
+        &mut self,
+        peer: NodeId,
+        response: &Result<PeerResponse, TransportError>,
+        now_ms: u64,
+    ) {
+        match response {
+            Ok(_) => self.detector.heartbeat(peer, now_ms),
+            Err(TransportError::ConnectionRefused) => self.detector.unreachable(peer, now_ms),
+        }
+    }
+
+    /// The replicas of a key for a request now: the primaries that are not
+    /// down, each down one replaced by the next usable fallback.
+    pub fn replica_plan(
+        &self,
+        cluster: &Cluster,
+        partition: u32,
+        now_ms: u64,
+    ) -> Vec<PlannedReplica> {
+        let preference = cluster.layout.preference_list(partition, cluster.n());
+        let mut fallbacks = preference
+            .fallbacks
+            .iter()
+            .copied()
+            .filter(|f| self.usable(*f, now_ms));
+        let mut plan = Vec::with_capacity(preference.primaries.len());
+        for primary in preference.primaries {
+            if self.usable(primary, now_ms) {
+                plan.push(PlannedReplica {
+                    node: primary,
+                    hint_for: None,
+                });
+            } else if let Some(fallback) = fallbacks.next() {
+                plan.push(PlannedReplica {
+                    node: fallback,
+                    hint_for: Some(primary),
+                });
+            }
+        }
+        plan
+    }
+
+    /// The local copy of a key: the replica's object merged with any hint
+    /// this node holds for it.
+    fn read_local(&self, target: &Target, mode: ConflictMode) -> Result<Option<Object>, String> {
+        let data = read_object(&self.storage, target.partition, &target.bucket, &target.key)?;
+        let hint = read_hint(&self.storage, target.partition, &target.bucket, &target.key)?;
+        Ok(match (data, hint) {
+            (None, None) => None,
+            (Some(object), None) => Some(object),
+            (None, Some(hint)) => Some(hint.object),
+            (Some(object), Some(hint)) => Some(object.merge(&hint.object, mode)),
+        })
+    }
+
+    // ------------------------------------------------------------ periodic tasks
+
+    /// The heartbeat loop's tick: pings every other member.
+    pub fn heartbeat_tick(&mut self, cluster: &Cluster, out: &mut Vec<Effect>) {
+        let me = self.id;
+        for peer in cluster.ids.iter().copied().filter(|&p| p != me) {
+            let id = self.fresh_id();
+            self.pending.insert(id, Pending::Ping);
+            out.push(Effect::Send {
+                to: peer,
+                payload: Payload::Request {
+                    id,
+                    request: PeerRequest::Ping { from: self.id },
+                },
+            });
+            out.push(Effect::Timer {
+                after_ms: cluster.heartbeat_interval_ms * 4,
+                timer: Timer::Request(id),
+            });
+        }
+    }
+
+    /// The hint delivery loop's tick: hands every hint off to its targets
+    /// that are usable, within the per-pass budget. A pass starts only once
+    /// the previous one is over (the node's loop awaits each delivery).
+    pub fn hint_delivery_tick(&mut self, cluster: &Cluster, now_ms: u64, out: &mut Vec<Effect>) {
+        if self.hints_pending() == 0 || self.deliveries_out > 0 {
+            return;
+        }
+        let budget = cluster.hint_delivery_per_second.div_ceil(2).max(1);
+        let mut delivered = 0;
+        for (partition, raw_key, hint) in scan_hints(&self.storage, cluster.layout.partitions()) {
+            let Some((bucket, key)) = split_object_key(&raw_key) else {
+                continue;
+            };
+            for target in hint.targets.iter().copied() {
+                if delivered >= budget {
+                    return;
+                }
+                if !self.usable(target, now_ms) {
+                    continue;
+                }
+                delivered += 1;
+                let id = self.fresh_id();
+                self.pending.insert(
+                    id,
+                    Pending::HintDelivery {
+                        partition,
+                        raw_key: raw_key.clone(),
+                        target,
+                        sent: hint.object.clone(),
+                    },
+                );
+                self.deliveries_out += 1;
+                out.push(Effect::Send {
+                    to: target,
+                    payload: Payload::Request {
+                        id,
+                        request: PeerRequest::ReplicaPut {
+                            bucket: bucket.clone(),
+                            key: key.clone(),
+                            object: hint.object.encode(),
+                            conflict: cluster.props.conflict,
+                            durability: DurabilityMode::Sync,
+                        },
+                    },
+                });
+                out.push(Effect::Timer {
+                    after_ms: cluster.node_request_timeout_ms,
+                    timer: Timer::Request(id),
+                });
+            }
+        }
+    }
+
     // ------------------------------------------------------------ client operations
 
     /// Runs a client operation (`Node::execute`). `may_forward`: a put that
-    /// lands on a node that is not a primary goes to a primary.
+    /// lands on a node that is not a replica goes to one.
     pub fn execute(
         &mut self,
         cluster: &Cluster,
@@ -293,9 +654,7 @@ impl SimNode {
         out: &mut Vec<Effect>,
     ) {
         if let Err(e) = validate_bucket_name(op.bucket()).and(validate_key(op.key())) {
-            let reply = ClientReply::Failed(OpError::BadRequest {
-                message: e.to_string(),
-            });
+            let reply = ClientReply::Failed(bad_request(e.to_string()));
             reply_with(Some(reply_to), reply, out);
             return;
         }
@@ -305,7 +664,15 @@ impl SimNode {
                 key,
                 r,
                 timeout_ms,
-            } => self.coordinate_get(cluster, reply_to, bucket, key, r, timeout_ms, out),
+            } => {
+                let get = GetRequest {
+                    bucket,
+                    key,
+                    r,
+                    timeout_ms,
+                };
+                self.coordinate_get(cluster, now_ms, reply_to, get, out)
+            }
             put @ ClientOp::Put { .. } => {
                 self.coordinate_put(cluster, now_ms, put, reply_to, may_forward, out)
             }
@@ -328,32 +695,48 @@ impl SimNode {
             content_type,
             context,
             w,
-            pw: _,
+            pw,
             timeout_ms,
         } = op.clone()
         else {
             unreachable!("coordinate_put is called with puts only");
         };
-        let w = match quorum(&cluster.props, "w", w, cluster.n()) {
-            Ok(w) => w,
-            Err(e) => return reply_with(Some(reply_to), ClientReply::Failed(e), out),
+        let n = cluster.n();
+        let (w, pw) = match (
+            quorum(&cluster.props, "w", w, n),
+            strict_quorum(&cluster.props, "pw", pw, n),
+        ) {
+            (Ok(w), Ok(pw)) => (w.max(pw), pw),
+            (Err(e), _) | (_, Err(e)) => {
+                return reply_with(Some(reply_to), ClientReply::Failed(e), out);
+            }
         };
         let partition = cluster.partition(&bucket, &key);
-        let primaries = cluster.primaries(&bucket, &key);
-        if !primaries.contains(&self.id) && may_forward {
-            self.start_forward(op, primaries, w, reply_to, out);
+        let plan = self.replica_plan(cluster, partition, now_ms);
+        let mine = plan.iter().find(|r| r.node == self.id).copied();
+        if mine.is_none() && may_forward {
+            let candidates = plan.iter().map(|r| r.node).collect();
+            self.start_forward(op, candidates, w, reply_to, out);
             return;
         }
+        // Not a replica by this node's view (a forwarded request, views
+        // differ): keep the write as a hint for the key's first primary.
+        let first_primary = cluster
+            .layout
+            .preference_list(partition, 1)
+            .primaries
+            .first()
+            .copied();
+        let hint_for = match mine {
+            Some(m) => m.hint_for,
+            None => first_primary.filter(|p| *p != self.id),
+        };
         let new = NewVersion {
             value,
             content_type,
             now_ms,
         };
-        let (mode, max_siblings, durability) = (
-            cluster.props.conflict,
-            cluster.props.max_siblings as usize,
-            cluster.durability,
-        );
+        let (mode, max_siblings) = (cluster.props.conflict, cluster.props.max_siblings as usize);
         let target = Target {
             partition,
             bucket,
@@ -380,18 +763,24 @@ impl SimNode {
                 reply_with(reply_to.take(), reply, out);
             }
         }
+        let put = PutPlan {
+            reply_to,
+            target,
+            mode,
+            durability: cluster.durability,
+            plan,
+            mine,
+            w,
+            pw,
+            timeout_ms,
+        };
         self.enqueue(
             CommitJob::Coordinate {
-                reply_to,
-                target,
+                put,
                 context,
                 new,
-                mode,
                 max_siblings,
-                durability,
-                primaries,
-                w,
-                timeout_ms,
+                hint_for,
             },
             out,
         );
@@ -400,7 +789,7 @@ impl SimNode {
     fn start_forward(
         &mut self,
         op: ClientOp,
-        primaries: Vec<NodeId>,
+        candidates: Vec<NodeId>,
         w: usize,
         reply_to: ReplyTo,
         out: &mut Vec<Effect>,
@@ -411,7 +800,7 @@ impl SimNode {
             ForwardState {
                 reply_to,
                 op,
-                candidates: primaries,
+                candidates,
                 next: 0,
                 w,
                 request: 0,
@@ -420,8 +809,8 @@ impl SimNode {
         self.forward_to_next(forward, out);
     }
 
-    /// Sends the forwarded put to the next primary, or answers unavailable
-    /// when none is left.
+    /// Sends the forwarded put to the next candidate, or answers
+    /// unavailable when none is left.
     fn forward_to_next(&mut self, forward: u64, out: &mut Vec<Effect>) {
         let request = self.fresh_id();
         let Some(state) = self.forwards.get_mut(&forward) else {
@@ -463,7 +852,7 @@ impl SimNode {
             Ok(PeerResponse::Refused { message }) => {
                 ClientReply::Failed(OpError::Internal { message })
             }
-            // An unexpected answer or an unreachable primary: try the next.
+            // An unexpected answer or an unreachable node: try the next.
             Ok(_) | Err(TransportError::ConnectionRefused) => {
                 return self.forward_to_next(forward, out);
             }
@@ -473,24 +862,31 @@ impl SimNode {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn coordinate_get(
         &mut self,
         cluster: &Cluster,
+        now_ms: u64,
         reply_to: ReplyTo,
-        bucket: String,
-        key: Vec<u8>,
-        r: Option<u32>,
-        timeout_ms: u64,
+        get: GetRequest,
         out: &mut Vec<Effect>,
     ) {
-        let r = match quorum(&cluster.props, "r", r, cluster.n()) {
+        let r = match quorum(&cluster.props, "r", get.r, cluster.n()) {
             Ok(r) => r,
             Err(e) => return reply_with(Some(reply_to), ClientReply::Failed(e), out),
         };
-        let partition = cluster.partition(&bucket, &key);
-        let asked = cluster.primaries(&bucket, &key);
+        let target = Target {
+            partition: cluster.partition(&get.bucket, &get.key),
+            bucket: get.bucket,
+            key: get.key,
+        };
+        let plan = self.replica_plan(cluster, target.partition, now_ms);
         let mode = cluster.props.conflict;
+        let asked: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
+        let primaries = plan
+            .iter()
+            .filter(|r| r.hint_for.is_none())
+            .map(|r| r.node)
+            .collect();
         let round_id = self.fresh_id();
         let me = self.id;
         for &replica in asked.iter().filter(|&&a| a != me) {
@@ -507,15 +903,13 @@ impl SimNode {
                 payload: Payload::Request {
                     id,
                     request: PeerRequest::ReplicaGet {
-                        bucket: bucket.clone(),
-                        key: key.clone(),
+                        bucket: target.bucket.clone(),
+                        key: target.key.clone(),
                     },
                 },
             });
         }
-        let local = asked
-            .contains(&self.id)
-            .then(|| read_object(&self.storage, partition, &bucket, &key));
+        let local = asked.contains(&me).then(|| self.read_local(&target, mode));
         let mut round = GetRound::new(r, asked, mode);
         let decision = round.start();
         self.get_rounds.insert(
@@ -523,26 +917,22 @@ impl SimNode {
             GetState {
                 reply_to: Some(reply_to),
                 round,
-                target: Target {
-                    partition,
-                    bucket,
-                    key,
-                },
+                target,
                 mode,
                 durability: cluster.durability,
+                primaries,
             },
         );
         out.push(Effect::Timer {
-            after_ms: timeout_ms,
+            after_ms: get.timeout_ms,
             timer: Timer::GetRound(round_id),
         });
         self.get_progress(round_id, decision, out);
         if let Some(local) = local {
-            let id = self.id;
             let decision = match self.get_rounds.get_mut(&round_id) {
                 Some(state) => match local {
-                    Ok(object) => state.round.replied(id, object),
-                    Err(_) => state.round.failed(id),
+                    Ok(object) => state.round.replied(me, object),
+                    Err(_) => state.round.failed(me),
                 },
                 None => None,
             };
@@ -551,7 +941,7 @@ impl SimNode {
     }
 
     /// Answers the client at the first decision; once every replica
-    /// answered, repairs the stale ones and forgets the round.
+    /// answered, repairs the stale primaries and forgets the round.
     fn get_progress(
         &mut self,
         round_id: u64,
@@ -571,20 +961,18 @@ impl SimNode {
         }
     }
 
+    /// Sends the merged object to the stale primaries (fallbacks hand
+    /// their hints off on their own).
     fn read_repair(&mut self, state: GetState, out: &mut Vec<Effect>) {
         let stale = state.round.stale_replicas();
         let Some(merged) = state.round.merged() else {
             return;
         };
-        for replica in stale {
+        for replica in stale.into_iter().filter(|r| state.primaries.contains(r)) {
             if replica == self.id {
                 self.enqueue(
                     CommitJob::Merge {
-                        target: Target {
-                            partition: state.target.partition,
-                            bucket: state.target.bucket.clone(),
-                            key: state.target.key.clone(),
-                        },
+                        target: state.target.clone(),
                         incoming: merged.clone(),
                         conflict: state.mode,
                         durability: state.durability,
@@ -639,116 +1027,47 @@ impl SimNode {
     }
 
     /// One group commit (`now_ms`: virtual time): runs every queued job in
-    /// order against the stored objects, writes the batch (`Sync` if any job
-    /// asked for it, else `Buffered`), then sends what waited for it.
+    /// order against the stored records, writes the batch (`Sync` if any
+    /// job asked for it, else `Buffered`), then sends what waited for it.
     pub fn commit(&mut self, cluster: &Cluster, now_ms: u64, out: &mut Vec<Effect>) {
         let jobs = std::mem::take(&mut self.commit_queue);
         if jobs.is_empty() {
             return;
         }
-        let mut batch_view: BTreeMap<(u32, Vec<u8>), Object> = BTreeMap::new();
-        let mut batch = WriteBatch::new();
+        let mut overlay: BTreeMap<(Space, Vec<u8>), OverlayEntry> = BTreeMap::new();
         let mut after = Vec::with_capacity(jobs.len());
         let mut durability = Durability::Buffered;
         for job in jobs {
-            let job_durability = match &job {
-                CommitJob::Coordinate { durability, .. } | CommitJob::Merge { durability, .. } => {
-                    *durability
-                }
-            };
-            if storage_durability(job_durability) == Durability::Sync {
+            if storage_durability(job.durability()) == Durability::Sync {
                 durability = Durability::Sync;
             }
-            let target = match &job {
-                CommitJob::Coordinate { target, .. } | CommitJob::Merge { target, .. } => target,
-            };
-            let storage_key = target.storage_key();
-            let current = match batch_view.get(&storage_key) {
-                Some(object) => Ok(Some(object.clone())),
-                None => read_object(&self.storage, target.partition, &target.bucket, &target.key),
-            };
-            let current = match current {
-                Ok(current) => current,
-                Err(e) => {
-                    // A corrupt stored object: this job fails, nothing is
-                    // written for it.
-                    after.push(job.failed(e));
-                    continue;
-                }
-            };
-            match job {
-                CommitJob::Coordinate {
-                    reply_to,
-                    target,
-                    context,
-                    new,
-                    mode,
-                    max_siblings,
-                    durability: job_durability,
-                    primaries,
-                    w,
-                    timeout_ms,
-                } => {
-                    match Object::update(
-                        current.as_ref(),
-                        &context,
-                        new,
-                        self.id,
-                        mode,
-                        max_siblings,
-                    ) {
-                        Ok(object) => {
-                            batch.put(
-                                Space::Data(target.partition),
-                                storage_key.1.clone(),
-                                object.encode(),
-                            );
-                            batch_view.insert(storage_key, object.clone());
-                            after.push(AfterCommit::StartPut {
-                                reply_to,
-                                target,
-                                object,
-                                mode,
-                                durability: job_durability,
-                                primaries,
-                                w,
-                                timeout_ms,
-                            });
-                        }
-                        Err(UpdateError::TooManySiblings { count, max }) => {
-                            let reply = ClientReply::Failed(OpError::TooManySiblings {
-                                count: count as u32,
-                                max: max as u32,
-                            });
-                            after.push(AfterCommit::Reply(reply_to, reply));
-                        }
-                        Err(e) => {
-                            let reply = ClientReply::Failed(OpError::BadRequest {
-                                message: e.to_string(),
-                            });
-                            after.push(AfterCommit::Reply(reply_to, reply));
-                        }
+            let location = job.space_and_key();
+            if !overlay.contains_key(&location) {
+                match self.storage.get(location.0, &location.1) {
+                    Ok(value) => {
+                        overlay.insert(location.clone(), (value, false));
+                    }
+                    Err(e) => {
+                        after.push(job.failed(e.to_string()));
+                        continue;
                     }
                 }
-                CommitJob::Merge {
-                    target,
-                    incoming,
-                    conflict,
-                    durability: _,
-                    ack,
-                } => {
-                    let merged = if cluster.bug == Some(PlantedBug::DropSiblingsOnMerge) {
-                        incoming
-                    } else {
-                        merge_into(current, &incoming, conflict)
-                    };
-                    batch.put(
-                        Space::Data(target.partition),
-                        storage_key.1.clone(),
-                        merged.encode(),
-                    );
-                    batch_view.insert(storage_key, merged);
-                    after.push(AfterCommit::Ack(ack));
+            }
+            let entry = overlay.get_mut(&location).expect("inserted above");
+            let (change, next) = self.apply(cluster, job, entry.0.as_deref());
+            match change {
+                Change::Put(value) => *entry = (Some(value), true),
+                Change::Delete => *entry = (None, true),
+                Change::Unchanged => {}
+            }
+            after.push(next);
+        }
+        let mut batch = WriteBatch::new();
+        for ((space, key), (value, changed)) in overlay {
+            if changed {
+                match value {
+                    Some(value) => batch.put(space, key, value),
+                    None => batch.delete(space, key),
                 }
             }
         }
@@ -771,118 +1090,284 @@ impl SimNode {
             }
         }
         for step in after {
-            match (step, &written) {
-                (step, Err(e)) => self.after_failed_commit(step, &e.to_string(), out),
-                (
-                    AfterCommit::StartPut {
-                        reply_to,
-                        target,
-                        object,
-                        mode,
-                        durability,
-                        primaries,
-                        w,
-                        timeout_ms,
+            match &written {
+                Ok(()) => self.after_commit(step, out),
+                Err(e) => self.after_failed_commit(step, &e.to_string(), out),
+            }
+        }
+    }
+
+    /// One job's read-modify-write of its record.
+    fn apply(
+        &self,
+        cluster: &Cluster,
+        job: CommitJob,
+        current: Option<&[u8]>,
+    ) -> (Change, AfterCommit) {
+        match job {
+            CommitJob::Coordinate {
+                put,
+                context,
+                new,
+                max_siblings,
+                hint_for,
+            } => {
+                let (current_object, current_hint) = match hint_for {
+                    None => match current.map(Object::decode).transpose() {
+                        Ok(object) => (object, None),
+                        Err(e) => return (Change::Unchanged, job_failed(put, e.to_string())),
                     },
-                    Ok(()),
-                ) => self.start_put_round(
-                    reply_to,
-                    target,
-                    object,
-                    (mode, durability),
-                    &primaries,
-                    w,
-                    timeout_ms,
-                    out,
-                ),
-                (AfterCommit::Reply(reply_to, reply), Ok(())) => reply_with(reply_to, reply, out),
-                (AfterCommit::Ack(Some((to, id))), Ok(())) => out.push(Effect::Send {
-                    to,
-                    payload: Payload::Response {
-                        id,
-                        response: Ok(PeerResponse::ReplicaPutDone),
+                    Some(_) => match current.map(Hint::decode).transpose() {
+                        Ok(hint) => (hint.as_ref().map(|h| h.object.clone()), hint),
+                        Err(e) => return (Change::Unchanged, job_failed(put, e)),
                     },
-                }),
-                (AfterCommit::Ack(None), Ok(())) => {}
-                (AfterCommit::Refuse(ack, message), Ok(())) => {
-                    self.after_failed_commit(AfterCommit::Ack(ack), &message, out)
+                };
+                let updated = Object::update(
+                    current_object.as_ref(),
+                    &context,
+                    new,
+                    self.id,
+                    put.mode,
+                    max_siblings,
+                );
+                match updated {
+                    Ok(object) => {
+                        let (value, new_hint) = match hint_for {
+                            None => (object.encode(), false),
+                            Some(hint_for) => {
+                                let new_hint =
+                                    current_hint.as_ref().is_none_or(|h| h.targets.is_empty());
+                                let mut targets =
+                                    current_hint.map(|h| h.targets).unwrap_or_default();
+                                targets.insert(hint_for);
+                                let hint = Hint {
+                                    targets,
+                                    object: object.clone(),
+                                };
+                                (hint.encode(), new_hint)
+                            }
+                        };
+                        let next = AfterCommit::StartPut {
+                            put,
+                            object,
+                            new_hint,
+                        };
+                        (Change::Put(value), next)
+                    }
+                    Err(UpdateError::TooManySiblings { count, max }) => {
+                        let reply = ClientReply::Failed(OpError::TooManySiblings {
+                            count: count as u32,
+                            max: max as u32,
+                        });
+                        (Change::Unchanged, AfterCommit::Reply(put.reply_to, reply))
+                    }
+                    Err(e) => {
+                        let reply = ClientReply::Failed(bad_request(e.to_string()));
+                        (Change::Unchanged, AfterCommit::Reply(put.reply_to, reply))
+                    }
+                }
+            }
+            CommitJob::Merge {
+                incoming,
+                conflict,
+                ack,
+                ..
+            } => {
+                let current = match current.map(Object::decode).transpose() {
+                    Ok(current) => current,
+                    Err(e) => return (Change::Unchanged, AfterCommit::Refuse(ack, e.to_string())),
+                };
+                let merged = if cluster.bug == Some(PlantedBug::DropSiblingsOnMerge) {
+                    incoming
+                } else {
+                    merge_into(current, &incoming, conflict)
+                };
+                let next = AfterCommit::Ack {
+                    ack,
+                    new_hint: false,
+                };
+                (Change::Put(merged.encode()), next)
+            }
+            CommitJob::HintMerge {
+                incoming,
+                conflict,
+                hint_for,
+                ack,
+                ..
+            } => {
+                let current = match current.map(Hint::decode).transpose() {
+                    Ok(current) => current,
+                    Err(e) => return (Change::Unchanged, AfterCommit::Refuse(Some(ack), e)),
+                };
+                let new_hint = current.as_ref().is_none_or(|h| h.targets.is_empty());
+                let hint = match current {
+                    None => Hint {
+                        targets: [hint_for].into_iter().collect(),
+                        object: incoming,
+                    },
+                    Some(mut hint) => {
+                        hint.targets.insert(hint_for);
+                        hint.object = hint.object.merge(&incoming, conflict);
+                        hint
+                    }
+                };
+                let next = AfterCommit::Ack {
+                    ack: Some(ack),
+                    new_hint,
+                };
+                (Change::Put(hint.encode()), next)
+            }
+            CommitJob::HintDelivered { target, sent, .. } => {
+                match current.map(Hint::decode).transpose() {
+                    // A newer hinted write arrived meanwhile: keep the target.
+                    Ok(Some(hint)) if hint.object != sent => {
+                        (Change::Unchanged, AfterCommit::Nothing)
+                    }
+                    Ok(Some(mut hint)) => {
+                        hint.targets.remove(&target);
+                        if hint.targets.is_empty() {
+                            match cluster.hint_retention {
+                                HintRetention::DeleteWhenDelivered => {
+                                    (Change::Delete, AfterCommit::HintRemoved)
+                                }
+                                // Kept without targets: the clock remembers
+                                // this node's dots for the key.
+                                HintRetention::KeepAsCounterMemory => {
+                                    (Change::Put(hint.encode()), AfterCommit::HintRemoved)
+                                }
+                            }
+                        } else {
+                            (Change::Put(hint.encode()), AfterCommit::Nothing)
+                        }
+                    }
+                    Ok(None) | Err(_) => (Change::Unchanged, AfterCommit::Nothing),
                 }
             }
         }
     }
 
+    fn after_commit(&mut self, step: AfterCommit, out: &mut Vec<Effect>) {
+        match step {
+            AfterCommit::StartPut {
+                put,
+                object,
+                new_hint,
+            } => {
+                if new_hint {
+                    self.hints_pending += 1;
+                }
+                self.start_put_round(put, object, out);
+            }
+            AfterCommit::Reply(reply_to, reply) => reply_with(reply_to, reply, out),
+            AfterCommit::Ack { ack, new_hint } => {
+                if new_hint {
+                    self.hints_pending += 1;
+                }
+                if let Some((to, id)) = ack {
+                    out.push(Effect::Send {
+                        to,
+                        payload: Payload::Response {
+                            id,
+                            response: Ok(PeerResponse::ReplicaPutDone),
+                        },
+                    });
+                }
+            }
+            AfterCommit::Refuse(ack, message) => self.refuse(ack, &message, out),
+            AfterCommit::HintRemoved => self.hints_pending -= 1,
+            AfterCommit::Nothing => {}
+        }
+    }
+
     fn after_failed_commit(&mut self, step: AfterCommit, error: &str, out: &mut Vec<Effect>) {
         match step {
-            AfterCommit::StartPut { reply_to, .. } => reply_with(reply_to, internal(error), out),
+            AfterCommit::StartPut { put, .. } => reply_with(put.reply_to, internal(error), out),
             AfterCommit::Reply(reply_to, reply) => reply_with(reply_to, reply, out),
-            AfterCommit::Ack(Some((to, id))) => out.push(Effect::Send {
+            AfterCommit::Ack { ack, .. } | AfterCommit::Refuse(ack, _) => {
+                self.refuse(ack, error, out)
+            }
+            AfterCommit::HintRemoved | AfterCommit::Nothing => {}
+        }
+    }
+
+    fn refuse(&self, ack: Option<(NodeId, RequestId)>, message: &str, out: &mut Vec<Effect>) {
+        if let Some((to, id)) = ack {
+            out.push(Effect::Send {
                 to,
                 payload: Payload::Response {
                     id,
                     response: Ok(PeerResponse::Refused {
-                        message: error.to_string(),
+                        message: message.to_string(),
                     }),
                 },
-            }),
-            AfterCommit::Ack(None) => {}
-            AfterCommit::Refuse(ack, _) => {
-                self.after_failed_commit(AfterCommit::Ack(ack), error, out)
-            }
+            });
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_put_round(
-        &mut self,
-        reply_to: Option<ReplyTo>,
-        target: Target,
-        object: Object,
-        (mode, durability): (ConflictMode, DurabilityMode),
-        primaries: &[NodeId],
-        w: usize,
-        timeout_ms: u64,
-        out: &mut Vec<Effect>,
-    ) {
-        let primary_here = primaries.contains(&self.id);
-        let remotes: Vec<NodeId> = primaries
+    /// The coordinator's own copy is stored: sends the object to the other
+    /// replicas of the plan (`ReplicaPut` to primaries, `HintPut` to
+    /// fallbacks) and starts the quorum round.
+    fn start_put_round(&mut self, put: PutPlan, object: Object, out: &mut Vec<Effect>) {
+        let remotes: Vec<PlannedReplica> = put
+            .plan
             .iter()
             .copied()
-            .filter(|&p| p != self.id)
+            .filter(|r| r.node != self.id)
             .collect();
+        let roles: Vec<Role> = remotes.iter().map(PlannedReplica::role).collect();
+        let local = put.mine.map(|m| m.role());
+        let mut round = PutRound::with_roles(put.w, put.pw, local, &roles);
         let round_id = self.fresh_id();
-        let mut round = PutRound::new(w, primary_here, remotes.len());
         let encoded = object.encode();
-        for to in remotes {
+        for replica in &remotes {
             let id = self.fresh_id();
-            self.pending
-                .insert(id, Pending::PutReplica { round: round_id });
-            out.push(Effect::Send {
-                to,
-                payload: Payload::Request {
-                    id,
-                    request: PeerRequest::ReplicaPut {
-                        bucket: target.bucket.clone(),
-                        key: target.key.clone(),
-                        object: encoded.clone(),
-                        conflict: mode,
-                        durability,
-                    },
+            self.pending.insert(
+                id,
+                Pending::PutReplica {
+                    round: round_id,
+                    role: replica.role(),
                 },
+            );
+            let (bucket, key) = (put.target.bucket.clone(), put.target.key.clone());
+            let request = match replica.hint_for {
+                None => PeerRequest::ReplicaPut {
+                    bucket,
+                    key,
+                    object: encoded.clone(),
+                    conflict: put.mode,
+                    durability: put.durability,
+                },
+                Some(hint_for) => PeerRequest::HintPut {
+                    bucket,
+                    key,
+                    object: encoded.clone(),
+                    conflict: put.mode,
+                    durability: put.durability,
+                    hint_for,
+                },
+            };
+            out.push(Effect::Send {
+                to: replica.node,
+                payload: Payload::Request { id, request },
             });
         }
         let decision = round.start();
         self.put_rounds.insert(
             round_id,
             PutState {
-                reply_to,
-                outstanding: remotes_count(primaries, self.id),
+                reply_to: put.reply_to,
                 round,
                 context: object.clock().clone(),
-                unreachable: None,
+                w: put.w,
+                pw: put.pw,
+                outstanding: remotes.len(),
+                acked: u32::from(local.is_some()),
+                primaries_acked: u32::from(local == Some(Role::Primary)),
+                unreachable: false,
             },
         );
         out.push(Effect::Timer {
-            after_ms: timeout_ms,
+            after_ms: put.timeout_ms,
             timer: Timer::PutRound(round_id),
         });
         if let Some(decision) = decision {
@@ -901,11 +1386,12 @@ impl SimNode {
             Quorum::Reached(()) => ClientReply::Written {
                 context: state.context.clone(),
             },
-            Quorum::Unreachable { got, needed } if state.outstanding > 0 => {
-                state.unreachable = Some((got, needed));
+            Quorum::Unreachable { .. } if state.outstanding > 0 => {
+                state.unreachable = true;
                 return;
             }
-            Quorum::Unreachable { got, needed } | Quorum::TimedOut { got, needed } => {
+            Quorum::Unreachable { .. } => ClientReply::Failed(state.shortfall()),
+            Quorum::TimedOut { got, needed } => {
                 ClientReply::Failed(OpError::Unavailable { got, needed })
             }
         };
@@ -920,26 +1406,26 @@ impl SimNode {
     }
 
     /// A replica answered a put round.
-    fn put_answered(&mut self, round_id: u64, ok: bool, out: &mut Vec<Effect>) {
+    fn put_answered(&mut self, round_id: u64, role: Role, ok: bool, out: &mut Vec<Effect>) {
         let Some(state) = self.put_rounds.get_mut(&round_id) else {
             return;
         };
         state.outstanding = state.outstanding.saturating_sub(1);
-        if let Some((got, needed)) = &mut state.unreachable {
-            *got += u32::from(ok);
+        if ok {
+            state.acked += 1;
+            state.primaries_acked += u32::from(role == Role::Primary);
+        }
+        if state.unreachable {
             if state.outstanding == 0 {
-                let reply = ClientReply::Failed(OpError::Unavailable {
-                    got: *got,
-                    needed: *needed,
-                });
+                let reply = ClientReply::Failed(state.shortfall());
                 self.end_put(round_id, reply, out);
             }
             return;
         }
         let decision = if ok {
-            state.round.acked()
+            state.round.acked_by(role)
         } else {
-            state.round.failed()
+            state.round.failed_by(role)
         };
         if let Some(decision) = decision {
             self.finish_put(round_id, decision, out);
@@ -950,8 +1436,10 @@ impl SimNode {
     /// then ignored, as the node ignores them once the round decided.
     fn forget_requests_of(&mut self, round_id: u64) {
         self.pending.retain(|_, pending| match pending {
-            Pending::PutReplica { round } | Pending::GetReplica { round, .. } => *round != round_id,
-            Pending::Forward { .. } => true,
+            Pending::PutReplica { round, .. } | Pending::GetReplica { round, .. } => {
+                *round != round_id
+            }
+            _ => true,
         });
     }
 
@@ -975,10 +1463,11 @@ impl SimNode {
                 let Some(pending) = self.pending.remove(&id) else {
                     return;
                 };
+                self.observe(from, &response, now_ms);
                 match pending {
-                    Pending::PutReplica { round } => {
+                    Pending::PutReplica { round, role } => {
                         let ok = matches!(response, Ok(PeerResponse::ReplicaPutDone));
-                        self.put_answered(round, ok, out);
+                        self.put_answered(round, role, ok, out);
                     }
                     Pending::GetReplica { round, replica } => {
                         let reply = match response {
@@ -998,6 +1487,26 @@ impl SimNode {
                         self.get_progress(round, decision, out);
                     }
                     Pending::Forward { forward } => self.forward_answered(forward, response, out),
+                    Pending::Ping => {}
+                    Pending::HintDelivery {
+                        partition,
+                        raw_key,
+                        target,
+                        sent,
+                    } => {
+                        self.deliveries_out = self.deliveries_out.saturating_sub(1);
+                        if matches!(response, Ok(PeerResponse::ReplicaPutDone)) {
+                            self.enqueue(
+                                CommitJob::HintDelivered {
+                                    partition,
+                                    raw_key,
+                                    target,
+                                    sent,
+                                },
+                                out,
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -1021,24 +1530,28 @@ impl SimNode {
                 },
             })
         };
+        let refuse = |message: String, out: &mut Vec<Effect>| {
+            respond(PeerResponse::Refused { message }, out)
+        };
         match request {
             PeerRequest::ReplicaGet { bucket, key } => {
                 if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-                    return respond(
-                        PeerResponse::Refused {
-                            message: e.to_string(),
+                    return refuse(e.to_string(), out);
+                }
+                let target = Target {
+                    partition: cluster.partition(&bucket, &key),
+                    bucket,
+                    key,
+                };
+                match self.read_local(&target, cluster.props.conflict) {
+                    Ok(object) => respond(
+                        PeerResponse::ReplicaGetDone {
+                            object: object.map(|o| o.encode()),
                         },
                         out,
-                    );
+                    ),
+                    Err(message) => refuse(message, out),
                 }
-                let partition = cluster.partition(&bucket, &key);
-                let response = match read_object(&self.storage, partition, &bucket, &key) {
-                    Ok(object) => PeerResponse::ReplicaGetDone {
-                        object: object.map(|o| o.encode()),
-                    },
-                    Err(message) => PeerResponse::Refused { message },
-                };
-                respond(response, out);
             }
             PeerRequest::ReplicaPut {
                 bucket,
@@ -1048,39 +1561,65 @@ impl SimNode {
                 durability,
             } => {
                 if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-                    return respond(
-                        PeerResponse::Refused {
-                            message: e.to_string(),
-                        },
-                        out,
-                    );
+                    return refuse(e.to_string(), out);
                 }
                 let incoming = match Object::decode(&object) {
                     Ok(object) => object,
-                    Err(e) => {
-                        return respond(
-                            PeerResponse::Refused {
-                                message: e.to_string(),
-                            },
-                            out,
-                        );
-                    }
+                    Err(e) => return refuse(e.to_string(), out),
                 };
-                let partition = cluster.partition(&bucket, &key);
-                self.enqueue(
-                    CommitJob::Merge {
-                        target: Target {
-                            partition,
-                            bucket,
-                            key,
-                        },
-                        incoming,
-                        conflict,
-                        durability,
-                        ack: Some((from, id)),
-                    },
-                    out,
-                );
+                let target = Target {
+                    partition: cluster.partition(&bucket, &key),
+                    bucket,
+                    key,
+                };
+                let job = CommitJob::Merge {
+                    target,
+                    incoming,
+                    conflict,
+                    durability,
+                    ack: Some((from, id)),
+                };
+                self.enqueue(job, out);
+            }
+            PeerRequest::HintPut {
+                bucket,
+                key,
+                object,
+                conflict,
+                durability,
+                hint_for,
+            } => {
+                if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
+                    return refuse(e.to_string(), out);
+                }
+                let incoming = match Object::decode(&object) {
+                    Ok(object) => object,
+                    Err(e) => return refuse(e.to_string(), out),
+                };
+                // A full hint store refuses: the coordinator then counts
+                // this replica as failed.
+                if self.hints_pending() >= cluster.hints_max as i64 {
+                    let message = format!("hint store is full ({} hints)", cluster.hints_max);
+                    return refuse(message, out);
+                }
+                let target = Target {
+                    partition: cluster.partition(&bucket, &key),
+                    bucket,
+                    key,
+                };
+                let job = CommitJob::HintMerge {
+                    target,
+                    incoming,
+                    conflict,
+                    durability,
+                    hint_for,
+                    ack: (from, id),
+                };
+                self.enqueue(job, out);
+            }
+            PeerRequest::Ping { from: pinger } => {
+                self.detector.heartbeat(pinger, now_ms);
+                respond(PeerResponse::Pong { from: self.id }, out);
             }
             PeerRequest::Coordinate(op) => {
                 let reply_to = ReplyTo::Peer {
@@ -1089,15 +1628,8 @@ impl SimNode {
                 };
                 self.execute(cluster, now_ms, op, reply_to, false, out);
             }
-            PeerRequest::Ping { .. } => respond(PeerResponse::Pong { from: self.id }, out),
-            PeerRequest::HintPut { .. } | PeerRequest::Gossip(_) | PeerRequest::Join { .. } => {
-                respond(
-                    PeerResponse::Refused {
-                        message: "membership is not simulated".to_string(),
-                    },
-                    out,
-                )
-            }
+            // Gossip, joins, anti-entropy: not simulated.
+            _ => refuse("not simulated".to_string(), out),
         }
     }
 
@@ -1107,12 +1639,16 @@ impl SimNode {
                 let Some(state) = self.put_rounds.get_mut(&round_id) else {
                     return;
                 };
-                let reply = match (state.unreachable, state.round.timed_out()) {
-                    (Some((got, needed)), _) | (None, Some(Quorum::TimedOut { got, needed })) => {
-                        ClientReply::Failed(OpError::Unavailable { got, needed })
+                let reply = if state.unreachable {
+                    ClientReply::Failed(state.shortfall())
+                } else {
+                    match state.round.timed_out() {
+                        Some(Quorum::TimedOut { got, needed }) => {
+                            ClientReply::Failed(OpError::Unavailable { got, needed })
+                        }
+                        // A round still here is undecided or waiting.
+                        _ => return,
                     }
-                    // A round still here is undecided or waiting: not reached.
-                    (None, _) => return,
                 };
                 self.end_put(round_id, reply, out);
             }
@@ -1136,7 +1672,7 @@ impl SimNode {
                 }
                 self.pending.remove(&request);
                 let state = self.forwards.remove(&forward).expect("present");
-                // The primary may have written it: the outcome is unknown.
+                // The node may have written it: the outcome is unknown.
                 let reply = ClientReply::Failed(OpError::Timeout {
                     got: 0,
                     needed: state.w as u32,
@@ -1144,24 +1680,26 @@ impl SimNode {
                 });
                 reply_with(Some(state.reply_to), reply, out);
             }
-        }
-    }
-}
-
-impl CommitJob {
-    /// What to answer when the job cannot run.
-    fn failed(self, message: String) -> AfterCommit {
-        match self {
-            CommitJob::Coordinate { reply_to, .. } => {
-                AfterCommit::Reply(reply_to, internal(&message))
+            Timer::Request(id) => {
+                // A timeout proves nothing about the peer: no observation.
+                if let Some(Pending::HintDelivery { .. }) = self.pending.remove(&id) {
+                    self.deliveries_out = self.deliveries_out.saturating_sub(1);
+                }
             }
-            CommitJob::Merge { ack, .. } => AfterCommit::Refuse(ack, message),
         }
     }
 }
 
-fn remotes_count(primaries: &[NodeId], me: NodeId) -> usize {
-    primaries.iter().filter(|&&p| p != me).count()
+/// A get as the client asked for it.
+struct GetRequest {
+    bucket: String,
+    key: Vec<u8>,
+    r: Option<u32>,
+    timeout_ms: u64,
+}
+
+fn job_failed(put: PutPlan, message: String) -> AfterCommit {
+    AfterCommit::Reply(put.reply_to, internal(&message))
 }
 
 fn internal(message: &str) -> ClientReply {

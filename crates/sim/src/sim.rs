@@ -29,6 +29,8 @@ use crate::workload::{ContextFrom, Step};
 const EPOCH_MS: u64 = 1_700_000_000_000;
 /// A client gives up on an answer this long after the operation's timeout.
 const CLIENT_GRACE_MS: u64 = FORWARD_GRACE_MS + 1_000;
+/// How long `finish` waits for hinted handoff once every node is up.
+const HANDOFF_DEADLINE_MS: u64 = 60_000;
 /// A run that processes more events than this is stuck in a loop.
 const MAX_EVENTS: u64 = 20_000_000;
 
@@ -65,6 +67,35 @@ enum ClientResult {
     NoAnswer,
 }
 
+impl Event {
+    /// Periodic background events (heartbeats and their messages, hint
+    /// delivery ticks) are not work: a run is quiet when only they remain.
+    fn is_work(&self) -> bool {
+        match self {
+            Event::Heartbeat { .. } | Event::HintDelivery { .. } => false,
+            Event::Timer {
+                timer: Timer::Request(_),
+                ..
+            } => false,
+            Event::Deliver { payload, .. } => !is_heartbeat(payload),
+            _ => true,
+        }
+    }
+}
+
+fn is_heartbeat(payload: &Payload) -> bool {
+    matches!(
+        payload,
+        Payload::Request {
+            request: PeerRequest::Ping { .. },
+            ..
+        } | Payload::Response {
+            response: Ok(PeerResponse::Pong { .. }),
+            ..
+        }
+    )
+}
+
 enum Event {
     ClientNext {
         client: usize,
@@ -91,6 +122,16 @@ enum Event {
         incarnation: u64,
     },
     BackgroundSync {
+        node: usize,
+        incarnation: u64,
+    },
+    /// The node's heartbeat loop ticks (periodic).
+    Heartbeat {
+        node: usize,
+        incarnation: u64,
+    },
+    /// The node's hint delivery loop ticks (periodic).
+    HintDelivery {
         node: usize,
         incarnation: u64,
     },
@@ -177,25 +218,21 @@ pub struct Sim {
     trace: Trace,
     /// Faults scheduled for later are ignored once `finish` started.
     finishing: bool,
+    /// Work events in the queue (see `Event::is_work`).
+    work_events: usize,
 }
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
         let mut rng = SimRng::new(config.seed);
-        let cluster = Cluster::new(
-            &mut rng,
-            config.nodes,
-            config.bucket,
-            config.node_durability,
-            config.bug,
-        );
+        let cluster = Cluster::new(&mut rng, &config);
         let storages: Vec<MemoryStorage> =
             (0..config.nodes).map(|_| MemoryStorage::new()).collect();
         let nodes = cluster
             .ids
             .iter()
             .zip(&storages)
-            .map(|(&id, storage)| SimNode::new(id, storage.clone(), 0, 0))
+            .map(|(&id, storage)| SimNode::new(id, storage.clone(), 0, 0, &cluster))
             .collect();
         let skew = config.clock_skew_ms as i64;
         let skew_ms = (0..config.nodes)
@@ -208,7 +245,7 @@ impl Sim {
             "{} nodes, bucket {:?}",
             config.nodes, config.bucket
         ));
-        Sim {
+        let mut sim = Sim {
             network: Network::new(config.network.clone()),
             rng,
             now_ms: 0,
@@ -226,8 +263,35 @@ impl Sim {
             held: BTreeMap::new(),
             trace,
             finishing: false,
+            work_events: 0,
             config,
+        };
+        for node in 0..sim.nodes.len() {
+            let heartbeat = sim.rng.below(sim.config.heartbeat_interval_ms.max(1));
+            let delivery = sim.rng.below(sim.config.hint_delivery_interval_ms.max(1));
+            sim.start_periodic(node, heartbeat, delivery);
         }
+        sim
+    }
+
+    fn push(&mut self, time_ms: u64, event: Event) {
+        if event.is_work() {
+            self.work_events += 1;
+        }
+        self.queue.push(time_ms, event);
+    }
+
+    /// Starts a node's heartbeat and hint delivery loops.
+    fn start_periodic(&mut self, node: usize, heartbeat_ms: u64, delivery_ms: u64) {
+        let incarnation = self.incarnation[node];
+        self.push(
+            self.now_ms + heartbeat_ms,
+            Event::Heartbeat { node, incarnation },
+        );
+        self.push(
+            self.now_ms + delivery_ms,
+            Event::HintDelivery { node, incarnation },
+        );
     }
 
     pub fn config(&self) -> &SimConfig {
@@ -293,13 +357,12 @@ impl Sim {
             final_reader,
             done: false,
         });
-        self.queue
-            .push(start_ms.max(self.now_ms), Event::ClientNext { client });
+        self.push(start_ms.max(self.now_ms), Event::ClientNext { client });
         client
     }
 
     pub fn schedule(&mut self, at_ms: u64, fault: Fault) {
-        self.queue.push(at_ms.max(self.now_ms), Event::Fault(fault));
+        self.push(at_ms.max(self.now_ms), Event::Fault(fault));
     }
 
     pub fn clients_done(&self) -> bool {
@@ -320,9 +383,23 @@ impl Sim {
         while !self.clients_done() && self.step() {}
     }
 
-    /// Runs until the event queue is empty.
-    pub fn run_until_idle(&mut self) {
-        while self.step() {}
+    /// Runs until no work is left: only the periodic background events
+    /// (heartbeats, hint delivery ticks) remain in the queue.
+    pub fn run_until_quiet(&mut self) {
+        while self.work_events > 0 && self.step() {}
+    }
+
+    /// Runs for `ms` more milliseconds of virtual time.
+    pub fn run_for(&mut self, ms: u64) {
+        self.run_until(self.now_ms + ms);
+    }
+
+    /// Hint records every node holds (for others that were down).
+    pub fn hints_pending(&self) -> usize {
+        self.storages
+            .iter()
+            .map(|s| crate::node::scan_hints(s, self.cluster.layout.partitions()).len())
+            .sum()
     }
 
     fn step(&mut self) -> bool {
@@ -336,15 +413,20 @@ impl Sim {
             self.config.seed
         );
         self.now_ms = time_ms;
+        if event.is_work() {
+            self.work_events -= 1;
+        }
         self.handle(event);
         true
     }
 
     /// Ends the run: lets the clients finish (faults still apply), then
     /// heals the network, restarts every crashed node, stops message loss,
-    /// lets everything in flight land, reads every written key at R = N
-    /// (whose read repair brings all primaries to the same object), and
-    /// checks the history and the primaries' convergence.
+    /// lets the failure detectors see every node up and the hints be
+    /// handed off (within a minute of virtual time), reads every written
+    /// key at R = N (whose read repair brings all primaries to the same
+    /// object), and checks the history, the primaries' convergence and that
+    /// no hint is left.
     pub fn finish(&mut self) -> Report {
         self.run_until_clients_done();
         self.finishing = true;
@@ -356,7 +438,16 @@ impl Sim {
                 self.restart(node);
             }
         }
-        self.run_until_idle();
+        // Heartbeats mark restarted nodes up again; then hints drain.
+        self.run_for(4 * self.config.heartbeat_interval_ms + self.config.hint_delivery_interval_ms);
+        let deadline_ms = self.now_ms + HANDOFF_DEADLINE_MS;
+        loop {
+            self.run_until_quiet();
+            if self.hints_pending() == 0 || self.now_ms >= deadline_ms {
+                break;
+            }
+            self.run_for(self.config.hint_delivery_interval_ms);
+        }
 
         let keys: BTreeSet<String> = self.history.ops.iter().map(|op| op.key.clone()).collect();
         let n = self.cluster.n() as u32;
@@ -371,10 +462,12 @@ impl Sim {
             .collect();
         let now = self.now_ms;
         self.add_client_inner(now, steps, true);
-        self.run_until_idle();
+        self.run_until_clients_done();
+        self.run_until_quiet();
 
         let mut violations = check_history(&self.history, self.config.bucket.conflict);
         violations.extend(self.divergence(&keys));
+        violations.extend(self.hints_left());
         Report {
             seed: self.config.seed,
             violations,
@@ -382,6 +475,34 @@ impl Sim {
             events: self.trace.events(),
             trace_tail: self.trace.tail().map(str::to_string).collect(),
         }
+    }
+
+    /// Hints still held after the handoff deadline.
+    fn hints_left(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        for (node, storage) in self.storages.iter().enumerate() {
+            for (_, raw_key, hint) in
+                crate::node::scan_hints(storage, self.cluster.layout.partitions())
+            {
+                let key = crate::hint::split_object_key(&raw_key)
+                    .map(|(_, key)| String::from_utf8_lossy(&key).into_owned())
+                    .unwrap_or_default();
+                let targets: Vec<String> = hint
+                    .targets
+                    .iter()
+                    .map(|t| node_name(*t, &self.cluster))
+                    .collect();
+                violations.push(Violation {
+                    kind: ViolationKind::HintsNotDelivered,
+                    key,
+                    detail: format!(
+                        "n{node} still holds a hint for {targets:?} after every node was up for {} s",
+                        HANDOFF_DEADLINE_MS / 1000
+                    ),
+                });
+            }
+        }
+        violations
     }
 
     /// Primaries of a key that hold a different object than the first.
@@ -424,7 +545,7 @@ impl Sim {
                     self.trace
                         .record(format!("{} op{op} refused by down n{node}", self.now_ms));
                     let at = self.now_ms + self.client_link_delay();
-                    self.queue.push(
+                    self.push(
                         at,
                         Event::ClientAnswer {
                             op,
@@ -470,6 +591,31 @@ impl Sim {
                 self.apply(node, out);
                 self.schedule_background_sync(node);
             }
+            Event::Heartbeat { node, incarnation } => {
+                if !self.is_current(node, incarnation) {
+                    return;
+                }
+                let mut out = Vec::new();
+                self.nodes[node].heartbeat_tick(&self.cluster, &mut out);
+                self.apply(node, out);
+                let next = self.now_ms + self.config.heartbeat_interval_ms;
+                self.push(next, Event::Heartbeat { node, incarnation });
+            }
+            Event::HintDelivery { node, incarnation } => {
+                if !self.is_current(node, incarnation) {
+                    return;
+                }
+                let now = self.node_clock(node);
+                let mut out = Vec::new();
+                self.nodes[node].hint_delivery_tick(&self.cluster, now, &mut out);
+                if !out.is_empty() {
+                    self.trace
+                        .record(format!("{} n{node} hint delivery", self.now_ms));
+                }
+                self.apply(node, out);
+                let next = self.now_ms + self.config.hint_delivery_interval_ms;
+                self.push(next, Event::HintDelivery { node, incarnation });
+            }
             Event::BackgroundSync { node, incarnation } => {
                 if !self.is_current(node, incarnation) {
                     return;
@@ -487,8 +633,12 @@ impl Sim {
                 if !self.is_current(node, incarnation) {
                     return;
                 }
-                self.trace
-                    .record(format!("{} n{node} timer {timer:?}", self.now_ms));
+                let line = format!("{} n{node} timer {timer:?}", self.now_ms);
+                if matches!(timer, Timer::Request(_)) {
+                    self.trace.record_quiet(&line);
+                } else {
+                    self.trace.record(line);
+                }
                 let mut out = Vec::new();
                 self.nodes[node].timer(timer, &mut out);
                 self.apply(node, out);
@@ -511,7 +661,7 @@ impl Sim {
         if let Some(due) = self.nodes[node].background_sync_due(self.config.sync_interval_ms) {
             self.sync_scheduled[node] = true;
             let incarnation = self.incarnation[node];
-            self.queue.push(
+            self.push(
                 due.max(self.now_ms),
                 Event::BackgroundSync { node, incarnation },
             );
@@ -561,30 +711,40 @@ impl Sim {
         }
         self.trace
             .record(format!("{} n{node} restarts", self.now_ms));
-        self.nodes[node] = SimNode::new(
+        let restarted = SimNode::new(
             self.cluster.ids[node],
             self.storages[node].clone(),
             self.incarnation[node],
             self.now_ms,
+            &self.cluster,
         );
+        self.nodes[node] = restarted;
         self.up[node] = true;
+        // The loops tick at once when a node starts (tokio intervals).
+        self.start_periodic(node, 0, 0);
+    }
+
+    /// Records a message event; heartbeats only in the hash.
+    fn trace_message(&mut self, from: usize, to: usize, what: &str, payload: &Payload) {
+        let line = format!(
+            "{} n{from}->n{to}{what} {}",
+            self.now_ms,
+            describe_payload(payload, &self.cluster)
+        );
+        if is_heartbeat(payload) {
+            self.trace.record_quiet(&line);
+        } else {
+            self.trace.record(line);
+        }
     }
 
     fn deliver(&mut self, from: usize, to: usize, payload: Payload) {
         if self.network.is_blocked(from, to) {
-            self.trace.record(format!(
-                "{} n{from}->n{to} blocked {}",
-                self.now_ms,
-                describe_payload(&payload, &self.cluster)
-            ));
+            self.trace_message(from, to, " blocked", &payload);
             return;
         }
         if !self.up[to] {
-            self.trace.record(format!(
-                "{} n{from}->n{to} down {}",
-                self.now_ms,
-                describe_payload(&payload, &self.cluster)
-            ));
+            self.trace_message(from, to, " down", &payload);
             if let Payload::Request { id, .. } = payload {
                 let reset = Payload::Response {
                     id,
@@ -594,11 +754,7 @@ impl Sim {
             }
             return;
         }
-        self.trace.record(format!(
-            "{} n{from}->n{to} {}",
-            self.now_ms,
-            describe_payload(&payload, &self.cluster)
-        ));
+        self.trace_message(from, to, "", &payload);
         let now = self.node_clock(to);
         let from_id = self.cluster.ids[from];
         let mut out = Vec::new();
@@ -609,14 +765,10 @@ impl Sim {
     fn send(&mut self, from: usize, to: usize, payload: Payload) {
         let delays = self.network.fate(&mut self.rng);
         if delays.is_empty() {
-            self.trace.record(format!(
-                "{} n{from}->n{to} lost {}",
-                self.now_ms,
-                describe_payload(&payload, &self.cluster)
-            ));
+            self.trace_message(from, to, " lost", &payload);
         }
         for delay in delays {
-            self.queue.push(
+            self.push(
                 self.now_ms + delay,
                 Event::Deliver {
                     from,
@@ -640,7 +792,7 @@ impl Sim {
                 Effect::ReplyToClient { op, reply } => {
                     self.held.remove(&op);
                     let at = self.now_ms + self.client_link_delay();
-                    self.queue.push(
+                    self.push(
                         at,
                         Event::ClientAnswer {
                             op,
@@ -650,7 +802,7 @@ impl Sim {
                 }
                 Effect::Timer { after_ms, timer } => {
                     let incarnation = self.incarnation[node];
-                    self.queue.push(
+                    self.push(
                         self.now_ms + after_ms,
                         Event::Timer {
                             node,
@@ -665,7 +817,7 @@ impl Sim {
                         let (low, high) = self.config.disk_commit_ms;
                         let at = self.now_ms + self.rng.between(low, high);
                         let incarnation = self.incarnation[node];
-                        self.queue.push(at, Event::Commit { node, incarnation });
+                        self.push(at, Event::Commit { node, incarnation });
                     }
                 }
             }
@@ -695,8 +847,7 @@ impl Sim {
                     .record(format!("{} client{client} done", self.now_ms));
             }
             Some(Step::Pause { ms }) => {
-                self.queue
-                    .push(self.now_ms + ms, Event::ClientNext { client });
+                self.push(self.now_ms + ms, Event::ClientNext { client });
             }
             Some(step) => self.invoke(client, step),
         }
@@ -747,9 +898,8 @@ impl Sim {
         });
         self.clients[client].current = Some(op);
         let at = now + self.client_link_delay();
-        self.queue
-            .push(at, Event::ClientRequest { op, node, request });
-        self.queue.push(
+        self.push(at, Event::ClientRequest { op, node, request });
+        self.push(
             now + timeout_ms + CLIENT_GRACE_MS,
             Event::ClientDeadline { op },
         );
@@ -845,9 +995,9 @@ impl Sim {
         self.trace
             .record(format!("{now} op{op} client{client} {outcome:?}"));
         let state = &mut self.clients[client];
-        if state.current == Some(op) {
+        let next = state.current == Some(op);
+        if next {
             state.current = None;
-            self.queue.push(now, Event::ClientNext { client });
         }
         if outcome == Outcome::Ok {
             if is_write {
@@ -855,6 +1005,9 @@ impl Sim {
             } else {
                 state.last_read.insert(key, op);
             }
+        }
+        if next {
+            self.push(now, Event::ClientNext { client });
         }
     }
 }
@@ -945,8 +1098,7 @@ fn describe_payload(payload: &Payload, cluster: &Cluster) -> String {
                     node_name(*hint_for, cluster)
                 ),
                 PeerRequest::Ping { .. } => "Ping".to_string(),
-                PeerRequest::Gossip(_) => "Gossip".to_string(),
-                PeerRequest::Join { .. } => "Join".to_string(),
+                _ => "(not simulated)".to_string(),
             };
             format!("req{id:x} {what}")
         }

@@ -25,17 +25,27 @@ impl Trace {
     }
 
     pub fn record(&mut self, line: String) {
-        for byte in line.bytes().chain(std::iter::once(b'\n')) {
-            self.hash ^= u64::from(byte);
-            self.hash = self.hash.wrapping_mul(FNV_PRIME);
-        }
-        self.events += 1;
+        self.hash_line(&line);
         if self.tail_len > 0 {
             if self.tail.len() == self.tail_len {
                 self.tail.pop_front();
             }
             self.tail.push_back(line);
         }
+    }
+
+    /// Hashes a line without keeping it in the tail (background chatter
+    /// such as heartbeats, which would crowd the failure report out).
+    pub fn record_quiet(&mut self, line: &str) {
+        self.hash_line(line);
+    }
+
+    fn hash_line(&mut self, line: &str) {
+        for byte in line.bytes().chain(std::iter::once(b'\n')) {
+            self.hash ^= u64::from(byte);
+            self.hash = self.hash.wrapping_mul(FNV_PRIME);
+        }
+        self.events += 1;
     }
 
     pub fn hash(&self) -> u64 {
@@ -71,5 +81,11 @@ mod tests {
         }
         assert_ne!(a.hash(), c.hash());
         assert_eq!(c.events(), 3);
+        let mut d = Trace::new(5);
+        d.record_quiet("x");
+        d.record("y".to_string());
+        d.record_quiet("z");
+        assert_eq!(d.hash(), a.hash(), "quiet lines are hashed");
+        assert_eq!(d.tail().collect::<Vec<_>>(), vec!["y"]);
     }
 }

@@ -6,7 +6,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{crash_config, crash_restart_run, nodes_for, other_node, partition_run};
+use common::{
+    crash_config, crash_restart_run, long_partition_run, nodes_for, other_node, partition_run,
+};
 
 use ringkv_core::bucket::BucketProps;
 use ringkv_sim::{
@@ -268,6 +270,63 @@ fn partitions_loss_and_duplicates_lose_no_acknowledged_write() {
         "partitions_loss_and_duplicates_lose_no_acknowledged_write",
         100,
         |seed| clean(&partition_run(seed).finish()),
+    );
+}
+
+// ---------------------------------------------------------------- sloppy quorum
+
+/// Five nodes, two of the three primaries of `k0` down from the start.
+/// Once the failure detectors saw them down (a refused heartbeat), every
+/// read and write through a live node succeeds at R = W = 2, fallbacks
+/// keeping hints for the down primaries; after the restart `finish` checks
+/// that the hints were handed off, nothing acknowledged was lost and the
+/// primaries agree.
+#[test]
+fn sloppy_quorum_takes_writes_for_down_primaries_and_hands_them_off() {
+    run_seeds(
+        "sloppy_quorum_takes_writes_for_down_primaries_and_hands_them_off",
+        100,
+        |seed| {
+            let nodes = 5;
+            let mut sim = Sim::new(SimConfig::new(seed, nodes));
+            let mut rng = sim.fork_rng();
+            let primaries = sim.primaries("k0");
+            let kept = rng.index(3);
+            let down: Vec<usize> = (0..3)
+                .filter(|&i| i != kept)
+                .map(|i| primaries[i])
+                .collect();
+            for &node in &down {
+                sim.schedule(0, Fault::Crash(node));
+            }
+            let live: Vec<usize> = (0..nodes).filter(|n| !down.contains(n)).collect();
+            for steps in WorkloadShape::new(4, 20, 3, live).generate(&mut rng) {
+                sim.add_client(1_000 + rng.between(0, 10), steps);
+            }
+            sim.run_until_clients_done();
+            let history = sim.history().clone();
+            if let Some(op) = history.ops.iter().position(|op| op.outcome != Outcome::Ok) {
+                return Err(format!(
+                    "n{} and n{} are down and detected, yet {}",
+                    down[0],
+                    down[1],
+                    describe(&history, op)
+                ));
+            }
+            if sim.hints_pending() == 0 {
+                return Err("no fallback holds a hint".to_string());
+            }
+            clean(&sim.finish())
+        },
+    );
+}
+
+#[test]
+fn long_partitions_use_fallbacks_without_losing_writes() {
+    run_seeds(
+        "long_partitions_use_fallbacks_without_losing_writes",
+        100,
+        |seed| clean(&long_partition_run(seed).finish()),
     );
 }
 

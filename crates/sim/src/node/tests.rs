@@ -1,26 +1,21 @@
 //! `SimNode` driven by hand: inputs in, effects out.
 
-use ringkv_core::bucket::{BucketProps, DurabilityMode};
+use ringkv_core::bucket::BucketProps;
 use ringkv_core::causality::VersionVector;
 use ringkv_core::message::{ClientOp, ClientReply, OpError, PeerRequest, PeerResponse};
 use ringkv_storage::MemoryStorage;
 
 use super::*;
-use crate::config::SIM_BUCKET;
+use crate::config::{SIM_BUCKET, SimConfig};
 use crate::rng::SimRng;
 
 fn cluster(nodes: usize, w: u32) -> Cluster {
-    let props = BucketProps {
+    let mut config = SimConfig::new(7, nodes);
+    config.bucket = BucketProps {
         w,
         ..BucketProps::default()
     };
-    Cluster::new(
-        &mut SimRng::new(7),
-        nodes,
-        props,
-        DurabilityMode::Sync,
-        None,
-    )
+    Cluster::new(&mut SimRng::new(7), &config)
 }
 
 fn put(key: &str) -> ClientOp {
@@ -75,7 +70,7 @@ fn coordinated_put(
     key: &str,
 ) -> (SimNode, Vec<(NodeId, RequestId, PeerRequest)>, Timer) {
     let coordinator = cluster.primaries(SIM_BUCKET, key.as_bytes())[0];
-    let mut node = SimNode::new(coordinator, MemoryStorage::new(), 0, 0);
+    let mut node = SimNode::new(coordinator, MemoryStorage::new(), 0, 0, cluster);
     let mut out = Vec::new();
     node.execute(cluster, 1, put(key), ReplyTo::Client(0), true, &mut out);
     assert!(
@@ -177,7 +172,7 @@ fn a_put_at_a_non_primary_is_forwarded_to_the_next_primary_when_one_refuses() {
         })
         .expect("with 5 nodes some key avoids node 0");
     let primaries = cluster.primaries(SIM_BUCKET, key.as_bytes());
-    let mut node = SimNode::new(cluster.ids[0], MemoryStorage::new(), 0, 0);
+    let mut node = SimNode::new(cluster.ids[0], MemoryStorage::new(), 0, 0, &cluster);
     let mut out = Vec::new();
     node.execute(&cluster, 1, put(&key), ReplyTo::Client(9), true, &mut out);
     let sent = requests(&out);

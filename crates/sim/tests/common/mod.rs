@@ -76,3 +76,28 @@ pub fn partition_run(seed: u64) -> Sim {
     }
     sim
 }
+
+/// A node isolated for 2-3 s, twice, under a slightly lossy network: long
+/// enough for the other nodes' failure detectors to declare it down and
+/// write to fallbacks (sloppy quorum), which hand their hints off after the
+/// heal.
+pub fn long_partition_run(seed: u64) -> Sim {
+    let nodes = nodes_for(seed);
+    let mut config = SimConfig::new(seed, nodes);
+    config.network = NetworkConfig::lossy(0.01, 0.02);
+    let mut sim = Sim::new(config);
+    let mut rng = sim.fork_rng();
+    let mut shape = WorkloadShape::new(4, 50, 3, (0..nodes).collect());
+    shape.max_pause_ms = 80;
+    for steps in shape.generate(&mut rng) {
+        sim.add_client(rng.between(0, 10), steps);
+    }
+    let mut t = 0;
+    for _ in 0..2 {
+        t += rng.between(100, 400);
+        sim.schedule(t, Fault::Isolate(rng.index(nodes)));
+        t += rng.between(2_000, 3_000);
+        sim.schedule(t, Fault::Heal);
+    }
+    sim
+}
