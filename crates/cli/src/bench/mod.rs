@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// host:port of RESP server(s); repeat or comma-separate [default: 127.0.0.1:6380].
     #[arg(long, value_delimiter = ',')]
     pub addr: Vec<String>,
+    /// Updates are blind writes (no context): against a ringkv bucket in
+    /// `siblings` mode hot keys gather siblings (409 past max_siblings), so
+    /// benchmark an `lww` bucket, as Redis and etcd overwrite; rmw carries contexts.
     #[arg(long, value_enum, default_value_t = Workload::A)]
     pub workload: Workload,
     #[arg(long, value_enum, default_value_t = Distribution::Zipfian)]
