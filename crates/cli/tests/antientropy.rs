@@ -6,38 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use ringkv_core::causality::Object;
-use ringkv_core::ring::{Layout, key_hash, partition_of};
-use ringkv_node::store::object_key;
-use ringkv_storage::{RedbStorage, Space, Storage};
-use support::{Cluster, TestNode, eventually};
+use support::{Cluster, TestNode, assert_disk_holds, eventually, metric};
 
 const BUCKET: &str = "aae";
 
 fn tree_keys(node: &TestNode) -> u64 {
-    let metrics = support::http_get(&format!("{}/metrics", node.url()));
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ringkv_aae_tree_keys "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Stops `node` and checks on its disk that it holds every key.
-fn assert_disk_holds(node: &mut TestNode, keys: &[String]) {
-    node.kill9();
-    let storage = RedbStorage::open(&node.dir.join("ringkv.redb")).unwrap();
-    let layout = Layout::decode(&storage.get(Space::Meta, b"layout").unwrap().unwrap()).unwrap();
-    for key in keys {
-        let partition = partition_of(key_hash(BUCKET.as_bytes(), key.as_bytes()), layout.partitions());
-        let bytes = storage
-            .get(Space::Data(partition), &object_key(BUCKET, key.as_bytes()))
-            .unwrap()
-            .unwrap_or_else(|| panic!("{} lacks {key}", node.name));
-        let object = Object::decode(&bytes).unwrap();
-        let values: Vec<&[u8]> = object.live_siblings().filter_map(|s| s.value.as_deref()).collect();
-        assert_eq!(values, vec![key.as_bytes()], "{} holds the wrong value for {key}", node.name);
-    }
+    metric(node, "ringkv_aae_tree_keys")
 }
 
 #[test]
@@ -66,7 +40,7 @@ fn anti_entropy_repairs_a_stale_replica_and_repopulates_a_wiped_one() {
     eventually("anti-entropy to repair node3", Duration::from_secs(60), || {
         (tree_keys(&cluster.nodes[2]) >= total).then_some(())
     });
-    assert_disk_holds(&mut cluster.nodes[2], &keys);
+    assert_disk_holds(&mut cluster.nodes[2], BUCKET, &keys);
 
     // Wipe node3's data dir: it comes back with a new identity, takes over
     // its old place by name, and anti-entropy refills it.
@@ -76,16 +50,8 @@ fn anti_entropy_repairs_a_stale_replica_and_repopulates_a_wiped_one() {
     eventually("anti-entropy to refill the wiped node3", Duration::from_secs(60), || {
         (tree_keys(&cluster.nodes[2]) >= total).then_some(())
     });
-    assert_disk_holds(&mut cluster.nodes[2], &keys);
+    assert_disk_holds(&mut cluster.nodes[2], BUCKET, &keys);
     let metrics = support::http_get(&format!("{}/metrics", cluster.nodes[0].url()));
-    let repaired: u64 = (0..2)
-        .map(|n| {
-            support::http_get(&format!("{}/metrics", cluster.nodes[n].url()))
-                .lines()
-                .find_map(|l| l.strip_prefix("ringkv_aae_keys_repaired_total "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum();
+    let repaired: u64 = (0..2).map(|n| metric(&cluster.nodes[n], "ringkv_aae_keys_repaired_total")).sum();
     assert!(repaired >= total, "keys repaired: {repaired}\n{metrics}");
 }

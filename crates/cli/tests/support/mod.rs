@@ -245,3 +245,42 @@ fn http(method: &str, url: &str, body: &[u8]) -> (u16, String) {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+impl TestNode {
+    /// Sends a signal (e.g. "STOP", "CONT") to this node's process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("node is running").id();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// Stops `node` (SIGKILL) and checks on its own disk that it holds each
+/// key of `bucket` with the key itself among its values.
+pub fn assert_disk_holds(node: &mut TestNode, bucket: &str, keys: &[String]) {
+    use ringkv_core::causality::Object;
+    use ringkv_core::ring::{Layout, key_hash, partition_of};
+    use ringkv_storage::{RedbStorage, Space, Storage};
+    node.kill9();
+    let storage = RedbStorage::open(&node.dir.join("ringkv.redb")).unwrap();
+    let layout = Layout::decode(&storage.get(Space::Meta, b"layout").unwrap().unwrap()).unwrap();
+    for key in keys {
+        let partition = partition_of(key_hash(bucket.as_bytes(), key.as_bytes()), layout.partitions());
+        let bytes = storage
+            .get(Space::Data(partition), &ringkv_node::store::object_key(bucket, key.as_bytes()))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} lacks acknowledged write {key}", node.name));
+        let object = Object::decode(&bytes).unwrap();
+        let values: Vec<&[u8]> = object.live_siblings().filter_map(|s| s.value.as_deref()).collect();
+        assert!(values.contains(&key.as_bytes()), "{} holds {values:?} for {key}", node.name);
+    }
+}
+
+/// The value of a metric without labels, 0 when absent.
+pub fn metric(node: &TestNode, name: &str) -> u64 {
+    http_get(&format!("{}/metrics", node.url()))
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
