@@ -10,8 +10,12 @@
 //! event is appended to a [`Trace`] whose hash ([`Sim::trace_hash`])
 //! fingerprints the run. Events are: a client's next step, a client
 //! request reaching its node, an answer reaching a client, a client's own
-//! deadline, a peer message arriving, a node's durable commit, a node's
-//! timer, and a scheduled fault.
+//! deadline, a peer message arriving, a node's commit and background sync,
+//! a node's timer, the ticks of a node's heartbeat and hint delivery loops,
+//! and a scheduled fault. The periodic ticks never stop; a run is *quiet*
+//! when only they (and heartbeat messages) are left ([`Sim::run_until_quiet`]).
+//! Heartbeat chatter is hashed into the trace but kept out of the tail
+//! printed on failure.
 //!
 //! # What runs
 //! 3 to 5 [`SimNode`]s share one `core::ring::Layout` (built with
@@ -69,11 +73,12 @@
 //! time, outcome (ok, failed, unknown), the unique value a write wrote and
 //! the context it carried (and which earlier operation it came from), the
 //! versions and context a read returned. [`Sim::finish`] heals the
-//! network, restarts crashed nodes, lets everything land, reads every key
-//! at R = N (read repair then converges the primaries), and runs
-//! [`check_history`]: no acknowledged write lost or silently superseded, no
-//! covered version resurrected, no invented value (see [`checker`]); plus
-//! a convergence check of the primaries' stored objects.
+//! network, restarts crashed nodes, lets the detectors see them up and the
+//! hints drain, reads every key at R = N (read repair then converges the
+//! primaries), and runs [`check_history`]: no acknowledged write lost or
+//! silently superseded, no covered version resurrected, no invented value
+//! (see [`checker`]); plus checks that the primaries' stored objects agree
+//! and that no hint is left undelivered.
 //! [`PlantedBug`] injects known defects to show the checkers catch them.
 //!
 //! # Replay
