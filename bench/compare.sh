@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# bench/compare.sh [--quick] [--out FILE]
+#
+# Measures ringkv against the stores its users would pick instead, in one run
+# on 127.0.0.1 with one client (`ringkv bench`) and one set of settings:
+#   redis-server (no persistence; appendfsync everysec; appendfsync always),
+#   a 3-member etcd cluster, a 1-node ringkv (N=1, durable; and, when the
+#   binary has it, --durability buffered) and a 3-node ringkv (N=3 R=2 W=2).
+# Also runs redis-benchmark with identical arguments against redis-server and
+# ringkv's RESP port. Writes docs/BENCHMARKS.md (full mode) or a scratch
+# report (--quick, about 2 minutes, for smoke tests).
+#
+# One system runs at a time; every process is started here, recorded by pid
+# and stopped by pid. Traffic goes to 127.0.0.1 only. Every run is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SCRIPT_START=$(date +%s)
+
+QUICK=0
+OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --out) OUT="$2"; shift ;;
+    *) echo "usage: bench/compare.sh [--quick] [--out FILE]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$QUICK" = 1 ]; then
+  DURATION_S=2; WARMUP_S=0.5; RB_REQUESTS=20000
+  WORKLOADS=(write b)
+else
+  DURATION_S=10; WARMUP_S=2; RB_REQUESTS=100000
+  WORKLOADS=(write a b c)
+fi
+CONNECTIONS=50
+VALUE_BYTES=100
+KEYS=10000
+DISTRIBUTION=zipfian
+
+WORK=$(mktemp -d /tmp/ringkv-compare.XXXXXX)
+[ -n "$OUT" ] || OUT=$([ "$QUICK" = 1 ] && echo "$WORK/BENCHMARKS.quick.md" || echo "$ROOT/docs/BENCHMARKS.md")
+RESULTS="$WORK/results"
+mkdir -p "$RESULTS"
+: >"$WORK/commands.tsv"
+
+# ---------------------------------------------------------------- processes
+PIDS=()        # every process this script started and has not yet stopped
+
+stop_pids() {
+  local pid
+  for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+stop_all() {
+  if [ ${#PIDS[@]} -gt 0 ]; then stop_pids "${PIDS[@]}"; fi
+  PIDS=()
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_all
+  if [ "$status" != 0 ]; then
+    echo "compare.sh failed (exit $status); last lines of the logs:" >&2
+    for log in "$WORK"/*.log; do
+      [ -f "$log" ] || continue
+      echo "--- $log" >&2; tail -n 5 "$log" >&2
+    done
+  fi
+  if [ "$QUICK" = 1 ] && [ "$status" = 0 ] && [[ "$OUT" == "$WORK"/* ]]; then
+    cp "$OUT" /tmp/ringkv-BENCHMARKS.quick.md
+    echo "quick report: /tmp/ringkv-BENCHMARKS.quick.md" >&2
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: runs CMD in the background with its output in $WORK/NAME.log.
+start() {
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+}
+
+# wait_until SECONDS WHAT CMD...: polls CMD every 0.1 s until it succeeds.
+wait_until() {
+  local seconds=$1 what=$2; shift 2
+  local deadline=$(( $(date +%s) + seconds ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then echo "timed out after ${seconds}s waiting for $what" >&2; return 1; fi
+    sleep 0.1
+  done
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+elapsed() { echo $(( $(date +%s) - SCRIPT_START )); }
+say() { echo "[$(elapsed)s] $*" >&2; }
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v python3 >/dev/null || need+=(python3)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "missing ${need[*]} and not root: install them first" >&2; exit 1; fi
+  say "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+say "building ringkv (release)"
+cargo build --release -p ringkv-cli >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log" >&2; exit 1; }
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ringkv"
+[ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
+HAS_BUFFERED=0
+if "$BIN" server --help 2>/dev/null | grep -q -- '--durability'; then HAS_BUFFERED=1; fi
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- measuring
+# bench SYSTEM WORKLOAD [ringkv bench flags...]: one measured run, JSON kept.
+bench() {
+  local system=$1 workload=$2; shift 2
+  local cmd=("$BIN" bench --workload "$workload" --distribution "$DISTRIBUTION" --keys "$KEYS"
+    --value-bytes "$VALUE_BYTES" --connections "$CONNECTIONS" --duration-s "$DURATION_S"
+    --warmup-s "$WARMUP_S" --json "$@")
+  say "$system: ringkv bench --workload $workload $*"
+  # A run is bounded by warm-up + duration + the request timeout; the outer timeout is a backstop.
+  timeout 180 "${cmd[@]}" >"$RESULTS/$system.$workload.json" 2>"$WORK/bench.$system.$workload.log"
+  printf '%s\t%s\t%s\n' "$system" "$workload" "ringkv bench --workload $workload --distribution $DISTRIBUTION --keys $KEYS --value-bytes $VALUE_BYTES --connections $CONNECTIONS --duration-s $DURATION_S --warmup-s $WARMUP_S --json $*" >>"$WORK/commands.tsv"
+}
+
+# bench_workloads SYSTEM [flags...]: the workload list, preloading before the first read workload.
+bench_workloads() {
+  local system=$1; shift
+  local preloaded=0 workload
+  for workload in "${WORKLOADS[@]}"; do
+    if [ "$workload" != write ] && [ "$preloaded" = 0 ]; then
+      bench "$system" "$workload" "$@" --preload
+      preloaded=1
+    else
+      bench "$system" "$workload" "$@"
+    fi
+  done
+}
+
+# redis_benchmark SYSTEM PORT: redis-benchmark with the same arguments for every server.
+redis_benchmark() {
+  local system=$1 port=$2
+  local args=(-t set,get -n "$RB_REQUESTS" -c "$CONNECTIONS" -d "$VALUE_BYTES" -P 1 -q)
+  say "$system: redis-benchmark ${args[*]}"
+  timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" "${args[@]}" --csv >"$RESULTS/$system.redis-benchmark.csv" 2>"$WORK/rb.$system.log"
+  printf '%s\t%s\t%s\n' "$system" "redis-benchmark" "redis-benchmark -h 127.0.0.1 -p PORT ${args[*]} --csv" >>"$WORK/commands.tsv"
+}
+
+# ---------------------------------------------------------------- redis
+start_redis() {
+  local name=$1 port=$2; shift 2
+  mkdir -p "$WORK/$name"
+  start "$name" redis-server --port "$port" --bind 127.0.0.1 --dir "$WORK/$name" --save '' --daemonize no "$@"
+  wait_until 20 "$name" redis-cli -h 127.0.0.1 -p "$port" ping
+}
+
+run_redis() {
+  local name=$1; shift
+  local port; port=$(free_port)
+  start_redis "$name" "$port" "$@"
+  if [ "$name" = redis ]; then
+    bench_workloads "$name" --target resp --addr "127.0.0.1:$port"
+  else
+    bench "$name" write --target resp --addr "127.0.0.1:$port"
+  fi
+  redis_benchmark "$name" "$port"
+  stop_all
+}
+
+run_redis redis --appendonly no
+run_redis redis-everysec --appendonly yes --appendfsync everysec
+run_redis redis-always --appendonly yes --appendfsync always
+
+# ---------------------------------------------------------------- etcd
+say "etcd: starting 3 members"
+ETCD_CLUSTER=""; ETCD_URLS=""
+declare -a ETCD_CLIENT ETCD_PEER
+for i in 1 2 3; do
+  ETCD_CLIENT[$i]=$(free_port); ETCD_PEER[$i]=$(free_port)
+  ETCD_CLUSTER+="${ETCD_CLUSTER:+,}e$i=http://127.0.0.1:${ETCD_PEER[$i]}"
+  ETCD_URLS+="${ETCD_URLS:+,}http://127.0.0.1:${ETCD_CLIENT[$i]}"
+done
+for i in 1 2 3; do
+  start "etcd$i" etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+    --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" \
+    --listen-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" \
+    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token ringkv-bench \
+    --logger zap --log-level warn
+done
+for i in 1 2 3; do
+  wait_until 60 "etcd member $i" curl -sf -X POST "http://127.0.0.1:${ETCD_CLIENT[$i]}/v3/kv/put" -d '{"key":"cmVhZHk=","value":"MQ=="}'
+done
+bench_workloads etcd --target etcd --url "$ETCD_URLS"
+stop_all
+
+# ---------------------------------------------------------------- ringkv
+# start_ringkv NAME [server flags...]: starts a node; sets RK_HTTP, RK_RESP, RK_PEER.
+# (Not called in $(...): a subshell would lose the pid.)
+start_ringkv() {
+  local name=$1; shift
+  RK_HTTP=127.0.0.1:$(free_port); RK_RESP=127.0.0.1:$(free_port); RK_PEER=127.0.0.1:$(free_port)
+  start "$name" "$BIN" server --name "$name" --data-dir "$WORK/$name" \
+    --http-addr "$RK_HTTP" --resp-addr "$RK_RESP" --peer-addr "$RK_PEER" "$@"
+  wait_until 60 "$name" curl -sf "http://$RK_HTTP/healthz"
+}
+
+# agreed URL...: every node lists every member at the same layout version.
+agreed() {
+  local expected=$# url versions=""
+  for url in "$@"; do
+    versions+="$(curl -sf "$url/v1/cluster" | python3 -c "import json,sys; c=json.load(sys.stdin); assert len(c['members'])==$expected; print(c['layout_version'])") " || return 1
+  done
+  [ "$(echo "$versions" | tr ' ' '\n' | grep -v '^$' | sort -u | wc -l)" = 1 ]
+}
+
+set_bucket() {  # set_bucket URL BUCKET JSON
+  curl -sf -X PUT "$1/v1/buckets/$2" -H 'content-type: application/json' -d "$3" >/dev/null
+}
+
+# One node: N=1, R=1, W=1; lww buckets because YCSB updates are blind writes (as in Redis and etcd).
+run_ringkv_single() {
+  local name=$1; shift
+  start_ringkv "$name" "$@"
+  local http=$RK_HTTP resp=$RK_RESP
+  set_bucket "http://$http" bench '{"n":1,"r":1,"w":1,"conflict":"lww"}'
+  set_bucket "http://$http" redis '{"n":1,"r":1,"w":1,"conflict":"lww"}'
+  if [ "$name" = ringkv-1 ]; then
+    bench_workloads "$name-resp" --target resp --addr "$resp"
+    bench_workloads "$name-http" --target ringkv-http --url "http://$http"
+  else
+    bench "$name-resp" write --target resp --addr "$resp"
+    bench "$name-http" write --target ringkv-http --url "http://$http"
+  fi
+  redis_benchmark "$name-resp" "${resp##*:}"
+  stop_all
+}
+
+run_ringkv_single ringkv-1
+if [ "$HAS_BUFFERED" = 1 ]; then
+  run_ringkv_single ringkv-1-buffered --durability buffered
+fi
+
+say "ringkv-3: starting 3 nodes"
+start_ringkv ringkv-3-node1
+R1_HTTP=$RK_HTTP; R1_RESP=$RK_RESP; R1_PEER=$RK_PEER
+start_ringkv ringkv-3-node2 --join "$R1_PEER"
+R2_HTTP=$RK_HTTP
+start_ringkv ringkv-3-node3 --join "$R1_PEER"
+R3_HTTP=$RK_HTTP
+wait_until 60 "the 3 ringkv nodes to agree on the layout" agreed "http://$R1_HTTP" "http://$R2_HTTP" "http://$R3_HTTP"
+set_bucket "http://$R1_HTTP" bench '{"n":3,"r":2,"w":2,"conflict":"lww"}'
+set_bucket "http://$R1_HTTP" redis '{"n":3,"r":2,"w":2,"conflict":"lww"}'
+wait_until 30 "bucket props to spread" bash -c "for u in http://$R2_HTTP http://$R3_HTTP; do curl -sf \$u/v1/buckets/bench | grep -q '\"w\":2' || exit 1; curl -sf \$u/v1/buckets/bench | grep -q lww || exit 1; done"
+R3_URLS="http://$R1_HTTP,http://$R2_HTTP,http://$R3_HTTP"
+bench_workloads ringkv-3-http --target ringkv-http --url "$R3_URLS"
+# Open loop at half the measured closed-loop YCSB B throughput: the p99.9 target.
+MAX_B=$(python3 -c "import json; print(json.load(open('$RESULTS/ringkv-3-http.b.json'))['throughput_ops_s'])")
+HALF_B=$(python3 -c "print(max(1, round($MAX_B / 2)))")
+cp "$RESULTS/ringkv-3-http.b.json" "$RESULTS/ringkv-3-http.b-closed.json"
+bench ringkv-3-http-open b --target ringkv-http --url "$R3_URLS" --rate "$HALF_B"
+redis_benchmark ringkv-3-resp "${R1_RESP##*:}"
+stop_all
+
+# ---------------------------------------------------------------- report
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+TOTAL_S=$(elapsed)
+say "writing $OUT"
+export RESULTS WORK OUT QUICK DURATION_S WARMUP_S CONNECTIONS VALUE_BYTES KEYS DISTRIBUTION RB_REQUESTS HAS_BUFFERED LOAD_START LOAD_END TOTAL_S
+export MACHINE_NPROC="$(nproc)" MACHINE_KERNEL="$(uname -r)" MACHINE_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
+export MACHINE_CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)"
+export MACHINE_MEM="$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
+export VERSION_REDIS="$(redis-server --version | head -n1)" VERSION_ETCD="$(etcd --version | head -n1)"
+export VERSION_RINGKV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' (with uncommitted changes)')"
+python3 "$ROOT/bench/report.py"
+say "done in ${TOTAL_S}s"
