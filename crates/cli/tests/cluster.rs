@@ -78,6 +78,21 @@ fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them() {
     for node in [a, b, c] {
         assert_eq!(value_of(node.client().get("carts", b"alice", Some(3)).unwrap()), b"apple,pear");
     }
+    // The context a write returns covers that write only: reusing it never
+    // drops a concurrent sibling its writer did not see.
+    a.client().put("carts", b"carol", b"first", "text/plain", None, None).unwrap();
+    let context_b = b.client().put("carts", b"carol", b"second", "text/plain", None, None).unwrap();
+    b.client()
+        .put("carts", b"carol", b"second-again", "text/plain", Some(&context_b), None)
+        .unwrap();
+    match c.client().get("carts", b"carol", Some(3)).unwrap() {
+        GetResult::Siblings { siblings, .. } => {
+            let mut values: Vec<Vec<u8>> = siblings.into_iter().map(|s| s.value).collect();
+            values.sort();
+            assert_eq!(values, vec![b"first".to_vec(), b"second-again".to_vec()]);
+        }
+        other => panic!("the concurrent write was dropped: {other:?}"),
+    }
     // The raw HTTP answer for siblings is 300 with the JSON body of DESIGN §8.
     b.client().put("carts", b"bob", b"x", "text/plain", None, None).unwrap();
     c.client().put("carts", b"bob", b"y", "text/plain", None, None).unwrap();

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::NodeId;
-use crate::causality::{ConflictMode, Object};
+use crate::causality::{ConflictMode, Dot, Object, VersionVector};
 
 /// How a quorum round ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,10 +267,31 @@ impl GetRound {
     }
 }
 
+/// The context a write hands back to its client: what the client's context
+/// covered plus the new version's dot, and nothing else. The object's whole
+/// clock would also cover concurrent siblings the client never saw, and a
+/// write passing it would silently supersede them. A version vector cannot
+/// cover the new dot without covering the actor's earlier dots; if one of
+/// those is still a sibling, the request's own context is returned instead,
+/// so the client's next write becomes a sibling rather than dropping it.
+pub fn written_context(object: &Object, context_in: VersionVector, actor: NodeId) -> VersionVector {
+    let new_dot = Dot {
+        replica: actor,
+        counter: object.clock().get(actor),
+    };
+    let mut candidate = context_in.clone();
+    candidate.add(new_dot);
+    let safe = object
+        .siblings()
+        .iter()
+        .all(|s| s.dot == new_dot || !candidate.contains(s.dot));
+    if safe { candidate } else { context_in }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::causality::{NewVersion, VersionVector};
+    use crate::causality::NewVersion;
 
     fn object(replica: NodeId, value: &[u8]) -> Object {
         Object::update(
@@ -389,5 +410,63 @@ mod tests {
         // Replies from nodes that were not asked are ignored.
         let mut round = GetRound::new(1, vec![1], ConflictMode::Siblings);
         assert_eq!(round.replied(9, None), None);
+    }
+
+    fn write(
+        current: Option<&Object>,
+        context: &VersionVector,
+        actor: NodeId,
+        value: &[u8],
+    ) -> Object {
+        Object::update(
+            current,
+            context,
+            NewVersion {
+                value: Some(value.to_vec()),
+                content_type: "text/plain".into(),
+                now_ms: 1,
+            },
+            actor,
+            ConflictMode::Siblings,
+            100,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_written_context_covers_the_new_version_and_not_unseen_siblings() {
+        // Client B's blind write lands next to A's: B's context must not
+        // cover A's sibling, or B's next write would drop it.
+        let a = write(None, &VersionVector::new(), 1, b"a");
+        let ab = write(Some(&a), &VersionVector::new(), 2, b"b");
+        let context = written_context(&ab, VersionVector::new(), 2);
+        let a_dot = a.siblings()[0].dot;
+        assert!(!context.contains(a_dot));
+        let b_dot = ab
+            .siblings()
+            .iter()
+            .find(|s| s.dot.replica == 2)
+            .unwrap()
+            .dot;
+        assert!(context.contains(b_dot));
+        // B writes again with that context: A's value survives.
+        let next = write(Some(&ab), &context, 2, b"b2");
+        let values: Vec<&[u8]> = next
+            .live_siblings()
+            .filter_map(|s| s.value.as_deref())
+            .collect();
+        assert_eq!(values.len(), 2);
+        assert!(values.contains(&&b"a"[..]) && values.contains(&&b"b2"[..]));
+    }
+
+    #[test]
+    fn a_written_context_falls_back_when_the_actor_has_an_earlier_sibling() {
+        // Two blind writes through the same coordinator (actor 1).
+        let first = write(None, &VersionVector::new(), 1, b"x");
+        let second = write(Some(&first), &VersionVector::new(), 1, b"y");
+        assert_eq!(second.live_siblings().count(), 2);
+        // Covering (1, 2) would cover (1, 1), a sibling the client never saw.
+        let context = written_context(&second, VersionVector::new(), 1);
+        assert!(context.is_empty());
     }
 }

@@ -18,7 +18,7 @@ use ringkv_core::bucket::{
     BucketProps, BucketRegistry, DurabilityMode, InvalidInput, validate_bucket_name, validate_key,
 };
 use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError};
-use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role};
+use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role, written_context};
 use ringkv_core::membership::{DetectorConfig, FailureDetector, Liveness, PeerView};
 use ringkv_core::message::{
     ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse,
@@ -55,6 +55,8 @@ pub struct Node {
     layout: RwLock<Arc<Layout>>,
     buckets: RwLock<Arc<BucketRegistry>>,
     membership: tokio::sync::Mutex<()>,
+    /// Random per process start: the actor of buffered writes.
+    incarnation: NodeId,
     detector: Mutex<FailureDetector>,
     /// Hint records held for other nodes (approximate between restarts of
     /// the count: recounted at start).
@@ -131,6 +133,7 @@ impl Node {
             layout: RwLock::new(Arc::new(layout)),
             buckets: RwLock::new(Arc::new(buckets)),
             membership: tokio::sync::Mutex::new(()),
+            incarnation: rand::random::<u64>().max(1),
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             hints_pending: AtomicI64::new(0),
             metrics,
@@ -383,13 +386,28 @@ impl Node {
             let candidates: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
             return self.forward(&layout, &candidates, op, w, timeout).await;
         }
+        let durability = effective.durability;
+        // The actor whose dot stamps this write. A dot must never be issued
+        // twice, and a coordinator derives its counter from its local copy
+        // of the key, so the actor changes whenever that copy may miss dots
+        // the actor already issued (found by the simulator):
+        // - a primary with synced writes: the node id (its copy is durable);
+        // - buffered durability: this process's incarnation id (a crash can
+        //   lose the buffered copy that others already hold);
+        // - a fallback or a node outside the plan: a fresh id per write (its
+        //   hint copy is deleted once handed off).
+        let actor = match (mine.map(|m| m.role()), durability) {
+            (Some(Role::Primary), DurabilityMode::Sync) => self.id,
+            (Some(Role::Primary), DurabilityMode::Buffered) => self.incarnation,
+            _ => rand::random::<u64>().max(1),
+        };
         let (id, mode, max_siblings, now) = (
-            self.id,
+            actor,
             effective.props.conflict,
             effective.props.max_siblings as usize,
             now_ms(),
         );
-        let durability = effective.durability;
+        let context_in = context.clone();
         let new_version = NewVersion {
             value,
             content_type,
@@ -535,7 +553,7 @@ impl Node {
         }
         match decision.expect("loop ends with a decision") {
             Quorum::Reached(()) => ClientReply::Written {
-                context: object.clock().clone(),
+                context: written_context(&object, context_in, actor),
             },
             Quorum::Unreachable { .. } => {
                 // Tell the client how many replicas really hold the write:
