@@ -265,7 +265,12 @@ impl Node {
         mode: ConflictMode,
     ) -> Result<Option<Object>, StoreError> {
         let data = self.store.read(partition, bucket, key)?;
-        let hint = self.store.read_hint(partition, bucket, key)?;
+        // Most of the time no hint exists at all: skip the second lookup.
+        let hint = if self.hints_pending() > 0 {
+            self.store.read_hint(partition, bucket, key)?
+        } else {
+            None
+        };
         Ok(match (data, hint) {
             (None, None) => None,
             (Some(object), None) => Some(object),
@@ -654,6 +659,21 @@ impl Node {
         let timeout = Duration::from_millis(timeout_ms);
         let (mode, durability) = (effective.props.conflict, effective.durability);
         let asked: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
+        // A single local replica (n=1, or a one-node cluster): answer inline,
+        // without tasks and channels; nothing to repair.
+        if asked == [self.id] {
+            return match self.read_local(partition, &bucket, &key, mode) {
+                Ok(object) => {
+                    if let Some(object) = &object {
+                        self.metrics.siblings_read.observe(object.live_siblings().count() as f64);
+                    }
+                    ClientReply::Found {
+                        object: object.map(|o| o.encode()),
+                    }
+                }
+                Err(e) => ClientReply::Failed(self.store_failure(e)),
+            };
+        }
         let primaries: Vec<NodeId> = plan
             .iter()
             .filter(|r| r.hint_for.is_none())
