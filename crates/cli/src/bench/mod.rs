@@ -204,14 +204,17 @@ pub struct Settings {
     pub value: Bytes,
     pub value_base64: String,
     pub timeout: Duration,
-    /// Recorded operations completed so far (for the progress bar).
+    /// Operations completed so far, warm-up included (for the progress bar's rate).
     pub completed: AtomicU64,
+    /// Of which recorded.
+    pub recorded: AtomicU64,
 }
 
 impl Settings {
     pub fn count_completed(&self, issued: &Issued) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
         if issued.recorded {
-            self.completed.fetch_add(1, Ordering::Relaxed);
+            self.recorded.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -264,6 +267,7 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
         value,
         timeout,
         completed: AtomicU64::new(0),
+        recorded: AtomicU64::new(0),
     });
 
     let preload = if args.preload {
@@ -417,7 +421,10 @@ impl Progress {
                     "measuring"
                 };
                 let limit = ops_limit.map(|n| format!("/{n}")).unwrap_or_default();
-                ticker_bar.set_message(format!("{phase}: {completed}{limit} ops, {rate:.0} ops/s"));
+                let recorded = settings.recorded.load(Ordering::Relaxed);
+                ticker_bar.set_message(format!(
+                    "{phase}: {rate:.0} ops/s, {recorded}{limit} ops recorded"
+                ));
             }
         });
         Progress {
