@@ -665,7 +665,9 @@ impl Node {
             return match self.read_local(partition, &bucket, &key, mode) {
                 Ok(object) => {
                     if let Some(object) = &object {
-                        self.metrics.siblings_read.observe(object.live_siblings().count() as f64);
+                        self.metrics
+                            .siblings_read
+                            .observe(object.live_siblings().count() as f64);
                     }
                     ClientReply::Found {
                         object: object.map(|o| o.encode()),
@@ -1107,6 +1109,14 @@ impl Node {
                         if delivered >= budget_per_pass {
                             return Ok(());
                         }
+                        if layout.member(target).is_none() {
+                            // The target was replaced (a wiped node rejoins
+                            // with a new id); its successor gets the data
+                            // through anti-entropy.
+                            self.drop_hint_target(partition, &raw_key, target, None)
+                                .await?;
+                            continue;
+                        }
                         let Some(addr) =
                             Self::peer_addr(&layout, target).filter(|_| self.usable(target))
                         else {
@@ -1126,39 +1136,57 @@ impl Node {
                         if !matches!(result, Ok(PeerResponse::ReplicaPutDone)) {
                             continue;
                         }
-                        let sent = hint.object.clone();
-                        let removed = self
-                            .store
-                            .update_hint(
-                                partition,
-                                raw_key.clone(),
-                                DurabilityMode::Sync,
-                                move |current| {
-                                    match current {
-                                        // A newer hinted write arrived meanwhile: keep the target.
-                                        Some(h) if h.object != sent => (Some(h), false),
-                                        Some(mut h) => {
-                                            h.targets.remove(&target);
-                                            if h.targets.is_empty() {
-                                                (None, true)
-                                            } else {
-                                                (Some(h), false)
-                                            }
-                                        }
-                                        None => (None, false),
-                                    }
-                                },
-                            )
-                            .await?;
+                        self.drop_hint_target(
+                            partition,
+                            &raw_key,
+                            target,
+                            Some(hint.object.clone()),
+                        )
+                        .await?;
                         self.metrics.hints_delivered.inc();
-                        if removed {
-                            self.hints_pending.fetch_sub(1, Ordering::Relaxed);
-                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Removes `target` from a key's hint (deleting the record once no
+    /// target is left). With `only_if`, only while the hint still holds
+    /// exactly that object: a newer hinted write keeps the target.
+    async fn drop_hint_target(
+        &self,
+        partition: u32,
+        raw_key: &[u8],
+        target: NodeId,
+        only_if: Option<Object>,
+    ) -> Result<bool, StoreError> {
+        let removed = self
+            .store
+            .update_hint(
+                partition,
+                raw_key.to_vec(),
+                DurabilityMode::Sync,
+                move |current| match current {
+                    Some(h) if only_if.as_ref().is_some_and(|sent| *sent != h.object) => {
+                        (Some(h), false)
+                    }
+                    Some(mut h) => {
+                        h.targets.remove(&target);
+                        if h.targets.is_empty() {
+                            (None, true)
+                        } else {
+                            (Some(h), false)
+                        }
+                    }
+                    None => (None, false),
+                },
+            )
+            .await?;
+        if removed {
+            self.hints_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(removed)
     }
 
     /// Pings every other member so the failure detector has fresh samples.
