@@ -47,7 +47,8 @@ struct DevNode {
 
 async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("while locating the ringkv binary")?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("while creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("while creating {}", args.data_dir.display()))?;
     let first_peer = format!("127.0.0.1:{}", args.peer_port);
     let mut nodes: Vec<DevNode> = Vec::new();
     for i in 0..args.nodes {
@@ -56,7 +57,11 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
             let port = base.checked_add(i).context("port out of range")?;
             Ok(format!("127.0.0.1:{port}"))
         };
-        let (http, resp, peer) = (port(args.http_port)?, port(args.resp_port)?, port(args.peer_port)?);
+        let (http, resp, peer) = (
+            port(args.http_port)?,
+            port(args.resp_port)?,
+            port(args.peer_port)?,
+        );
         let log_path = args.data_dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -69,7 +74,14 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
             .args(["--name", &name])
             .arg("--data-dir")
             .arg(args.data_dir.join(&name))
-            .args(["--peer-addr", &peer, "--http-addr", &http, "--resp-addr", &resp])
+            .args([
+                "--peer-addr",
+                &peer,
+                "--http-addr",
+                &http,
+                "--resp-addr",
+                &resp,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -77,8 +89,15 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
         if i > 0 {
             command.args(["--join", &first_peer]);
         }
-        let child = command.spawn().with_context(|| format!("while starting {name}"))?;
-        nodes.push(DevNode { name, http, resp, child });
+        let child = command
+            .spawn()
+            .with_context(|| format!("while starting {name}"))?;
+        nodes.push(DevNode {
+            name,
+            http,
+            resp,
+            child,
+        });
     }
     let result = wait_until_ready(&mut nodes, &args).await;
     if let Err(e) = result {
@@ -110,11 +129,16 @@ async fn stop(nodes: &mut [DevNode]) {
     for node in nodes.iter_mut() {
         if let Some(pid) = node.child.id() {
             // SIGTERM first: the node stops cleanly; kill after a grace period.
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
     }
     for node in nodes.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(5), node.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), node.child.wait())
+            .await
+            .is_err()
+        {
             let _ = node.child.kill().await;
         }
     }
@@ -128,7 +152,11 @@ async fn wait_until_ready(nodes: &mut [DevNode], args: &DevClusterArgs) -> anyho
     loop {
         for node in nodes.iter_mut() {
             if let Ok(Some(status)) = node.child.try_wait() {
-                bail!("{} exited during start-up ({status}); see {}", node.name, args.data_dir.join(format!("{}.log", node.name)).display());
+                bail!(
+                    "{} exited during start-up ({status}); see {}",
+                    node.name,
+                    args.data_dir.join(format!("{}.log", node.name)).display()
+                );
             }
         }
         let urls = urls.clone();
@@ -149,27 +177,46 @@ async fn wait_until_ready(nodes: &mut [DevNode], args: &DevClusterArgs) -> anyho
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the nodes did not agree on a layout within 60 s; see the logs under {}", args.data_dir.display());
+            bail!(
+                "the nodes did not agree on a layout within 60 s; see the logs under {}",
+                args.data_dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 fn print_tour(nodes: &[DevNode], args: &DevClusterArgs) {
-    println!("ringkv dev cluster: {} nodes, data and logs under {}", nodes.len(), args.data_dir.display());
+    println!(
+        "ringkv dev cluster: {} nodes, data and logs under {}",
+        nodes.len(),
+        args.data_dir.display()
+    );
     for node in nodes {
-        println!("  {:<7} http://{}  resp {}  pid {}", node.name, node.http, node.resp, node.child.id().unwrap_or(0));
+        println!(
+            "  {:<7} http://{}  resp {}  pid {}",
+            node.name,
+            node.http,
+            node.resp,
+            node.child.id().unwrap_or(0)
+        );
     }
     let first = &nodes[0];
     let last = &nodes[nodes.len() - 1];
     let resp_port = |addr: &str| addr.rsplit(':').next().unwrap_or("6380").to_string();
     println!();
     println!("try:");
-    println!("  curl -i -XPUT http://{}/v1/kv/demo/hello -H 'content-type: text/plain' -d 'world'", first.http);
+    println!(
+        "  curl -i -XPUT http://{}/v1/kv/demo/hello -H 'content-type: text/plain' -d 'world'",
+        first.http
+    );
     println!("  curl -i http://{}/v1/kv/demo/hello", last.http);
     println!("  redis-cli -p {} set greeting hi", resp_port(&first.resp));
     println!("  redis-cli -p {} get greeting", resp_port(&last.resp));
-    println!("  cargo run --release -- cluster status --url http://{}", first.http);
+    println!(
+        "  cargo run --release -- cluster status --url http://{}",
+        first.http
+    );
     println!();
     println!("Ctrl-C stops every node.");
 }

@@ -12,7 +12,11 @@ use ringkv_node::NodeConfig;
 use ringkv_node::config::DurabilityMode;
 
 #[derive(Parser)]
-#[command(name = "ringkv", version, about = "A highly available, Dynamo-style distributed key-value store")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A highly available, Dynamo-style distributed key-value store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -150,8 +154,10 @@ impl ServerArgs {
     fn into_config(self) -> anyhow::Result<NodeConfig> {
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("while reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("while parsing {}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("while reading {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("while parsing {}", path.display()))?
             }
             None => NodeConfig::default(),
         };
@@ -206,7 +212,12 @@ fn main() -> anyhow::Result<()> {
             init_logging();
             dev_cluster::run(args)
         }
-        Command::Get { bucket, key, r, target } => {
+        Command::Get {
+            bucket,
+            key,
+            r,
+            target,
+        } => {
             let client = Client::new(&target.url);
             match client.get(&bucket, key.as_bytes(), r)? {
                 GetResult::Found { value, context, .. } => {
@@ -218,9 +229,17 @@ fn main() -> anyhow::Result<()> {
                     eprintln!("context: {context}");
                 }
                 GetResult::Siblings { siblings, context } => {
-                    println!("{} siblings (write with --context to resolve):", siblings.len());
+                    println!(
+                        "{} siblings (write with --context to resolve):",
+                        siblings.len()
+                    );
                     for (i, s) in siblings.iter().enumerate() {
-                        println!("[{i}] {} ({}, modified_ms {})", String::from_utf8_lossy(&s.value), s.content_type, s.modified_ms);
+                        println!(
+                            "[{i}] {} ({}, modified_ms {})",
+                            String::from_utf8_lossy(&s.value),
+                            s.content_type,
+                            s.modified_ms
+                        );
                     }
                     eprintln!("context: {context}");
                 }
@@ -240,12 +259,20 @@ fn main() -> anyhow::Result<()> {
         } => {
             let value = match (value, file) {
                 (Some(v), None) => v.into_bytes(),
-                (None, Some(path)) => std::fs::read(&path).with_context(|| format!("while reading {}", path.display()))?,
+                (None, Some(path)) => std::fs::read(&path)
+                    .with_context(|| format!("while reading {}", path.display()))?,
                 (None, None) => bail!("give a VALUE or --file"),
                 (Some(_), Some(_)) => unreachable!("clap rejects VALUE with --file"),
             };
             let client = Client::new(&target.url);
-            let context = client.put(&bucket, key.as_bytes(), &value, &content_type, context.as_deref(), w)?;
+            let context = client.put(
+                &bucket,
+                key.as_bytes(),
+                &value,
+                &content_type,
+                context.as_deref(),
+                w,
+            )?;
             eprintln!("context: {context}");
             Ok(())
         }
@@ -272,12 +299,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -22,11 +22,20 @@ fn server_without_flags_is_a_usable_single_node_store() {
         .unwrap();
     let _guard = KillOnDrop(child);
     let client = Client::new("http://127.0.0.1:8080");
-    eventually("default node to serve", Duration::from_secs(30), || client.cluster_status().ok());
+    eventually("default node to serve", Duration::from_secs(30), || {
+        client.cluster_status().ok()
+    });
     // Default bucket (n=3, r=w=2) works on one node: capped at the member count.
-    client.put("b", b"k", b"v", "text/plain", None, None).unwrap();
-    assert!(matches!(client.get("b", b"k", None).unwrap(), GetResult::Found { value, .. } if value == b"v"));
-    assert_eq!(support::resp_command("127.0.0.1:6380", &[b"PING"]), b"+PONG\r\n");
+    client
+        .put("b", b"k", b"v", "text/plain", None, None)
+        .unwrap();
+    assert!(
+        matches!(client.get("b", b"k", None).unwrap(), GetResult::Found { value, .. } if value == b"v")
+    );
+    assert_eq!(
+        support::resp_command("127.0.0.1:6380", &[b"PING"]),
+        b"+PONG\r\n"
+    );
     assert!(dir.path().join("ringkv-data").join("ringkv.redb").exists());
 }
 
@@ -44,8 +53,16 @@ fn cli_put_get_delete_and_cluster_status() {
     let cluster = support::Cluster::start(3);
     let url = cluster.nodes[0].url();
     let run = |args: &[&str]| {
-        let output = Command::new(BIN).args(args).env("RINGKV_URL", &url).output().unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+        let output = Command::new(BIN)
+            .args(args)
+            .env("RINGKV_URL", &url)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     };
     let (ok, _, err) = run(&["put", "demo", "k1", "v1"]);
     assert!(ok, "{err}");
@@ -75,7 +92,10 @@ fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
         // Three consecutive free ports, probed.
         loop {
             let base = free_port();
-            if base < 60000 && (0..n as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            if base < 60000
+                && (0..n as u16)
+                    .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+            {
                 return base;
             }
         }
@@ -85,7 +105,14 @@ fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
         .args(["dev-cluster", "--nodes", "3"])
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["--http-port", &http.to_string(), "--resp-port", &resp.to_string(), "--peer-port", &peer.to_string()])
+        .args([
+            "--http-port",
+            &http.to_string(),
+            "--resp-port",
+            &resp.to_string(),
+            "--peer-port",
+            &peer.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -110,18 +137,29 @@ fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
     assert_eq!(pids.len(), 3, "{printed}");
     let first = Client::new(&format!("http://127.0.0.1:{http}"));
     let last = Client::new(&format!("http://127.0.0.1:{}", http + 2));
-    first.put("demo", b"hello", b"world", "text/plain", None, None).unwrap();
-    assert!(matches!(last.get("demo", b"hello", None).unwrap(), GetResult::Found { value, .. } if value == b"world"));
+    first
+        .put("demo", b"hello", b"world", "text/plain", None, None)
+        .unwrap();
+    assert!(
+        matches!(last.get("demo", b"hello", None).unwrap(), GetResult::Found { value, .. } if value == b"world")
+    );
     // Ctrl-C (SIGINT) stops the cluster and every node process.
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "dev-cluster exited with {status}");
     for pid in pids {
         eventually("node processes to exit", Duration::from_secs(10), || {
             (!std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")))
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")))
             .then_some(())
         });
     }
-    assert!(std::net::TcpStream::connect(("127.0.0.1", http)).is_err(), "node1 still serves HTTP");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", http)).is_err(),
+        "node1 still serves HTTP"
+    );
 }

@@ -20,10 +20,16 @@ fn value_of(result: GetResult) -> Vec<u8> {
 fn http_put_get_delete_across_nodes() {
     let cluster = Cluster::start(3);
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    a.client().put("demo", b"hello", b"world", "text/plain", None, None).unwrap();
+    a.client()
+        .put("demo", b"hello", b"world", "text/plain", None, None)
+        .unwrap();
     for node in [a, b, c] {
         match node.client().get("demo", b"hello", None).unwrap() {
-            GetResult::Found { value, content_type, .. } => {
+            GetResult::Found {
+                value,
+                content_type,
+                ..
+            } => {
                 assert_eq!(value, b"world");
                 assert_eq!(content_type, "text/plain");
             }
@@ -32,37 +38,66 @@ fn http_put_get_delete_across_nodes() {
     }
     // Keys are arbitrary bytes.
     let odd_key = b"a/b c?\x00\xff%".to_vec();
-    b.client().put("demo", &odd_key, b"odd", "text/plain", None, None).unwrap();
-    assert_eq!(value_of(c.client().get("demo", &odd_key, None).unwrap()), b"odd");
+    b.client()
+        .put("demo", &odd_key, b"odd", "text/plain", None, None)
+        .unwrap();
+    assert_eq!(
+        value_of(c.client().get("demo", &odd_key, None).unwrap()),
+        b"odd"
+    );
 
     // Overwrite with the read's context: one value, no siblings.
     let GetResult::Found { context, .. } = b.client().get("demo", b"hello", None).unwrap() else {
         panic!("expected a value");
     };
-    c.client().put("demo", b"hello", b"again", "text/plain", Some(&context), None).unwrap();
-    assert_eq!(value_of(a.client().get("demo", b"hello", None).unwrap()), b"again");
+    c.client()
+        .put(
+            "demo",
+            b"hello",
+            b"again",
+            "text/plain",
+            Some(&context),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        value_of(a.client().get("demo", b"hello", None).unwrap()),
+        b"again"
+    );
 
     // Delete with context: not found everywhere.
     let GetResult::Found { context, .. } = a.client().get("demo", b"hello", None).unwrap() else {
         panic!("expected a value");
     };
-    b.client().delete("demo", b"hello", Some(&context), None).unwrap();
+    b.client()
+        .delete("demo", b"hello", Some(&context), None)
+        .unwrap();
     for node in [a, b, c] {
         assert!(
-            matches!(node.client().get("demo", b"hello", None).unwrap(), GetResult::NotFound { .. }),
+            matches!(
+                node.client().get("demo", b"hello", None).unwrap(),
+                GetResult::NotFound { .. }
+            ),
             "{} still returns a deleted key",
             node.name
         );
     }
-    assert!(matches!(a.client().get("demo", b"never-written", None).unwrap(), GetResult::NotFound { context: None }));
+    assert!(matches!(
+        a.client().get("demo", b"never-written", None).unwrap(),
+        GetResult::NotFound { context: None }
+    ));
 }
 
 #[test]
 fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them() {
     let cluster = Cluster::start(3);
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    a.client().put("carts", b"alice", b"apple", "text/plain", None, None).unwrap();
-    b.client().put("carts", b"alice", b"pear", "text/plain", None, None).unwrap();
+    a.client()
+        .put("carts", b"alice", b"apple", "text/plain", None, None)
+        .unwrap();
+    b.client()
+        .put("carts", b"alice", b"pear", "text/plain", None, None)
+        .unwrap();
     let context = match c.client().get("carts", b"alice", Some(3)).unwrap() {
         GetResult::Siblings { siblings, context } => {
             let mut values: Vec<Vec<u8>> = siblings.into_iter().map(|s| s.value).collect();
@@ -73,17 +108,39 @@ fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them() {
         other => panic!("expected two siblings, got {other:?}"),
     };
     c.client()
-        .put("carts", b"alice", b"apple,pear", "text/plain", Some(&context), None)
+        .put(
+            "carts",
+            b"alice",
+            b"apple,pear",
+            "text/plain",
+            Some(&context),
+            None,
+        )
         .unwrap();
     for node in [a, b, c] {
-        assert_eq!(value_of(node.client().get("carts", b"alice", Some(3)).unwrap()), b"apple,pear");
+        assert_eq!(
+            value_of(node.client().get("carts", b"alice", Some(3)).unwrap()),
+            b"apple,pear"
+        );
     }
     // The context a write returns covers that write only: reusing it never
     // drops a concurrent sibling its writer did not see.
-    a.client().put("carts", b"carol", b"first", "text/plain", None, None).unwrap();
-    let context_b = b.client().put("carts", b"carol", b"second", "text/plain", None, None).unwrap();
+    a.client()
+        .put("carts", b"carol", b"first", "text/plain", None, None)
+        .unwrap();
+    let context_b = b
+        .client()
+        .put("carts", b"carol", b"second", "text/plain", None, None)
+        .unwrap();
     b.client()
-        .put("carts", b"carol", b"second-again", "text/plain", Some(&context_b), None)
+        .put(
+            "carts",
+            b"carol",
+            b"second-again",
+            "text/plain",
+            Some(&context_b),
+            None,
+        )
         .unwrap();
     match c.client().get("carts", b"carol", Some(3)).unwrap() {
         GetResult::Siblings { siblings, .. } => {
@@ -94,11 +151,19 @@ fn concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them() {
         other => panic!("the concurrent write was dropped: {other:?}"),
     }
     // The raw HTTP answer for siblings is 300 with the JSON body of DESIGN §8.
-    b.client().put("carts", b"bob", b"x", "text/plain", None, None).unwrap();
-    c.client().put("carts", b"bob", b"y", "text/plain", None, None).unwrap();
-    let (status, body) = raw_http(&a.http, "GET /v1/kv/carts/bob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    b.client()
+        .put("carts", b"bob", b"x", "text/plain", None, None)
+        .unwrap();
+    c.client()
+        .put("carts", b"bob", b"y", "text/plain", None, None)
+        .unwrap();
+    let (status, body) = raw_http(
+        &a.http,
+        "GET /v1/kv/carts/bob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 300, "{body}");
-    let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(json["siblings"].as_array().unwrap().len(), 2);
     assert!(json["context"].as_str().is_some());
 }
@@ -112,31 +177,64 @@ fn resp_set_on_one_node_get_on_another_for_every_node() {
         let value = format!("value-{i}");
         let writer = &nodes[i];
         let reader = &nodes[(i + 1) % nodes.len()];
-        assert_eq!(resp_command(&writer.resp, &[b"SET", key.as_bytes(), value.as_bytes()]), b"+OK\r\n");
+        assert_eq!(
+            resp_command(&writer.resp, &[b"SET", key.as_bytes(), value.as_bytes()]),
+            b"+OK\r\n"
+        );
         let expected = format!("${}\r\n{value}\r\n", value.len());
-        assert_eq!(resp_command(&reader.resp, &[b"GET", key.as_bytes()]), expected.as_bytes());
+        assert_eq!(
+            resp_command(&reader.resp, &[b"GET", key.as_bytes()]),
+            expected.as_bytes()
+        );
     }
     let r = &nodes[0].resp;
     assert_eq!(resp_command(r, &[b"PING"]), b"+PONG\r\n");
-    assert_eq!(resp_command(r, &[b"EXISTS", b"key-0", b"key-1", b"nope"]), b":2\r\n");
-    assert_eq!(resp_command(r, &[b"MSET", b"m1", b"a", b"m2", b"b"]), b"+OK\r\n");
-    assert_eq!(resp_command(r, &[b"MGET", b"m1", b"nope", b"m2"]), b"*3\r\n$1\r\na\r\n$-1\r\n$1\r\nb\r\n");
-    assert_eq!(resp_command(&nodes[2].resp, &[b"DEL", b"m1", b"nope"]), b":1\r\n");
+    assert_eq!(
+        resp_command(r, &[b"EXISTS", b"key-0", b"key-1", b"nope"]),
+        b":2\r\n"
+    );
+    assert_eq!(
+        resp_command(r, &[b"MSET", b"m1", b"a", b"m2", b"b"]),
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        resp_command(r, &[b"MGET", b"m1", b"nope", b"m2"]),
+        b"*3\r\n$1\r\na\r\n$-1\r\n$1\r\nb\r\n"
+    );
+    assert_eq!(
+        resp_command(&nodes[2].resp, &[b"DEL", b"m1", b"nope"]),
+        b":1\r\n"
+    );
     assert_eq!(resp_command(&nodes[1].resp, &[b"GET", b"m1"]), b"$-1\r\n");
     assert_eq!(resp_command(r, &[b"SELECT", b"0"]), b"+OK\r\n");
     assert!(resp_command(r, &[b"FLUSHALL"]).starts_with(b"-ERR unknown command"));
     // Keys written over RESP are visible over HTTP in the resp bucket.
-    assert_eq!(value_of(nodes[2].client().get("redis", b"key-0", None).unwrap()), b"value-0");
+    assert_eq!(
+        value_of(nodes[2].client().get("redis", b"key-0", None).unwrap()),
+        b"value-0"
+    );
 
     // The real redis-cli, when installed (CI installs redis-tools).
-    if std::process::Command::new("redis-cli").arg("--version").output().is_err() {
-        eprintln!("SKIPPED part: redis-cli is not installed (apt-get install redis-tools); raw RESP was tested above");
+    if std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED part: redis-cli is not installed (apt-get install redis-tools); raw RESP was tested above"
+        );
         return;
     }
     for i in 0..nodes.len() {
         let port = |addr: &str| addr.rsplit(':').next().unwrap().to_string();
         let set = std::process::Command::new("redis-cli")
-            .args(["-p", &port(&nodes[i].resp), "set", "cli-key", &format!("v{i}")])
+            .args([
+                "-p",
+                &port(&nodes[i].resp),
+                "set",
+                "cli-key",
+                &format!("v{i}"),
+            ])
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
@@ -156,7 +254,14 @@ fn killing_one_node_keeps_quorums_working_and_restart_loses_nothing() {
         let key = format!("before-{i}");
         cluster.nodes[i % 3]
             .client()
-            .put("durable", key.as_bytes(), key.as_bytes(), "text/plain", None, Some(3))
+            .put(
+                "durable",
+                key.as_bytes(),
+                key.as_bytes(),
+                "text/plain",
+                None,
+                Some(3),
+            )
             .unwrap();
     }
     cluster.nodes[1].kill9();
@@ -165,19 +270,40 @@ fn killing_one_node_keeps_quorums_working_and_restart_loses_nothing() {
         let key = format!("during-{i}");
         let node = &cluster.nodes[if i % 2 == 0 { 0 } else { 2 }];
         node.client()
-            .put("durable", key.as_bytes(), key.as_bytes(), "text/plain", None, Some(2))
+            .put(
+                "durable",
+                key.as_bytes(),
+                key.as_bytes(),
+                "text/plain",
+                None,
+                Some(2),
+            )
             .unwrap_or_else(|e| panic!("write {key} with one node down: {e}"));
     }
     for prefix in ["before", "during"] {
         for i in 0..30 {
             let key = format!("{prefix}-{i}");
             let node = &cluster.nodes[if i % 2 == 0 { 2 } else { 0 }];
-            assert_eq!(value_of(node.client().get("durable", key.as_bytes(), Some(2)).unwrap()), key.as_bytes());
+            assert_eq!(
+                value_of(
+                    node.client()
+                        .get("durable", key.as_bytes(), Some(2))
+                        .unwrap()
+                ),
+                key.as_bytes()
+            );
         }
     }
     // W=3 cannot be met with a node down: 503 saying how many answered.
-    match cluster.nodes[0].client().put("durable", b"strict", b"x", "text/plain", None, Some(3)) {
-        Err(ClientError::Server { status: 503, code, message }) => {
+    match cluster.nodes[0]
+        .client()
+        .put("durable", b"strict", b"x", "text/plain", None, Some(3))
+    {
+        Err(ClientError::Server {
+            status: 503,
+            code,
+            message,
+        }) => {
             assert_eq!(code, "unavailable");
             assert!(message.contains("2 of 3"), "{message}");
         }
@@ -194,7 +320,12 @@ fn killing_one_node_keeps_quorums_working_and_restart_loses_nothing() {
     for i in 0..30 {
         let key = format!("before-{i}");
         assert_eq!(
-            value_of(survivor.client().get("durable", key.as_bytes(), Some(1)).unwrap()),
+            value_of(
+                survivor
+                    .client()
+                    .get("durable", key.as_bytes(), Some(1))
+                    .unwrap()
+            ),
             key.as_bytes(),
             "acknowledged write {key} lost on the restarted node"
         );
@@ -203,20 +334,29 @@ fn killing_one_node_keeps_quorums_working_and_restart_loses_nothing() {
 
 fn raw_http(addr: &str, request: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut out = Vec::new();
     stream.read_to_end(&mut out).unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 
 fn json_error(response: &str) -> String {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    let json: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {response}"));
-    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{response}");
+    let json: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {response}"));
+    assert!(
+        json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{response}"
+    );
     json["error"].as_str().unwrap().to_string()
 }
 
@@ -224,7 +364,9 @@ fn json_error(response: &str) -> String {
 fn bad_input_gets_clear_errors_and_changes_nothing() {
     let cluster = Cluster::start_with(3, &["--max-value-bytes", "1024"]);
     let node = &cluster.nodes[0];
-    node.client().put("b", b"k", b"original", "text/plain", None, None).unwrap();
+    node.client()
+        .put("b", b"k", b"original", "text/plain", None, None)
+        .unwrap();
     let req = |method: &str, path: &str, headers: &str, body: &str| {
         raw_http(
             &node.http,
@@ -235,8 +377,22 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         )
     };
     let cases = [
-        ("PUT", "/v1/kv/b/k", "X-Ringkv-Context: not-a-context\r\n", "v", 400, "bad_request"),
-        ("PUT", "/v1/kv/b/k", "X-Ringkv-Context: AQ\r\n", "v", 400, "bad_request"),
+        (
+            "PUT",
+            "/v1/kv/b/k",
+            "X-Ringkv-Context: not-a-context\r\n",
+            "v",
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/v1/kv/b/k",
+            "X-Ringkv-Context: AQ\r\n",
+            "v",
+            400,
+            "bad_request",
+        ),
         ("PUT", "/v1/kv/bad%20bucket/k", "", "v", 400, "bad_request"),
         ("PUT", "/v1/kv/b/k?w=0", "", "v", 400, "bad_request"),
         ("PUT", "/v1/kv/b/k?w=4", "", "v", 400, "bad_request"),
@@ -244,7 +400,14 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         ("GET", "/v1/kv/b/k?r=9", "", "", 400, "bad_request"),
         ("PUT", "/v1/kv/b/k?bogus=1", "", "v", 400, "bad_request"),
         ("PUT", "/v1/buckets/b", "", "{\"n\": 0}", 400, "bad_request"),
-        ("PUT", "/v1/buckets/b", "", "{\"n\": 3, \"r\": 5}", 400, "bad_request"),
+        (
+            "PUT",
+            "/v1/buckets/b",
+            "",
+            "{\"n\": 3, \"r\": 5}",
+            400,
+            "bad_request",
+        ),
         ("PUT", "/v1/buckets/b", "", "not json", 400, "bad_request"),
         ("GET", "/v1/nothing-here", "", "", 404, "not_found"),
     ];
@@ -258,19 +421,32 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!((got, json_error(&response).as_str()), (400, "bad_request"));
     let big = "x".repeat(2048);
     let (got, response) = req("PUT", "/v1/kv/b/k", "", &big);
-    assert_eq!((got, json_error(&response).as_str()), (413, "too_large"), "{response}");
+    assert_eq!(
+        (got, json_error(&response).as_str()),
+        (413, "too_large"),
+        "{response}"
+    );
 
     // Malformed RESP: an error reply, and the connection is closed.
     let mut stream = TcpStream::connect(&node.resp).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(b"*2\r\n$3\r\nGET\r\n$-7\r\n").unwrap();
     let reply = support::read_reply(&mut stream);
-    assert!(reply.starts_with(b"-ERR Protocol error"), "{}", String::from_utf8_lossy(&reply));
-    assert!(resp_command(&node.resp, &[b"SET", b"a"]).starts_with(b"-ERR wrong number of arguments"));
+    assert!(
+        reply.starts_with(b"-ERR Protocol error"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(
+        resp_command(&node.resp, &[b"SET", b"a"]).starts_with(b"-ERR wrong number of arguments")
+    );
 
     // Garbage and an oversized frame on the peer port: the node keeps serving.
     let mut peer = TcpStream::connect(&node.peer).unwrap();
-    peer.write_all(&[0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]).unwrap();
+    peer.write_all(&[0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9])
+        .unwrap();
     let mut peer = TcpStream::connect(&node.peer).unwrap();
     peer.write_all(&u32::MAX.to_be_bytes()).unwrap();
     peer.write_all(&[1; 64]).unwrap();
@@ -281,12 +457,23 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 
     // Nothing changed, everything still serves.
     for n in &cluster.nodes {
-        assert_eq!(value_of(n.client().get("b", b"k", None).unwrap()), b"original");
+        assert_eq!(
+            value_of(n.client().get("b", b"k", None).unwrap()),
+            b"original"
+        );
         eventually("healthz", Duration::from_secs(5), || {
-            (raw_http(&n.http, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").0 == 200).then_some(())
+            (raw_http(
+                &n.http,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .0 == 200)
+                .then_some(())
         });
     }
-    let (status, response) = raw_http(&node.http, "GET /v1/buckets/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, response) = raw_http(
+        &node.http,
+        "GET /v1/buckets/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 200);
     assert!(response.contains("\"n\":3"), "{response}");
 }
@@ -296,40 +483,76 @@ fn bucket_properties_spread_to_every_node() {
     let cluster = Cluster::start(3);
     cluster.nodes[0]
         .client()
-        .set_bucket("lwwbucket", &serde_json::json!({"n": 3, "r": 1, "w": 3, "conflict": "lww"}))
+        .set_bucket(
+            "lwwbucket",
+            &serde_json::json!({"n": 3, "r": 1, "w": 3, "conflict": "lww"}),
+        )
         .unwrap();
     for node in &cluster.nodes {
         eventually("bucket props to spread", Duration::from_secs(10), || {
-            let (_, response) = raw_http(&node.http, "GET /v1/buckets/lwwbucket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let (_, response) = raw_http(
+                &node.http,
+                "GET /v1/buckets/lwwbucket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
             response.contains("\"conflict\":\"lww\"").then_some(())
         });
     }
     // In an lww bucket concurrent blind writes do not become siblings.
-    cluster.nodes[1].client().put("lwwbucket", b"k", b"first", "text/plain", None, None).unwrap();
-    cluster.nodes[2].client().put("lwwbucket", b"k", b"second", "text/plain", None, None).unwrap();
-    assert!(matches!(cluster.nodes[0].client().get("lwwbucket", b"k", Some(3)).unwrap(), GetResult::Found { .. }));
+    cluster.nodes[1]
+        .client()
+        .put("lwwbucket", b"k", b"first", "text/plain", None, None)
+        .unwrap();
+    cluster.nodes[2]
+        .client()
+        .put("lwwbucket", b"k", b"second", "text/plain", None, None)
+        .unwrap();
+    assert!(matches!(
+        cluster.nodes[0]
+            .client()
+            .get("lwwbucket", b"k", Some(3))
+            .unwrap(),
+        GetResult::Found { .. }
+    ));
 }
 
 #[test]
 fn metrics_and_cluster_view() {
     let cluster = Cluster::start(3);
     let node = &cluster.nodes[0];
-    node.client().put("m", b"k", b"v", "text/plain", None, None).unwrap();
+    node.client()
+        .put("m", b"k", b"v", "text/plain", None, None)
+        .unwrap();
     node.client().get("m", b"k", None).unwrap();
-    let (status, metrics) = raw_http(&node.http, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, metrics) = raw_http(
+        &node.http,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status, 200);
-    assert!(metrics.contains("ringkv_request_duration_seconds_count{op=\"put\"} 1"), "{metrics}");
-    assert!(metrics.contains("ringkv_request_duration_seconds_count{op=\"get\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ringkv_request_duration_seconds_count{op=\"put\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringkv_request_duration_seconds_count{op=\"get\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("ringkv_read_repairs_total"), "{metrics}");
     let status = node.client().cluster_status().unwrap();
     let members = status["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
-    let owned: u64 = members.iter().map(|m| m["partitions_owned"].as_u64().unwrap()).sum();
+    let owned: u64 = members
+        .iter()
+        .map(|m| m["partitions_owned"].as_u64().unwrap())
+        .sum();
     assert_eq!(owned, status["partitions"].as_u64().unwrap());
     // Every peer is seen up once gossip has connected to it.
-    eventually("every member to be seen up", Duration::from_secs(10), || {
-        let status = node.client().cluster_status().ok()?;
-        let members = status["members"].as_array()?.clone();
-        members.iter().all(|m| m["liveness"] == "up").then_some(())
-    });
+    eventually(
+        "every member to be seen up",
+        Duration::from_secs(10),
+        || {
+            let status = node.client().cluster_status().ok()?;
+            let members = status["members"].as_array()?.clone();
+            members.iter().all(|m| m["liveness"] == "up").then_some(())
+        },
+    );
 }

@@ -19,27 +19,46 @@ fn liveness(cluster: &Cluster, observer: usize, peer: &str) -> String {
 }
 
 fn hints_pending(cluster: &Cluster, node: usize) -> u64 {
-    cluster.nodes[node].client().cluster_status().unwrap()["hints_pending"].as_u64().unwrap()
+    cluster.nodes[node].client().cluster_status().unwrap()["hints_pending"]
+        .as_u64()
+        .unwrap()
 }
 
 fn primaries(cluster: &Cluster, key: &str) -> Vec<String> {
     let url = format!("{}/v1/preflist/sloppy/{key}", cluster.nodes[0].url());
     let body: serde_json::Value = serde_json::from_str(&support::http_get(&url)).unwrap();
-    body["primaries"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+    body["primaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
 fn a_killed_node_is_seen_down_within_seconds_and_up_after_restart() {
     let mut cluster = Cluster::start(3);
-    eventually("node3 to be seen up", Duration::from_secs(10), || (liveness(&cluster, 0, "node3") == "up").then_some(()));
+    eventually("node3 to be seen up", Duration::from_secs(10), || {
+        (liveness(&cluster, 0, "node3") == "up").then_some(())
+    });
     cluster.nodes[2].kill9();
-    eventually("node3 to be seen down", Duration::from_secs(5), || (liveness(&cluster, 0, "node3") == "down").then_some(()));
+    eventually("node3 to be seen down", Duration::from_secs(5), || {
+        (liveness(&cluster, 0, "node3") == "down").then_some(())
+    });
     let metrics = support::http_get(&format!("{}/metrics", cluster.nodes[0].url()));
-    assert!(metrics.contains("ringkv_peer_up{peer=\"node3\"} 0"), "{metrics}");
-    assert!(metrics.contains("ringkv_peer_up{peer=\"node2\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ringkv_peer_up{peer=\"node3\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringkv_peer_up{peer=\"node2\"} 1"),
+        "{metrics}"
+    );
     let seed = cluster.nodes[0].peer.clone();
     cluster.nodes[2].start(Some(&seed));
-    eventually("node3 to be seen up again", Duration::from_secs(10), || (liveness(&cluster, 0, "node3") == "up").then_some(()));
+    eventually("node3 to be seen up again", Duration::from_secs(10), || {
+        (liveness(&cluster, 0, "node3") == "up").then_some(())
+    });
 }
 
 #[test]
@@ -51,30 +70,46 @@ fn sloppy_quorum_keeps_writes_flowing_and_hints_reach_the_primaries() {
     cluster.nodes[4].kill9();
     for observer in 0..3 {
         for peer in ["node4", "node5"] {
-            eventually("the killed nodes to be seen down", Duration::from_secs(5), || {
-                (liveness(&cluster, observer, peer) == "down").then_some(())
-            });
+            eventually(
+                "the killed nodes to be seen down",
+                Duration::from_secs(5),
+                || (liveness(&cluster, observer, peer) == "down").then_some(()),
+            );
         }
     }
     // Every write at W=2 succeeds, even for keys with two primaries down.
     for (i, key) in keys.iter().enumerate() {
         cluster.nodes[i % 3]
             .client()
-            .put("sloppy", key.as_bytes(), key.as_bytes(), "text/plain", None, Some(2))
+            .put(
+                "sloppy",
+                key.as_bytes(),
+                key.as_bytes(),
+                "text/plain",
+                None,
+                Some(2),
+            )
             .unwrap_or_else(|e| panic!("{key} (primaries {:?}): {e}", preflists[i]));
     }
     // pw=2 is refused where two primaries are down, accepted where none is.
-    let both_down = |p: &Vec<String>| p.contains(&"node4".to_string()) && p.contains(&"node5".to_string());
+    let both_down =
+        |p: &Vec<String>| p.contains(&"node4".to_string()) && p.contains(&"node5".to_string());
     let none_down = |p: &Vec<String>| !p.iter().any(|n| n == "node4" || n == "node5");
     let strict_put = |key: &str| {
         let url = format!("{}/v1/kv/sloppy/{key}?w=2&pw=2", cluster.nodes[0].url());
         support::http_put(&url, b"strict")
     };
-    let i = preflists.iter().position(both_down).expect("some key has node4 and node5 as primaries");
+    let i = preflists
+        .iter()
+        .position(both_down)
+        .expect("some key has node4 and node5 as primaries");
     let (status, body) = strict_put(&keys[i]);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("of 2"), "{body}");
-    let j = preflists.iter().position(none_down).expect("some key has no primary on node4 or node5");
+    let j = preflists
+        .iter()
+        .position(none_down)
+        .expect("some key has no primary on node4 or node5");
     assert_eq!(strict_put(&keys[j]).0, 204);
     let held: u64 = (0..3).map(|n| hints_pending(&cluster, n)).sum();
     assert!(held > 0, "fallbacks hold hints for the down primaries");
@@ -84,10 +119,17 @@ fn sloppy_quorum_keeps_writes_flowing_and_hints_reach_the_primaries() {
     cluster.nodes[3].start(Some(&seed));
     cluster.nodes[4].start(Some(&seed));
     eventually("hints to drain", Duration::from_secs(30), || {
-        (0..5).all(|n| hints_pending(&cluster, n) == 0).then_some(())
+        (0..5)
+            .all(|n| hints_pending(&cluster, n) == 0)
+            .then_some(())
     });
-    let metrics: String = (0..3).map(|n| support::http_get(&format!("{}/metrics", cluster.nodes[n].url()))).collect();
-    assert!(metrics.contains("ringkv_hints_delivered_total"), "{metrics}");
+    let metrics: String = (0..3)
+        .map(|n| support::http_get(&format!("{}/metrics", cluster.nodes[n].url())))
+        .collect();
+    assert!(
+        metrics.contains("ringkv_hints_delivered_total"),
+        "{metrics}"
+    );
 
     // node4's and node5's own disks hold every write they missed while down.
     for node_index in [3, 4] {
@@ -98,7 +140,11 @@ fn sloppy_quorum_keeps_writes_flowing_and_hints_reach_the_primaries() {
             .filter(|(_, preflist)| preflist.contains(&name))
             .map(|(key, _)| key.clone())
             .collect();
-        assert!(owned.len() > 10, "{name} is a primary of only {} keys", owned.len());
+        assert!(
+            owned.len() > 10,
+            "{name} is a primary of only {} keys",
+            owned.len()
+        );
         assert_disk_holds(&mut cluster.nodes[node_index], "sloppy", &owned);
     }
 }

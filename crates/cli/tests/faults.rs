@@ -15,7 +15,10 @@ const BUCKET: &str = "faults";
 
 #[test]
 fn acknowledged_writes_survive_kill_pause_restart_and_wipe() {
-    let mut cluster = Cluster::start_with(3, &["--aae-interval-ms", "200", "--aae-max-segments", "1024"]);
+    let mut cluster = Cluster::start_with(
+        3,
+        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+    );
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -33,7 +36,17 @@ fn acknowledged_writes_survive_kill_pause_restart_and_wipe() {
                     // Try the nodes in turn; a failed attempt is indeterminate, not acknowledged.
                     for attempt in 0..3 {
                         let client = &clients[(t + i + attempt) % 3];
-                        if client.put(BUCKET, key.as_bytes(), key.as_bytes(), "text/plain", None, Some(2)).is_ok() {
+                        if client
+                            .put(
+                                BUCKET,
+                                key.as_bytes(),
+                                key.as_bytes(),
+                                "text/plain",
+                                None,
+                                Some(2),
+                            )
+                            .is_ok()
+                        {
                             acked.lock().unwrap().push(key.clone());
                             break;
                         }
@@ -62,13 +75,19 @@ fn acknowledged_writes_survive_kill_pause_restart_and_wipe() {
         writer.join().unwrap();
     }
     let keys = acked.lock().unwrap().clone();
-    assert!(keys.len() > 50, "only {} writes were acknowledged", keys.len());
+    assert!(
+        keys.len() > 50,
+        "only {} writes were acknowledged",
+        keys.len()
+    );
     cluster.wait_for_agreement();
     // Anti-entropy brings every replica to every key (3 nodes, n=3).
     for node in &cluster.nodes {
-        eventually("every replica to hold every key", Duration::from_secs(60), || {
-            (metric(node, "ringkv_aae_tree_keys") >= keys.len() as u64).then_some(())
-        });
+        eventually(
+            "every replica to hold every key",
+            Duration::from_secs(60),
+            || (metric(node, "ringkv_aae_tree_keys") >= keys.len() as u64).then_some(()),
+        );
     }
     for node in cluster.nodes.iter_mut() {
         assert_disk_holds(node, BUCKET, &keys);

@@ -15,7 +15,11 @@ use ringkv_client::Client;
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it returns Some or the deadline passes.
@@ -65,8 +69,20 @@ impl TestNode {
             .args(["server", "--name", &self.name])
             .arg("--data-dir")
             .arg(&self.dir)
-            .args(["--http-addr", &self.http, "--resp-addr", &self.resp, "--peer-addr", &self.peer])
-            .args(["--gossip-interval-ms", "200", "--request-timeout-ms", "3000"])
+            .args([
+                "--http-addr",
+                &self.http,
+                "--resp-addr",
+                &self.resp,
+                "--peer-addr",
+                &self.peer,
+            ])
+            .args([
+                "--gossip-interval-ms",
+                "200",
+                "--request-timeout-ms",
+                "3000",
+            ])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -77,14 +93,18 @@ impl TestNode {
         }
         self.child = Some(command.spawn().expect("start ringkv server"));
         let url = self.url();
-        eventually(&format!("{} to serve HTTP", self.name), Duration::from_secs(30), || {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+        eventually(
+            &format!("{} to serve HTTP", self.name),
+            Duration::from_secs(30),
+            || {
+                if let Some(child) = self.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+                    }
                 }
-            }
-            Client::new(&url).cluster_status().ok()
-        });
+                Client::new(&url).cluster_status().ok()
+            },
+        );
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -141,24 +161,30 @@ impl Cluster {
     /// Every running node reports the same layout with every member in it.
     pub fn wait_for_agreement(&self) {
         let expected = self.nodes.len();
-        eventually("nodes to agree on the layout", Duration::from_secs(30), || {
-            let mut versions = Vec::new();
-            for node in self.nodes.iter().filter(|n| n.is_running()) {
-                let status = node.client().cluster_status().ok()?;
-                if status["members"].as_array()?.len() != expected {
-                    return None;
+        eventually(
+            "nodes to agree on the layout",
+            Duration::from_secs(30),
+            || {
+                let mut versions = Vec::new();
+                for node in self.nodes.iter().filter(|n| n.is_running()) {
+                    let status = node.client().cluster_status().ok()?;
+                    if status["members"].as_array()?.len() != expected {
+                        return None;
+                    }
+                    versions.push(status["layout_version"].as_u64()?);
                 }
-                versions.push(status["layout_version"].as_u64()?);
-            }
-            versions.windows(2).all(|w| w[0] == w[1]).then_some(())
-        });
+                versions.windows(2).all(|w| w[0] == w[1]).then_some(())
+            },
+        );
     }
 }
 
 /// Sends raw RESP and reads one reply (up to the first complete line set).
 pub fn resp_command(addr: &str, args: &[&[u8]]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut request = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
@@ -231,7 +257,9 @@ fn http(method: &str, url: &str, body: &[u8]) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -241,8 +269,15 @@ fn http(method: &str, url: &str, body: &[u8]) -> (u16, String) {
     let mut out = Vec::new();
     stream.read_to_end(&mut out).unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -250,7 +285,10 @@ impl TestNode {
     /// Sends a signal (e.g. "STOP", "CONT") to this node's process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("node is running").id();
-        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{signal} {pid}");
     }
 }
@@ -265,14 +303,27 @@ pub fn assert_disk_holds(node: &mut TestNode, bucket: &str, keys: &[String]) {
     let storage = RedbStorage::open(&node.dir.join("ringkv.redb")).unwrap();
     let layout = Layout::decode(&storage.get(Space::Meta, b"layout").unwrap().unwrap()).unwrap();
     for key in keys {
-        let partition = partition_of(key_hash(bucket.as_bytes(), key.as_bytes()), layout.partitions());
+        let partition = partition_of(
+            key_hash(bucket.as_bytes(), key.as_bytes()),
+            layout.partitions(),
+        );
         let bytes = storage
-            .get(Space::Data(partition), &ringkv_node::store::object_key(bucket, key.as_bytes()))
+            .get(
+                Space::Data(partition),
+                &ringkv_node::store::object_key(bucket, key.as_bytes()),
+            )
             .unwrap()
             .unwrap_or_else(|| panic!("{} lacks acknowledged write {key}", node.name));
         let object = Object::decode(&bytes).unwrap();
-        let values: Vec<&[u8]> = object.live_siblings().filter_map(|s| s.value.as_deref()).collect();
-        assert!(values.contains(&key.as_bytes()), "{} holds {values:?} for {key}", node.name);
+        let values: Vec<&[u8]> = object
+            .live_siblings()
+            .filter_map(|s| s.value.as_deref())
+            .collect();
+        assert!(
+            values.contains(&key.as_bytes()),
+            "{} holds {values:?} for {key}",
+            node.name
+        );
     }
 }
 
