@@ -116,6 +116,12 @@ w(
     "(`ringkv bench`) with the same settings; only ratios taken within one run mean anything. Do not edit the numbers by hand: re-run the script."
 )
 w("")
+w("```sh")
+w("bench/compare.sh           # this report: about 8 minutes on 2 cores; keeps the analysis section below")
+w("bench/compare.sh --quick   # 2-minute smoke test; writes /tmp/ringkv-BENCHMARKS.quick.md instead")
+w("ringkv bench --help        # the load generator on its own")
+w("```")
+w("")
 w("## Machine and run")
 w("")
 w(f"- date: {env['MACHINE_DATE']}")
