@@ -1,20 +1,33 @@
 //! The history checkers: what must hold of every run, judged only from what
-//! clients did and saw (no peeking at dots or replicas; the convergence
-//! check, which does look at replicas, lives in `Sim::finish`).
+//! clients did and saw (no peeking at dots or replicas; the replica-side
+//! checks, convergence and monotonic clocks, live in [`crate::replicas`]).
 //!
-//! - **No acknowledged write lost or silently superseded** (siblings
-//!   buckets, DESIGN §1): every write acknowledged OK is in the final read
-//!   of its key, or some write of the key (acknowledged or merely
-//!   attempted) *covered* it. A write covers what its causal context came
-//!   from: the versions returned by the read it got the context from, or
-//!   the write whose returned context it passed on, and transitively
-//!   whatever those versions' own writes covered.
-//! - **No resurrection**: a version covered by an acknowledged write does
-//!   not come back in the final read.
+//! A write *covers* what its causal context came from: the versions
+//! returned by the read it got the context from, or the write whose
+//! returned context it passed on (unless that context is the one the write
+//! was sent with, which `written_context` returns when it cannot cover the
+//! new version safely), and transitively whatever those covered.
+//!
+//! - **No acknowledged write lost** (siblings buckets, DESIGN §1): every
+//!   write acknowledged OK is in the final read of its key, or some write
+//!   of the key (acknowledged or merely attempted) covered it.
+//! - **Nothing resurrected**: no read returns a version together with a
+//!   version that covers it (every read, final or not: the covering
+//!   version's clock holds the covered dot, so any merge that holds the
+//!   first has dropped the second); and the final read, after convergence,
+//!   returns no version that an acknowledged write or delete covered.
+//!   Earlier reads may be stale (sloppy quorums need not intersect) and are
+//!   not held to the second rule.
 //! - **No invented values**: every version any read returned is one some
 //!   client wrote (same value or tombstone, same key), before that read
 //!   completed.
 //! - **LWW**: the final read of an `lww` bucket holds at most one version.
+//!
+//! Buffered durability may lose what a node committed since its last sync
+//! when it crashes (DESIGN §1, docs/ARCHITECTURE.md "Durability modes").
+//! Given the crash windows of a run ([`CrashWindow`]), an acknowledged write
+//! may be lost only if as many nodes as acknowledged it (W) crashed before
+//! syncing it ([`writes_allowed_lost`]); everything else above still holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -28,7 +41,9 @@ pub enum ViolationKind {
     /// An acknowledged write is neither in the final read nor covered by a
     /// later write's context.
     LostWrite,
-    /// A version that an acknowledged write covered is in the final read.
+    /// A resurrection: a read returned a version beside one that covers
+    /// it, or the final read returned a version an acknowledged write
+    /// covered.
     SupersededVersionReturned,
     /// A read returned a version no client wrote (or wrote later, or to
     /// another key, or with another value).
@@ -37,11 +52,15 @@ pub enum ViolationKind {
     FinalReadMissing,
     /// An `lww` bucket's final read returned more than one version.
     SiblingsInLww,
-    /// After the final reads and their read repair, the primaries of a key
-    /// hold different objects.
+    /// After healing and the quiet period (hinted handoff and anti-entropy
+    /// only, before any final read), the primaries of a key hold different
+    /// objects, or the primaries of a partition have different Merkle roots.
     Divergence,
     /// A hint was still not handed off long after every node was up.
     HintsNotDelivered,
+    /// A replica applied a write whose clock does not descend the clock it
+    /// replaced: the key's causal history went backwards on that replica.
+    ClockRegressed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,12 +76,60 @@ impl fmt::Display for Violation {
     }
 }
 
+/// A crash of a node with buffered writes not yet synced: what it had
+/// committed since `unsynced_since_ms` may be gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashWindow {
+    pub node: usize,
+    pub unsynced_since_ms: u64,
+    pub crash_ms: u64,
+}
+
+/// Acknowledged writes that crashes may have lost: a write acknowledged by
+/// `w` replicas is gone only if each of them crashed before syncing it,
+/// so at least `w` distinct nodes have a window that overlaps the write
+/// (the node crashed after the write was invoked, and its unsynced writes
+/// date from before the write was acknowledged).
+pub fn writes_allowed_lost(history: &History, windows: &[CrashWindow], w: usize) -> BTreeSet<OpId> {
+    history
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| op.as_write().is_some() && op.outcome == Outcome::Ok)
+        .filter(|(_, op)| {
+            let crashed: BTreeSet<usize> = windows
+                .iter()
+                .filter(|window| {
+                    op.invoke_ms <= window.crash_ms
+                        && op.complete_ms.unwrap_or(0) >= window.unsynced_since_ms
+                })
+                .map(|window| window.node)
+                .collect();
+            crashed.len() >= w.max(1)
+        })
+        .map(|(op, _)| op)
+        .collect()
+}
+
 /// Runs every history check for a bucket in `mode`.
 pub fn check_history(history: &History, mode: ConflictMode) -> Vec<Violation> {
+    check_history_with(history, mode, &BTreeSet::new())
+}
+
+/// Runs every history check, allowing the writes in `allowed_lost` (see
+/// [`writes_allowed_lost`]) to be missing from the final read.
+pub fn check_history_with(
+    history: &History,
+    mode: ConflictMode,
+    allowed_lost: &BTreeSet<OpId>,
+) -> Vec<Violation> {
     let mut violations = Vec::new();
     let writes = write_index(history);
     check_versions_were_written(history, &writes, &mut violations);
     let covers = Covers::compute(history, &writes);
+    if mode == ConflictMode::Siblings {
+        check_no_read_holds_a_covered_version(history, &writes, &covers, &mut violations);
+    }
 
     let mut keys: BTreeSet<&str> = BTreeSet::new();
     for op in &history.ops {
@@ -107,7 +174,14 @@ pub fn check_history(history: &History, mode: ConflictMode) -> Vec<Violation> {
                     if record.key != key || record.outcome != Outcome::Ok {
                         continue;
                     }
-                    if !final_writes.contains(&op) && !covers.is_covered(op) {
+                    let lost = !final_writes.contains(&op) && !covers.is_covered(op);
+                    if allowed_lost.contains(&op) && !final_writes.contains(&op) {
+                        // May be lost in crashes before its sync: then what
+                        // it covered comes back (the state before it). A
+                        // write that covered it is checked on its own.
+                        continue;
+                    }
+                    if lost {
                         violations.push(Violation {
                             kind: ViolationKind::LostWrite,
                             key: key.to_string(),
@@ -121,6 +195,11 @@ pub fn check_history(history: &History, mode: ConflictMode) -> Vec<Violation> {
                                 record.complete_ms.unwrap_or(0),
                             ),
                         });
+                    }
+                    // A covering version in the read itself is reported by
+                    // the check of every read.
+                    if final_writes.contains(&op) {
+                        continue;
                     }
                     for covered in covers.of(op) {
                         if final_writes.contains(covered) {
@@ -142,6 +221,42 @@ pub fn check_history(history: &History, mode: ConflictMode) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// No read returns a version together with one that covers it.
+fn check_no_read_holds_a_covered_version(
+    history: &History,
+    writes: &BTreeMap<&str, OpId>,
+    covers: &Covers,
+    violations: &mut Vec<Violation>,
+) {
+    for (op, record) in history.ops.iter().enumerate() {
+        let Some(read) = record.as_read() else {
+            continue;
+        };
+        if record.outcome != Outcome::Ok {
+            continue;
+        }
+        let seen: Vec<(OpId, &str)> = read
+            .seen
+            .iter()
+            .filter_map(|s| writes.get(s.write.as_str()).map(|&w| (w, s.write.as_str())))
+            .collect();
+        for &(newer, newer_name) in &seen {
+            for &(older, older_name) in &seen {
+                if covers.of(newer).any(|&c| c == older) {
+                    violations.push(Violation {
+                        kind: ViolationKind::SupersededVersionReturned,
+                        key: record.key.clone(),
+                        detail: format!(
+                            "read op {op} (at {} ms) returned {older_name} beside {newer_name}, whose context covered it",
+                            record.invoke_ms
+                        ),
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// Write id → the op that wrote it (the first, should ids repeat).
@@ -258,6 +373,15 @@ fn covers_of(
                     .filter(|&w| history.ops[w].key == record.key)
                     .collect(),
                 OpKind::Read(_) => Vec::new(),
+                // The context a write returns covers that write, unless it
+                // is the very context the write was sent with: the node
+                // hands that back when covering the new dot would also
+                // cover an older sibling of the same actor
+                // (`written_context`). Either way it covers what the sent
+                // context covered.
+                OpKind::Write(write) if write.returned_context.as_ref() == Some(&write.context) => {
+                    Vec::new()
+                }
                 OpKind::Write(_) => vec![source],
             };
             for writer in direct {
@@ -266,6 +390,9 @@ fn covers_of(
                 }
                 covered.insert(writer);
                 covered.extend(covers_of(history, writes, writer, memo, visiting));
+            }
+            if let OpKind::Write(_) = &source_record.kind {
+                covered.extend(covers_of(history, writes, source, memo, visiting));
             }
         }
     }

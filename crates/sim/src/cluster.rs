@@ -8,7 +8,7 @@ use ringkv_core::bucket::{BucketProps, DurabilityMode};
 use ringkv_core::membership::DetectorConfig;
 use ringkv_core::ring::{DEFAULT_PARTITIONS, Layout, Member, MemberState, key_hash, partition_of};
 
-use crate::config::{HintRetention, PlantedBug, SimConfig};
+use crate::config::{PlantedBug, SimConfig};
 use crate::rng::SimRng;
 
 pub struct Cluster {
@@ -20,7 +20,6 @@ pub struct Cluster {
     pub ids: Vec<NodeId>,
     pub bug: Option<PlantedBug>,
     pub detector: DetectorConfig,
-    pub hint_retention: HintRetention,
     pub heartbeat_interval_ms: u64,
     pub hint_delivery_interval_ms: u64,
     pub hint_delivery_per_second: usize,
@@ -64,7 +63,6 @@ impl Cluster {
             ids,
             bug: config.bug,
             detector: DetectorConfig::default(),
-            hint_retention: config.hint_retention,
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             hint_delivery_interval_ms: config.hint_delivery_interval_ms,
             hint_delivery_per_second: config.hint_delivery_per_second,

@@ -21,22 +21,20 @@ pub enum PlantedBug {
     /// the one it holds, dropping concurrent siblings (and their dots from
     /// its clock).
     DropSiblingsOnMerge,
-}
-
-/// What a fallback does with a hint once every primary it was owed to has
-/// durably acknowledged it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HintRetention {
-    /// Deletes the record, as `crates/node/src/node.rs` does (commit
-    /// 76994de). The fallback then forgets the counters of the dots it
-    /// stamped for the key: the next write it coordinates for the key as a
-    /// fallback reuses a dot, and replicas that saw the old dot drop the
-    /// new write (or one of the two) although it was acknowledged.
-    DeleteWhenDelivered,
-    /// Keeps the record without targets, so that the fallback's next write
-    /// to the key counts on from its own last dot. The simulator's default
-    /// until the node is fixed one way or another.
-    KeepAsCounterMemory,
+    /// A fallback (or a node outside the plan) stamps the writes it
+    /// coordinates with its node id, counting on from its hint copy of the
+    /// key, as the node did before commit a56b069. Once the hint is handed
+    /// off and deleted, its next write of the key reissues a dot the
+    /// primaries already hold, and they drop one of the two writes.
+    ReuseFallbackActor,
+    /// A primary stamps buffered writes with its node id instead of a
+    /// per-process incarnation id (the node before a56b069): a crash that
+    /// loses a buffered write lets the restarted node reissue its dot.
+    BufferedActorIsNodeId,
+    /// A write answers with the object's whole clock as its context (the
+    /// node before a56b069), which also covers concurrent siblings the
+    /// client never saw: a write passing that context drops them.
+    WholeClockContext,
 }
 
 /// The simulated network between nodes. Reordering needs no knob: every
@@ -96,8 +94,6 @@ pub struct SimConfig {
     /// Each node's clock is off by a fixed amount drawn in
     /// `-clock_skew_ms..=clock_skew_ms` (matters to LWW buckets).
     pub clock_skew_ms: u64,
-    /// What a fallback does with a delivered hint.
-    pub hint_retention: HintRetention,
     /// The nodes' heartbeat interval (failure detection).
     pub heartbeat_interval_ms: u64,
     /// How often a node tries to hand its hints off.
@@ -129,7 +125,6 @@ impl SimConfig {
             client_link_ms: (1, 3),
             request_timeout_ms: 500,
             clock_skew_ms: 50,
-            hint_retention: HintRetention::KeepAsCounterMemory,
             heartbeat_interval_ms: 500,
             hint_delivery_interval_ms: 500,
             hint_delivery_per_second: 2000,

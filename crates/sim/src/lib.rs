@@ -45,11 +45,15 @@
 //! - a hint delivery loop hands hints to their primaries once these are
 //!   usable again and drops a target only after its durable acknowledgement.
 //!
+//! The coordinator picks the actor of a write's dot as the node does
+//! (a56b069): its node id as a primary with synced writes, a per-process
+//! incarnation id with buffered writes, a fresh id per write as a fallback
+//! or outside the plan; and answers with `written_context`. A fallback
+//! deletes a hint record once every target acknowledged it.
+//!
 //! The simulator reimplements no merge or quorum logic. Where it departs
-//! from the node: a fallback keeps a delivered hint's record (without
-//! targets) instead of deleting it, because deleting it makes the fallback
-//! reuse dots and lose acknowledged writes ([`HintRetention`]); gossip,
-//! joins and anti-entropy are not simulated (one static layout).
+//! from the node: gossip, joins and anti-entropy are not simulated (one
+//! static layout).
 //!
 //! # The fault model
 //! - Network: every message draws its own delay (so messages reorder),
@@ -97,12 +101,15 @@ mod node;
 mod rng;
 mod seeds;
 mod sim;
+mod stats;
 mod trace;
 mod workload;
 
-pub use checker::{Violation, ViolationKind, check_history};
+pub use checker::{
+    CrashWindow, Violation, ViolationKind, check_history, check_history_with, writes_allowed_lost,
+};
 pub use cluster::Cluster;
-pub use config::{HintRetention, NetworkConfig, PlantedBug, SIM_BUCKET, SimConfig};
+pub use config::{NetworkConfig, PlantedBug, SIM_BUCKET, SimConfig};
 pub use event::EventQueue;
 pub use hint::Hint;
 pub use history::{History, OpId, OpKind, OpRecord, Outcome};
@@ -113,5 +120,6 @@ pub use node::{
 pub use rng::SimRng;
 pub use seeds::{SEED_ENV, SEEDS_ENV, run_seeds};
 pub use sim::{Fault, Report, Sim};
+pub use stats::SimStats;
 pub use trace::Trace;
 pub use workload::{ContextFrom, Step, WorkloadShape};

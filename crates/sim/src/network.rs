@@ -27,13 +27,14 @@ impl Network {
     }
 
     /// Delays (ms from now) of the copies of one message that will arrive:
-    /// none when it is lost, two when it is duplicated.
-    pub fn fate(&mut self, rng: &mut SimRng) -> Vec<u64> {
+    /// none when it is lost, two when it is duplicated (only if
+    /// `may_duplicate`).
+    pub fn fate(&mut self, rng: &mut SimRng, may_duplicate: bool) -> Vec<u64> {
         if rng.chance(self.config.drop_probability) {
             return Vec::new();
         }
         let mut delays = vec![self.delay(rng)];
-        if rng.chance(self.config.duplicate_probability) {
+        if may_duplicate && rng.chance(self.config.duplicate_probability) {
             delays.push(self.delay(rng));
         }
         delays

@@ -20,20 +20,22 @@
 //! crash loses the committer's in-memory jobs, and `MemoryStorage::crash`
 //! loses what was not synced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ringkv_core::NodeId;
 use ringkv_core::bucket::{BucketProps, DurabilityMode, validate_bucket_name, validate_key};
 use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError, VersionVector};
-use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role};
+use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role, written_context};
 use ringkv_core::membership::FailureDetector;
 use ringkv_core::message::{ClientOp, ClientReply, OpError, PeerRequest, PeerResponse};
 use ringkv_storage::{Durability, MemoryStorage, Space, Storage, WriteBatch};
 
 use crate::cluster::Cluster;
-use crate::config::{HintRetention, PlantedBug};
+use crate::config::PlantedBug;
 use crate::hint::{Hint, split_object_key};
 use crate::history::OpId;
+use crate::rng::SimRng;
+use crate::stats::SimStats;
 
 /// Extra time a forwarding node waits beyond the operation's own timeout
 /// (`FORWARD_GRACE` in the node).
@@ -265,6 +267,8 @@ enum CommitJob {
         new: NewVersion,
         max_siblings: usize,
         hint_for: Option<NodeId>,
+        /// The replica id whose dot stamps the write.
+        actor: NodeId,
     },
     /// A replica's (or read repair's) `Object::merge` of an incoming object.
     Merge {
@@ -354,6 +358,10 @@ enum AfterCommit {
         put: PutPlan,
         object: Object,
         new_hint: bool,
+        /// The client's context and the write's actor, from which the
+        /// context returned to the client is computed.
+        context_in: VersionVector,
+        actor: NodeId,
     },
     Reply(Option<ReplyTo>, ClientReply),
     Ack {
@@ -362,7 +370,12 @@ enum AfterCommit {
     },
     /// A replica merge that could not run: refuse the request.
     Refuse(Option<(NodeId, RequestId)>, String),
-    HintRemoved,
+    /// The hint record was deleted.
+    HintRemoved {
+        partition: u32,
+        raw_key: Vec<u8>,
+    },
+    HintDelivered,
     Nothing,
 }
 
@@ -438,14 +451,25 @@ enum Pending {
 
 pub struct SimNode {
     pub id: NodeId,
+    /// Random per process start (the node's `incarnation`): the actor of
+    /// writes this node coordinates as a primary with buffered durability.
+    pub incarnation_actor: NodeId,
+    /// This process's random ids (the node's `rand::random`), forked from
+    /// the run's seed at each start.
+    rng: SimRng,
     storage: MemoryStorage,
     next_id: u64,
     commit_queue: Vec<CommitJob>,
-    /// A Buffered commit has not been made durable yet.
-    unsynced: bool,
+    /// Virtual time of the first Buffered commit not made durable yet.
+    unsynced_since_ms: Option<u64>,
     /// Virtual time of the last sync (or of the start).
     last_sync_ms: u64,
     detector: FailureDetector,
+    /// What this process did (hints, repairs); the simulator sums them.
+    pub stats: SimStats,
+    /// Hint records this node deleted after handing them off, in this
+    /// life or an earlier one (bookkeeping for `stats`, not node state).
+    deleted_hints: BTreeSet<(u32, Vec<u8>)>,
     /// Hint records held for other nodes (counted at start, then kept up
     /// to date, as the node's `hints_pending`).
     hints_pending: i64,
@@ -468,14 +492,19 @@ impl SimNode {
         incarnation: u64,
         now_ms: u64,
         cluster: &Cluster,
+        mut rng: SimRng,
     ) -> SimNode {
         let hints_pending = scan_hints(&storage, cluster.layout.partitions()).len() as i64;
         SimNode {
             id,
+            incarnation_actor: rng.next_u64().max(1),
+            rng,
+            stats: SimStats::default(),
+            deleted_hints: BTreeSet::new(),
             storage,
             next_id: incarnation << 40,
             commit_queue: Vec::new(),
-            unsynced: false,
+            unsynced_since_ms: None,
             last_sync_ms: now_ms,
             detector: FailureDetector::new(cluster.detector),
             hints_pending,
@@ -484,6 +513,35 @@ impl SimNode {
             get_rounds: BTreeMap::new(),
             forwards: BTreeMap::new(),
             pending: BTreeMap::new(),
+        }
+    }
+
+    /// Takes over the bookkeeping of the process this one replaces (the
+    /// simulator's observations, not node state, which a restart loses).
+    pub fn carry_over_observations(&mut self, previous: &mut SimNode) {
+        self.deleted_hints = std::mem::take(&mut previous.deleted_hints);
+    }
+
+    /// The actor whose dot stamps a write this node coordinates (as
+    /// `coordinate_put` in the node). A dot must never be issued twice, and
+    /// a coordinator counts on from its local copy of the key, so the actor
+    /// changes whenever that copy may miss dots the actor already issued:
+    /// the node id for a primary with synced writes; the incarnation id for
+    /// buffered writes (a crash can lose the buffered copy others hold); a
+    /// fresh id per write for a fallback or a node outside the plan (its
+    /// hint copy is deleted once handed off).
+    fn write_actor(&mut self, cluster: &Cluster, role: Option<Role>) -> NodeId {
+        match (role, cluster.durability) {
+            (Some(Role::Primary), DurabilityMode::Sync) => self.id,
+            (Some(Role::Primary), DurabilityMode::Buffered) => {
+                if cluster.bug == Some(PlantedBug::BufferedActorIsNodeId) {
+                    self.id
+                } else {
+                    self.incarnation_actor
+                }
+            }
+            _ if cluster.bug == Some(PlantedBug::ReuseFallbackActor) => self.id,
+            _ => self.rng.next_u64().max(1),
         }
     }
 
@@ -731,6 +789,7 @@ impl SimNode {
             Some(m) => m.hint_for,
             None => first_primary.filter(|p| *p != self.id),
         };
+        let actor = self.write_actor(cluster, mine.map(|m| m.role()));
         let new = NewVersion {
             value,
             content_type,
@@ -753,12 +812,12 @@ impl SimNode {
                 current.as_ref(),
                 &context,
                 new.clone(),
-                self.id,
+                actor,
                 mode,
                 max_siblings,
             ) {
                 let reply = ClientReply::Written {
-                    context: object.clock().clone(),
+                    context: written_context(&object, context.clone(), actor),
                 };
                 reply_with(reply_to.take(), reply, out);
             }
@@ -781,6 +840,7 @@ impl SimNode {
                 new,
                 max_siblings,
                 hint_for,
+                actor,
             },
             out,
         );
@@ -969,6 +1029,7 @@ impl SimNode {
             return;
         };
         for replica in stale.into_iter().filter(|r| state.primaries.contains(r)) {
+            self.stats.read_repairs += 1;
             if replica == self.id {
                 self.enqueue(
                     CommitJob::Merge {
@@ -1015,13 +1076,20 @@ impl SimNode {
     /// When the background sync of buffered writes is due, if any is
     /// (the group committer's `sync_interval`).
     pub fn background_sync_due(&self, interval_ms: u64) -> Option<u64> {
-        self.unsynced.then(|| self.last_sync_ms + interval_ms)
+        self.unsynced_since_ms
+            .map(|_| self.last_sync_ms + interval_ms)
+    }
+
+    /// Since when (virtual time) buffered writes wait for a sync, if any
+    /// do: a crash now loses what was committed since then.
+    pub fn unsynced_since_ms(&self) -> Option<u64> {
+        self.unsynced_since_ms
     }
 
     /// The committer's background sync: makes buffered writes durable.
     pub fn background_sync(&mut self, now_ms: u64) {
         if self.storage.sync().is_ok() {
-            self.unsynced = false;
+            self.unsynced_since_ms = None;
         }
         self.last_sync_ms = now_ms;
     }
@@ -1075,7 +1143,7 @@ impl SimNode {
         // a job asked for Sync and buffered writes are pending.
         let written = if !batch.is_empty() {
             self.storage.write(&batch, durability)
-        } else if durability == Durability::Sync && self.unsynced {
+        } else if durability == Durability::Sync && self.unsynced_since_ms.is_some() {
             self.storage.sync()
         } else {
             Ok(())
@@ -1083,15 +1151,18 @@ impl SimNode {
         if written.is_ok() {
             match durability {
                 Durability::Sync => {
-                    self.unsynced = false;
+                    self.unsynced_since_ms = None;
                     self.last_sync_ms = now_ms;
                 }
-                Durability::Buffered => self.unsynced |= !batch.is_empty(),
+                Durability::Buffered if !batch.is_empty() => {
+                    self.unsynced_since_ms.get_or_insert(now_ms);
+                }
+                Durability::Buffered => {}
             }
         }
         for step in after {
             match &written {
-                Ok(()) => self.after_commit(step, out),
+                Ok(()) => self.after_commit(cluster, step, out),
                 Err(e) => self.after_failed_commit(step, &e.to_string(), out),
             }
         }
@@ -1111,6 +1182,7 @@ impl SimNode {
                 new,
                 max_siblings,
                 hint_for,
+                actor,
             } => {
                 let (current_object, current_hint) = match hint_for {
                     None => match current.map(Object::decode).transpose() {
@@ -1126,7 +1198,7 @@ impl SimNode {
                     current_object.as_ref(),
                     &context,
                     new,
-                    self.id,
+                    actor,
                     put.mode,
                     max_siblings,
                 );
@@ -1151,6 +1223,8 @@ impl SimNode {
                             put,
                             object,
                             new_hint,
+                            context_in: context,
+                            actor,
                         };
                         (Change::Put(value), next)
                     }
@@ -1217,7 +1291,12 @@ impl SimNode {
                 };
                 (Change::Put(hint.encode()), next)
             }
-            CommitJob::HintDelivered { target, sent, .. } => {
+            CommitJob::HintDelivered {
+                target,
+                sent,
+                partition,
+                raw_key,
+            } => {
                 match current.map(Hint::decode).transpose() {
                     // A newer hinted write arrived meanwhile: keep the target.
                     Ok(Some(hint)) if hint.object != sent => {
@@ -1226,18 +1305,10 @@ impl SimNode {
                     Ok(Some(mut hint)) => {
                         hint.targets.remove(&target);
                         if hint.targets.is_empty() {
-                            match cluster.hint_retention {
-                                HintRetention::DeleteWhenDelivered => {
-                                    (Change::Delete, AfterCommit::HintRemoved)
-                                }
-                                // Kept without targets: the clock remembers
-                                // this node's dots for the key.
-                                HintRetention::KeepAsCounterMemory => {
-                                    (Change::Put(hint.encode()), AfterCommit::HintRemoved)
-                                }
-                            }
+                            let next = AfterCommit::HintRemoved { partition, raw_key };
+                            (Change::Delete, next)
                         } else {
-                            (Change::Put(hint.encode()), AfterCommit::Nothing)
+                            (Change::Put(hint.encode()), AfterCommit::HintDelivered)
                         }
                     }
                     Ok(None) | Err(_) => (Change::Unchanged, AfterCommit::Nothing),
@@ -1246,17 +1317,33 @@ impl SimNode {
         }
     }
 
-    fn after_commit(&mut self, step: AfterCommit, out: &mut Vec<Effect>) {
+    fn after_commit(&mut self, cluster: &Cluster, step: AfterCommit, out: &mut Vec<Effect>) {
         match step {
             AfterCommit::StartPut {
                 put,
                 object,
                 new_hint,
+                context_in,
+                actor,
             } => {
                 if new_hint {
                     self.hints_pending += 1;
                 }
-                self.start_put_round(put, object, out);
+                if put.mine.is_none_or(|m| m.hint_for.is_some()) {
+                    self.stats.fallback_writes += 1;
+                    let location = (put.target.partition, put.target.raw_key());
+                    if self.deleted_hints.contains(&location) {
+                        self.stats.fallback_writes_after_hint_deletion += 1;
+                    }
+                }
+                // The context handed back covers the client's context and
+                // this write, not concurrent siblings the client never saw.
+                let context = if cluster.bug == Some(PlantedBug::WholeClockContext) {
+                    object.clock().clone()
+                } else {
+                    written_context(&object, context_in, actor)
+                };
+                self.start_put_round(put, object, context, out);
             }
             AfterCommit::Reply(reply_to, reply) => reply_with(reply_to, reply, out),
             AfterCommit::Ack { ack, new_hint } => {
@@ -1274,7 +1361,13 @@ impl SimNode {
                 }
             }
             AfterCommit::Refuse(ack, message) => self.refuse(ack, &message, out),
-            AfterCommit::HintRemoved => self.hints_pending -= 1,
+            AfterCommit::HintRemoved { partition, raw_key } => {
+                self.hints_pending -= 1;
+                self.stats.hints_delivered += 1;
+                self.stats.hint_records_deleted += 1;
+                self.deleted_hints.insert((partition, raw_key));
+            }
+            AfterCommit::HintDelivered => self.stats.hints_delivered += 1,
             AfterCommit::Nothing => {}
         }
     }
@@ -1286,7 +1379,8 @@ impl SimNode {
             AfterCommit::Ack { ack, .. } | AfterCommit::Refuse(ack, _) => {
                 self.refuse(ack, error, out)
             }
-            AfterCommit::HintRemoved | AfterCommit::Nothing => {}
+            AfterCommit::HintRemoved { .. } | AfterCommit::HintDelivered | AfterCommit::Nothing => {
+            }
         }
     }
 
@@ -1307,7 +1401,13 @@ impl SimNode {
     /// The coordinator's own copy is stored: sends the object to the other
     /// replicas of the plan (`ReplicaPut` to primaries, `HintPut` to
     /// fallbacks) and starts the quorum round.
-    fn start_put_round(&mut self, put: PutPlan, object: Object, out: &mut Vec<Effect>) {
+    fn start_put_round(
+        &mut self,
+        put: PutPlan,
+        object: Object,
+        context: VersionVector,
+        out: &mut Vec<Effect>,
+    ) {
         let remotes: Vec<PlannedReplica> = put
             .plan
             .iter()
@@ -1357,7 +1457,7 @@ impl SimNode {
             PutState {
                 reply_to: put.reply_to,
                 round,
-                context: object.clock().clone(),
+                context,
                 w: put.w,
                 pw: put.pw,
                 outstanding: remotes.len(),

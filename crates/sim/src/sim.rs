@@ -7,11 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
+use ringkv_core::bucket::DurabilityMode;
 use ringkv_core::causality::{Object, VersionVector};
 use ringkv_core::message::{ClientOp, ClientReply, OpError, PeerRequest, PeerResponse};
 use ringkv_storage::MemoryStorage;
 
-use crate::checker::{Violation, ViolationKind, check_history};
+use crate::checker::{
+    CrashWindow, Violation, ViolationKind, check_history_with, writes_allowed_lost,
+};
 use crate::cluster::Cluster;
 use crate::config::{SIM_BUCKET, SimConfig};
 use crate::event::EventQueue;
@@ -22,6 +25,7 @@ use crate::history::{
 use crate::network::Network;
 use crate::node::{Effect, FORWARD_GRACE_MS, Payload, ReplyTo, SimNode, Timer, read_object};
 use crate::rng::SimRng;
+use crate::stats::SimStats;
 use crate::trace::Trace;
 use crate::workload::{ContextFrom, Step};
 
@@ -158,6 +162,9 @@ struct Client {
 pub struct Report {
     pub seed: u64,
     pub violations: Vec<Violation>,
+    /// Acknowledged buffered writes the checker allowed to be lost, as a
+    /// crash found them (or a write on the same node) not yet synced.
+    pub writes_allowed_lost: usize,
     pub trace_hash: u64,
     pub events: u64,
     /// The last trace lines (as many as `SimConfig::trace_tail`).
@@ -220,6 +227,10 @@ pub struct Sim {
     finishing: bool,
     /// Work events in the queue (see `Event::is_work`).
     work_events: usize,
+    /// Counters of the run, with those of node processes that ended.
+    stats: SimStats,
+    /// Crashes that found buffered writes not yet synced.
+    crash_windows: Vec<CrashWindow>,
 }
 
 impl Sim {
@@ -232,7 +243,7 @@ impl Sim {
             .ids
             .iter()
             .zip(&storages)
-            .map(|(&id, storage)| SimNode::new(id, storage.clone(), 0, 0, &cluster))
+            .map(|(&id, storage)| SimNode::new(id, storage.clone(), 0, 0, &cluster, rng.fork()))
             .collect();
         let skew = config.clock_skew_ms as i64;
         let skew_ms = (0..config.nodes)
@@ -264,6 +275,8 @@ impl Sim {
             trace,
             finishing: false,
             work_events: 0,
+            stats: SimStats::default(),
+            crash_windows: Vec::new(),
             config,
         };
         for node in 0..sim.nodes.len() {
@@ -394,6 +407,15 @@ impl Sim {
         self.run_until(self.now_ms + ms);
     }
 
+    /// What happened so far: faults, hand-offs, repairs.
+    pub fn stats(&self) -> SimStats {
+        let mut stats = self.stats;
+        for node in &self.nodes {
+            stats += node.stats;
+        }
+        stats
+    }
+
     /// Hint records every node holds (for others that were down).
     pub fn hints_pending(&self) -> usize {
         self.storages
@@ -465,11 +487,21 @@ impl Sim {
         self.run_until_clients_done();
         self.run_until_quiet();
 
-        let mut violations = check_history(&self.history, self.config.bucket.conflict);
+        // Buffered writes may be lost by a crash before their sync (the
+        // documented window); synced ones never.
+        let allowed_lost = if self.cluster.durability == DurabilityMode::Buffered {
+            let w = self.cluster.props.w as usize;
+            writes_allowed_lost(&self.history, &self.crash_windows, w.min(self.cluster.n()))
+        } else {
+            BTreeSet::new()
+        };
+        let mut violations =
+            check_history_with(&self.history, self.config.bucket.conflict, &allowed_lost);
         violations.extend(self.divergence(&keys));
         violations.extend(self.hints_left());
         Report {
             seed: self.config.seed,
+            writes_allowed_lost: allowed_lost.len(),
             violations,
             trace_hash: self.trace.hash(),
             events: self.trace.events(),
@@ -687,7 +719,15 @@ impl Sim {
         if !self.up[node] {
             return;
         }
+        if let Some(since) = self.nodes[node].unsynced_since_ms() {
+            self.crash_windows.push(CrashWindow {
+                node,
+                unsynced_since_ms: since,
+                crash_ms: self.now_ms,
+            });
+        }
         self.up[node] = false;
+        self.stats.crashes += 1;
         self.incarnation[node] += 1;
         self.commit_scheduled[node] = false;
         self.sync_scheduled[node] = false;
@@ -717,8 +757,11 @@ impl Sim {
             self.incarnation[node],
             self.now_ms,
             &self.cluster,
+            self.rng.fork(),
         );
-        self.nodes[node] = restarted;
+        let mut ended = std::mem::replace(&mut self.nodes[node], restarted);
+        self.nodes[node].carry_over_observations(&mut ended);
+        self.stats += ended.stats;
         self.up[node] = true;
         // The loops tick at once when a node starts (tokio intervals).
         self.start_periodic(node, 0, 0);
@@ -740,6 +783,7 @@ impl Sim {
 
     fn deliver(&mut self, from: usize, to: usize, payload: Payload) {
         if self.network.is_blocked(from, to) {
+            self.stats.messages_cut += 1;
             self.trace_message(from, to, " blocked", &payload);
             return;
         }
@@ -763,7 +807,18 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, to: usize, payload: Payload) {
-        let delays = self.network.fate(&mut self.rng);
+        // The node's transport runs over TCP and never sends a request
+        // twice, so duplicates stand for the re-sends of idempotent
+        // requests (hint delivery, repairs) and stray answers. A forwarded
+        // put is not idempotent: run twice it is two writes with two dots.
+        let may_duplicate = !matches!(
+            payload,
+            Payload::Request {
+                request: PeerRequest::Coordinate(_),
+                ..
+            }
+        );
+        let delays = self.network.fate(&mut self.rng, may_duplicate);
         if delays.is_empty() {
             self.trace_message(from, to, " lost", &payload);
         }

@@ -13,10 +13,9 @@ pub enum ContextFrom {
     /// (blind if it has none): the read-modify-write of DESIGN §3.
     LastRead,
     /// The context returned by this client's last acknowledged write of the
-    /// key (blind if none). That context is the coordinator's whole clock,
-    /// which also covers concurrent siblings the client never saw: a write
-    /// carrying it supersedes them, and the checker reports those as lost.
-    /// No scenario uses it for that reason.
+    /// key (blind if none): `written_context`, the write's own context plus
+    /// its new dot, so a write carrying it supersedes that write and what
+    /// it superseded, never a concurrent sibling the client did not see.
     LastWrite,
 }
 
@@ -56,8 +55,9 @@ pub struct WorkloadShape {
     /// Longest pause between two operations of a client.
     pub max_pause_ms: u64,
     /// Relative weights of: get, put with the last read's context, blind
-    /// put, delete with the last read's context.
-    pub mix: [u64; 4],
+    /// put, delete with the last read's context, put with the last write's
+    /// context.
+    pub mix: [u64; 5],
 }
 
 impl WorkloadShape {
@@ -68,7 +68,7 @@ impl WorkloadShape {
             keys,
             nodes,
             max_pause_ms: 30,
-            mix: [40, 35, 15, 10],
+            mix: [40, 35, 15, 10, 0],
         }
     }
 
@@ -104,10 +104,15 @@ impl WorkloadShape {
                             node,
                             context: ContextFrom::Blind,
                         },
-                        _ => Step::Delete {
+                        3 => Step::Delete {
                             key,
                             node,
                             context: ContextFrom::LastRead,
+                        },
+                        _ => Step::Put {
+                            key,
+                            node,
+                            context: ContextFrom::LastWrite,
                         },
                     });
                     if self.max_pause_ms > 0 {

@@ -5,11 +5,14 @@
 
 mod common;
 
-use common::{crash_config, crash_restart_run, nodes_for};
+use common::{
+    buffered_config, buffered_crash_run, crash_config, crash_restart_run, last_write_config,
+    last_write_run, nodes_for,
+};
 use ringkv_core::causality::ConflictMode;
 use ringkv_sim::{
-    ContextFrom, HintRetention, History, NetworkConfig, Outcome, PlantedBug, Report, Sim,
-    SimConfig, Step, ViolationKind, check_history,
+    ContextFrom, History, NetworkConfig, Outcome, PlantedBug, Report, Sim, SimConfig, SimStats,
+    Step, ViolationKind, check_history,
 };
 
 #[test]
@@ -34,28 +37,39 @@ fn checker_reports_a_hand_made_lost_write() {
     assert_eq!(check_history(&history, ConflictMode::Lww), vec![]);
 }
 
+/// A finished run: its report and what it exercised.
+struct Run {
+    report: Report,
+    stats: SimStats,
+}
+
+fn finish(mut sim: Sim) -> Run {
+    let report = sim.finish();
+    Run {
+        report,
+        stats: sim.stats(),
+    }
+}
+
 /// Scenario 4 (crash and restart of every node under a lossy network):
 /// a coordinator that acknowledges before its write is durable anywhere
 /// loses the write when it crashes in that window.
-fn crash_scenario(seed: u64, bug: Option<PlantedBug>) -> Report {
+fn crash_scenario(seed: u64, bug: Option<PlantedBug>) -> Run {
     let mut config = crash_config(seed);
     config.bug = bug;
-    crash_restart_run(config).finish()
+    finish(crash_restart_run(config))
 }
 
-/// Scenario 4 with the node's hint handling as of commit 76994de (`bad`)
-/// or the simulator's default.
-fn crash_scenario_hints(seed: u64, bad: bool) -> Report {
-    let mut config = crash_config(seed);
-    if bad {
-        config.hint_retention = HintRetention::DeleteWhenDelivered;
-    }
-    crash_restart_run(config).finish()
+/// Clients passing on the contexts their writes returned.
+fn last_write_scenario(seed: u64, bug: Option<PlantedBug>) -> Run {
+    let mut config = last_write_config(seed);
+    config.bug = bug;
+    finish(last_write_run(config))
 }
 
 /// Concurrent readers and writers of one key through different
 /// coordinators, reliable network, no faults.
-fn contended_run(seed: u64, bug: Option<PlantedBug>) -> Report {
+fn contended_run(seed: u64, bug: Option<PlantedBug>) -> Run {
     let nodes = nodes_for(seed);
     let mut config = SimConfig::new(seed, nodes);
     config.bug = bug;
@@ -83,36 +97,35 @@ fn contended_run(seed: u64, bug: Option<PlantedBug>) -> Report {
         }
         sim.add_client(0, steps);
     }
-    sim.finish()
+    finish(sim)
 }
 
 /// The first seed in `1..=100` on which `run(seed, true)` (the bug) is
 /// reported, after checking that the seed is clean with `run(seed, false)`.
-fn first_caught(what: &str, run: impl Fn(u64, bool) -> Report) -> (u64, Report) {
+/// Returns the seed, the buggy run and the healthy one.
+fn first_caught(what: &str, run: impl Fn(u64, bool) -> Run) -> (u64, Run, Run) {
     for seed in 1..=100 {
-        let report = run(seed, true);
-        if !report.is_clean() {
+        let buggy = run(seed, true);
+        if !buggy.report.is_clean() {
             let healthy = run(seed, false);
             assert!(
-                healthy.is_clean(),
-                "seed {seed} fails even without {what}:\n{healthy}"
+                healthy.report.is_clean(),
+                "seed {seed} fails even without {what}:\n{}",
+                healthy.report
             );
-            return (seed, report);
+            return (seed, buggy, healthy);
         }
     }
     panic!("the checker never caught {what} in 100 seeds");
 }
 
-fn with_bug(
-    run: fn(u64, Option<PlantedBug>) -> Report,
-    bug: PlantedBug,
-) -> impl Fn(u64, bool) -> Report {
+fn with_bug(run: fn(u64, Option<PlantedBug>) -> Run, bug: PlantedBug) -> impl Fn(u64, bool) -> Run {
     move |seed, planted| run(seed, planted.then_some(bug))
 }
 
 #[test]
 fn checker_catches_ack_before_quorum() {
-    let (seed, report) = first_caught(
+    let (seed, Run { report, .. }, _) = first_caught(
         "AckBeforeQuorum",
         with_bug(crash_scenario, PlantedBug::AckBeforeQuorum),
     );
@@ -125,7 +138,7 @@ fn checker_catches_ack_before_quorum() {
 
 #[test]
 fn checker_catches_drop_siblings_on_merge() {
-    let (seed, report) = first_caught(
+    let (seed, Run { report, .. }, _) = first_caught(
         "DropSiblingsOnMerge",
         with_bug(contended_run, PlantedBug::DropSiblingsOnMerge),
     );
@@ -137,18 +150,72 @@ fn checker_catches_drop_siblings_on_merge() {
     println!("DropSiblingsOnMerge caught on seed {seed}:\n{report}");
 }
 
-/// Not planted: what `crates/node/src/node.rs` does today (commit 76994de).
-/// A fallback coordinating a write for a down primary counts its dot from
-/// the hint it holds for the key; once that hint is handed off and deleted,
-/// its next write to the key reuses a dot the primaries already have, and
-/// they drop the acknowledged write. Kept as a test so that the finding
-/// stays reproducible: the checker must keep catching this behaviour.
+/// The node deletes a hint record once every target acknowledged it, and
+/// since commit a56b069 a fallback stamps each write it coordinates with a
+/// fresh actor id. Before that it counted its dots on from its hint copy,
+/// which deletion forgets, and reissued dots the primaries already held
+/// (`ReuseFallbackActor`): the checker catches that, and the same seed is
+/// clean with fresh actors although a fallback did write a key again after
+/// deleting its hint for it.
 #[test]
-fn checker_catches_fallback_dot_reuse_after_hint_deletion() {
-    let (seed, report) = first_caught("deleting delivered hints", crash_scenario_hints);
+fn deleting_delivered_hints_is_safe_with_fresh_fallback_actors() {
+    let (seed, Run { report, .. }, healthy) = first_caught(
+        "ReuseFallbackActor",
+        with_bug(crash_scenario, PlantedBug::ReuseFallbackActor),
+    );
     assert!(
         report.has(ViolationKind::LostWrite),
         "seed {seed}: expected a lost write:\n{report}"
     );
-    println!("fallback dot reuse caught on seed {seed}:\n{report}");
+    assert!(
+        healthy.stats.hint_records_deleted > 0,
+        "{:?}",
+        healthy.stats
+    );
+    assert!(
+        healthy.stats.fallback_writes_after_hint_deletion > 0,
+        "seed {seed} never wrote a key again through a fallback that deleted its hint: {:?}",
+        healthy.stats
+    );
+    println!("ReuseFallbackActor caught on seed {seed}:\n{report}");
+}
+
+/// Returning the object's whole clock to a writer lets its next write drop
+/// concurrent siblings it never saw (fixed in a56b069 by
+/// `written_context`).
+#[test]
+fn checker_catches_whole_clock_write_context() {
+    let (seed, Run { report, .. }, _) = first_caught(
+        "WholeClockContext",
+        with_bug(last_write_scenario, PlantedBug::WholeClockContext),
+    );
+    assert!(
+        report.has(ViolationKind::LostWrite),
+        "seed {seed}: expected a lost write:\n{report}"
+    );
+    println!("WholeClockContext caught on seed {seed}:\n{report}");
+}
+
+/// Buffered crashes spaced beyond the sync interval.
+fn buffered_scenario(seed: u64, bug: Option<PlantedBug>) -> Run {
+    let mut config = buffered_config(seed);
+    config.bug = bug;
+    finish(buffered_crash_run(config))
+}
+
+/// A primary that stamps buffered writes with its node id reissues the
+/// dots of buffered writes a crash lost (fixed in a56b069 by a
+/// per-process incarnation actor): the buffered scenario, whose checker
+/// allows only writes that W replicas lost in a crash, catches it.
+#[test]
+fn checker_catches_buffered_dot_reuse_after_a_crash() {
+    let (seed, Run { report, .. }, _) = first_caught(
+        "BufferedActorIsNodeId",
+        with_bug(buffered_scenario, PlantedBug::BufferedActorIsNodeId),
+    );
+    assert!(
+        report.has(ViolationKind::LostWrite),
+        "seed {seed}: expected a lost write:\n{report}"
+    );
+    println!("BufferedActorIsNodeId caught on seed {seed}:\n{report}");
 }

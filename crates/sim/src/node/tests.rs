@@ -70,7 +70,14 @@ fn coordinated_put(
     key: &str,
 ) -> (SimNode, Vec<(NodeId, RequestId, PeerRequest)>, Timer) {
     let coordinator = cluster.primaries(SIM_BUCKET, key.as_bytes())[0];
-    let mut node = SimNode::new(coordinator, MemoryStorage::new(), 0, 0, cluster);
+    let mut node = SimNode::new(
+        coordinator,
+        MemoryStorage::new(),
+        0,
+        0,
+        cluster,
+        SimRng::new(1),
+    );
     let mut out = Vec::new();
     node.execute(cluster, 1, put(key), ReplyTo::Client(0), true, &mut out);
     assert!(
@@ -172,7 +179,14 @@ fn a_put_at_a_non_primary_is_forwarded_to_the_next_primary_when_one_refuses() {
         })
         .expect("with 5 nodes some key avoids node 0");
     let primaries = cluster.primaries(SIM_BUCKET, key.as_bytes());
-    let mut node = SimNode::new(cluster.ids[0], MemoryStorage::new(), 0, 0, &cluster);
+    let mut node = SimNode::new(
+        cluster.ids[0],
+        MemoryStorage::new(),
+        0,
+        0,
+        &cluster,
+        SimRng::new(1),
+    );
     let mut out = Vec::new();
     node.execute(&cluster, 1, put(&key), ReplyTo::Client(9), true, &mut out);
     let sent = requests(&out);

@@ -20,7 +20,7 @@ pub fn crash_restart_run(config: SimConfig) -> Sim {
     let mut sim = Sim::new(config);
     let mut rng = sim.fork_rng();
     let mut shape = WorkloadShape::new(4, 30, 4, (0..nodes).collect());
-    shape.mix = [30, 40, 20, 10];
+    shape.mix = [30, 40, 20, 10, 0];
     for steps in shape.generate(&mut rng) {
         sim.add_client(rng.between(0, 10), steps);
     }
@@ -100,4 +100,64 @@ pub fn long_partition_run(seed: u64) -> Sim {
         sim.schedule(t, Fault::Heal);
     }
     sim
+}
+
+/// Clients that mostly pass on the context their own last write returned
+/// (`ContextFrom::LastWrite`), among blind writers, readers and deleters
+/// of two keys through every node, over a lossy network with one crash.
+pub fn last_write_run(config: SimConfig) -> Sim {
+    let nodes = config.nodes;
+    let mut sim = Sim::new(config);
+    let mut rng = sim.fork_rng();
+    let mut shape = WorkloadShape::new(4, 30, 2, (0..nodes).collect());
+    shape.mix = [20, 10, 20, 5, 45];
+    for steps in shape.generate(&mut rng) {
+        sim.add_client(rng.between(0, 10), steps);
+    }
+    let node = rng.index(nodes);
+    let at = rng.between(100, 400);
+    sim.schedule(at, Fault::Crash(node));
+    sim.schedule(at + rng.between(50, 300), Fault::Restart(node));
+    sim
+}
+
+pub fn last_write_config(seed: u64) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes_for(seed));
+    config.network = NetworkConfig::lossy(0.02, 0.02);
+    config
+}
+
+/// Buffered durability (acknowledged before the sync, synced within
+/// `sync_interval_ms`): nodes crash one at a time, each crash more than a
+/// sync interval after the previous one, while clients write.
+pub fn buffered_crash_run(config: SimConfig) -> Sim {
+    let nodes = config.nodes;
+    let interval = config.sync_interval_ms;
+    let mut sim = Sim::new(config);
+    let mut rng = sim.fork_rng();
+    let mut shape = WorkloadShape::new(4, 40, 3, (0..nodes).collect());
+    shape.mix = [25, 35, 20, 10, 10];
+    shape.max_pause_ms = 60;
+    for steps in shape.generate(&mut rng) {
+        sim.add_client(rng.between(0, 10), steps);
+    }
+    let mut t = rng.between(100, 400);
+    for _ in 0..5 {
+        let node = rng.index(nodes);
+        sim.schedule(t, Fault::Crash(node));
+        let down = rng.between(50, 300);
+        sim.schedule(t + down, Fault::Restart(node));
+        t += down + interval + rng.between(50, 300);
+    }
+    sim
+}
+
+pub fn buffered_config(seed: u64) -> SimConfig {
+    let mut config = SimConfig::new(seed, nodes_for(seed));
+    config.node_durability = ringkv_core::bucket::DurabilityMode::Buffered;
+    // Shorter than the node's 1 s default, so that several crashes spaced
+    // beyond it fit in one run.
+    config.sync_interval_ms = 300;
+    config.network = NetworkConfig::lossy(0.01, 0.01);
+    config
 }
