@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node. With no flags: a single-node store in ./ringkv-data on the default addresses.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Start a local cluster of real `ringkv server` processes on 127.0.0.1; Ctrl-C stops it.
     DevCluster(dev_cluster::DevClusterArgs),
     /// Read a key.
@@ -198,7 +198,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => {
             init_logging();
-            let config = args.into_config()?;
+            let config = (*args).into_config()?;
             let runtime = tokio::runtime::Runtime::new().context("while starting the runtime")?;
             runtime.block_on(async {
                 let running = ringkv_node::start(config).await?;

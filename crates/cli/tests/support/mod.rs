@@ -97,10 +97,10 @@ impl TestNode {
             &format!("{} to serve HTTP", self.name),
             Duration::from_secs(30),
             || {
-                if let Some(child) = self.child.as_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        panic!("{} exited with {status}; log:\n{}", self.name, self.log());
-                    }
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("{} exited with {status}; log:\n{}", self.name, self.log());
                 }
                 Client::new(&url).cluster_status().ok()
             },
