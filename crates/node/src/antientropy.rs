@@ -155,6 +155,7 @@ impl Node {
                 ExchangeStep::Done(outcome) => break outcome,
             }
         };
+        self.metrics.exchanges.inc();
         if outcome.differences.is_empty() {
             return Ok(());
         }

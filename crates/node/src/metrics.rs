@@ -76,6 +76,7 @@ pub struct Metrics {
     pub hints_delivered: Counter,
     pub peer_up: Family<PeerLabels, Gauge>,
     pub keys_repaired: Counter,
+    pub exchanges: Counter,
     pub tree_keys: Gauge,
 }
 
@@ -179,9 +180,16 @@ impl Metrics {
             "Keys in this node's anti-entropy Merkle trees",
             tree_keys.clone(),
         );
+        let exchanges = Counter::default();
+        registry.register(
+            "aae_exchanges",
+            "Anti-entropy exchanges completed",
+            exchanges.clone(),
+        );
         Metrics {
             registry,
             keys_repaired,
+            exchanges,
             tree_keys,
             hints_pending,
             hints_stored,
