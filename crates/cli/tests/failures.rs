@@ -111,6 +111,14 @@ fn sloppy_quorum_keeps_writes_flowing_and_hints_reach_the_primaries() {
         .position(none_down)
         .expect("some key has no primary on node4 or node5");
     assert_eq!(strict_put(&keys[j]).0, 204);
+    // pr=2 reads likewise need two real primaries.
+    let strict_get = |key: &str| {
+        let url = format!("{}/v1/kv/sloppy/{key}?r=2&pr=2", cluster.nodes[1].url());
+        support::http_status(&url)
+    };
+    assert_eq!(strict_get(&keys[i]), 503);
+    // (300: the blind strict write above made a sibling of the first value.)
+    assert_eq!(strict_get(&keys[j]), 300);
     let held: u64 = (0..3).map(|n| hints_pending(&cluster, n)).sum();
     assert!(held > 0, "fallbacks hold hints for the down primaries");
 

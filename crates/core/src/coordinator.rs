@@ -161,6 +161,9 @@ impl PutRound {
 #[derive(Debug)]
 pub struct GetRound {
     needed: usize,
+    /// `pr`: replies that must come from primaries (not fallbacks).
+    primaries_needed: usize,
+    primaries: BTreeSet<NodeId>,
     asked: Vec<NodeId>,
     replies: BTreeMap<NodeId, Option<Object>>,
     failures: BTreeSet<NodeId>,
@@ -170,9 +173,23 @@ pub struct GetRound {
 
 impl GetRound {
     pub fn new(needed: usize, asked: Vec<NodeId>, mode: ConflictMode) -> Self {
+        Self::with_primaries(needed, 0, Vec::new(), asked, mode)
+    }
+
+    /// A round that also needs `pr` replies from `primaries` (a subset of
+    /// `asked`; the others are fallbacks standing in for primaries).
+    pub fn with_primaries(
+        needed: usize,
+        pr: usize,
+        primaries: Vec<NodeId>,
+        asked: Vec<NodeId>,
+        mode: ConflictMode,
+    ) -> Self {
         assert!(needed >= 1, "a quorum of zero is a programming error");
         GetRound {
             needed,
+            primaries_needed: pr,
+            primaries: primaries.into_iter().collect(),
             asked,
             replies: BTreeMap::new(),
             failures: BTreeSet::new(),
@@ -244,8 +261,35 @@ impl GetRound {
             .collect()
     }
 
+    fn primary_replies(&self) -> usize {
+        self.replies
+            .keys()
+            .filter(|n| self.primaries.contains(n))
+            .count()
+    }
+
     fn decide(&mut self) -> Option<Quorum<Option<Object>>> {
         if self.decided {
+            return None;
+        }
+        let primary_replies = self.primary_replies();
+        let pending_primaries = self
+            .primaries
+            .iter()
+            .filter(|n| {
+                self.asked.contains(n)
+                    && !self.replies.contains_key(n)
+                    && !self.failures.contains(n)
+            })
+            .count();
+        if primary_replies + pending_primaries < self.primaries_needed {
+            self.decided = true;
+            return Some(Quorum::Unreachable {
+                got: primary_replies as u32,
+                needed: self.primaries_needed as u32,
+            });
+        }
+        if primary_replies < self.primaries_needed {
             return None;
         }
         if self.replies.len() >= self.needed {
@@ -397,6 +441,31 @@ mod tests {
         round.replied(1, None);
         assert_eq!(round.replied(2, None), Some(Quorum::Reached(None)));
         assert!(round.stale_replicas().is_empty());
+    }
+
+    #[test]
+    fn pr_counts_primary_replies_only() {
+        // Asked: primary 1, fallbacks 8 and 9 (primaries 2 and 3 are down).
+        let mut round =
+            GetRound::with_primaries(2, 2, vec![1], vec![1, 8, 9], ConflictMode::Siblings);
+        assert_eq!(
+            round.start(),
+            Some(Quorum::Unreachable { got: 0, needed: 2 })
+        );
+        let mut round =
+            GetRound::with_primaries(2, 1, vec![1, 2], vec![1, 2, 9], ConflictMode::Siblings);
+        assert_eq!(round.replied(9, None), None);
+        assert_eq!(round.replied(2, None), Some(Quorum::Reached(None)));
+        let mut round = GetRound::with_primaries(1, 1, vec![1], vec![1, 9], ConflictMode::Siblings);
+        assert_eq!(
+            round.replied(9, None),
+            None,
+            "a fallback's reply does not meet pr"
+        );
+        assert_eq!(
+            round.failed(1),
+            Some(Quorum::Unreachable { got: 0, needed: 1 })
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub enum ClientOp {
         bucket: String,
         key: Vec<u8>,
         r: Option<u32>,
+        /// Replies that must come from primaries (not fallbacks); None = 0.
+        pr: Option<u32>,
         timeout_ms: u64,
     },
     Put {

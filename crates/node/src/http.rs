@@ -69,6 +69,7 @@ fn bad_request(message: impl Into<String>) -> Response {
 #[derive(Default)]
 struct KvQuery {
     r: Option<u32>,
+    pr: Option<u32>,
     w: Option<u32>,
     pw: Option<u32>,
     timeout_ms: Option<u64>,
@@ -86,11 +87,12 @@ fn parse_query(raw: Option<&str>) -> Result<KvQuery, Response> {
         match name {
             "r" => query.r = Some(value.parse().map_err(|_| bad())?),
             "w" => query.w = Some(value.parse().map_err(|_| bad())?),
+            "pr" => query.pr = Some(value.parse().map_err(|_| bad())?),
             "pw" => query.pw = Some(value.parse().map_err(|_| bad())?),
             "timeout_ms" => query.timeout_ms = Some(value.parse().map_err(|_| bad())?),
             _ => {
                 return Err(bad_request(format!(
-                    "unknown query parameter {name:?} (known: r, w, pw, timeout_ms)"
+                    "unknown query parameter {name:?} (known: r, pr, w, pw, timeout_ms)"
                 )));
             }
         }
@@ -155,11 +157,12 @@ async fn kv(
             bucket,
             key,
             r: query.r,
+            pr: query.pr,
             timeout_ms,
         }
     } else {
-        if query.r.is_some() {
-            return bad_request("r applies to reads; use w for writes");
+        if query.r.is_some() || query.pr.is_some() {
+            return bad_request("r and pr apply to reads; use w and pw for writes");
         }
         let context = match context_from(&headers) {
             Ok(context) => context,

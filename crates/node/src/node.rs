@@ -297,8 +297,9 @@ impl Node {
                     bucket,
                     key,
                     r,
+                    pr,
                     timeout_ms,
-                } => self.coordinate_get(bucket, key, r, timeout_ms).await,
+                } => self.coordinate_get(bucket, key, r, pr, timeout_ms).await,
                 put @ ClientOp::Put { .. } => self.coordinate_put(put, may_forward).await,
             },
         };
@@ -646,13 +647,14 @@ impl Node {
         bucket: String,
         key: Vec<u8>,
         r: Option<u32>,
+        pr: Option<u32>,
         timeout_ms: u64,
     ) -> ClientReply {
         let layout = self.layout();
         let effective = self.effective(&bucket, &layout);
-        let r = match effective.quorum("r", r) {
-            Ok(r) => r,
-            Err(e) => return ClientReply::Failed(e),
+        let (r, pr) = match (effective.quorum("r", r), effective.strict_quorum("pr", pr)) {
+            (Ok(r), Ok(pr)) => (r.max(pr), pr),
+            (Err(e), _) | (_, Err(e)) => return ClientReply::Failed(e),
         };
         let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
         let plan = self.replica_plan(&layout, partition, effective.n);
@@ -661,7 +663,7 @@ impl Node {
         let asked: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
         // A single local replica (n=1, or a one-node cluster): answer inline,
         // without tasks and channels; nothing to repair.
-        if asked == [self.id] {
+        if asked == [self.id] && (pr == 0 || plan[0].hint_for.is_none()) {
             return match self.read_local(partition, &bucket, &key, mode) {
                 Ok(object) => {
                     if let Some(object) = &object {
@@ -698,7 +700,7 @@ impl Node {
         let (decided_tx, decided) = oneshot::channel();
         let node = self.clone();
         tokio::spawn(async move {
-            let mut round = GetRound::new(r, asked, mode);
+            let mut round = GetRound::with_primaries(r, pr, primaries.clone(), asked, mode);
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
             let mut decided_tx = Some(decided_tx);

@@ -263,6 +263,7 @@ async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<(Vec<u8>, VersionVe
         bucket: node.config.resp_bucket.clone(),
         key: key.to_vec(),
         r: None,
+        pr: None,
         timeout_ms: node.config.request_timeout_ms,
     };
     match node.execute(op, true).await {

@@ -107,6 +107,7 @@ mod tests {
                 bucket: "b".into(),
                 key: b"k".to_vec(),
                 r: Some(2),
+                pr: None,
                 timeout_ms: 100,
             }),
         };

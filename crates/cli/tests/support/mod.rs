@@ -248,6 +248,11 @@ pub fn http_get(url: &str) -> String {
     body
 }
 
+/// The status of a plain HTTP GET.
+pub fn http_status(url: &str) -> u16 {
+    http("GET", url, b"").0
+}
+
 /// A plain HTTP PUT; returns (status, body).
 pub fn http_put(url: &str, body: &[u8]) -> (u16, String) {
     http("PUT", url, body)
