@@ -135,6 +135,8 @@ struct ServerArgs {
     #[arg(long)]
     hints_max: Option<u64>,
     #[arg(long)]
+    hints_max_bytes: Option<u64>,
+    #[arg(long)]
     hint_delivery_per_second: Option<usize>,
     #[arg(long)]
     aae_interval_ms: Option<u64>,
@@ -181,6 +183,7 @@ impl ServerArgs {
             buffered_sync_interval_ms,
             heartbeat_interval_ms,
             hints_max,
+            hints_max_bytes,
             hint_delivery_per_second,
             aae_interval_ms,
             aae_max_segments

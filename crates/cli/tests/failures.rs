@@ -156,3 +156,40 @@ fn sloppy_quorum_keeps_writes_flowing_and_hints_reach_the_primaries() {
         assert_disk_holds(&mut cluster.nodes[node_index], "sloppy", &owned);
     }
 }
+
+#[test]
+fn a_full_hint_store_never_fails_a_write_that_reaches_w_otherwise() {
+    // Every hint is refused (the store holds at most 1 byte of hints).
+    let mut cluster = Cluster::start_with(4, &["--hints-max-bytes", "1"]);
+    cluster.nodes[3].kill9();
+    for observer in 0..3 {
+        eventually("node4 to be seen down", Duration::from_secs(5), || {
+            (liveness(&cluster, observer, "node4") == "down").then_some(())
+        });
+    }
+    let mut with_node4 = 0;
+    for i in 0..40 {
+        let key = format!("full-{i}");
+        let url = format!("{}/v1/preflist/sloppy/{key}", cluster.nodes[0].url());
+        let preflist: serde_json::Value = serde_json::from_str(&support::http_get(&url)).unwrap();
+        let primaries = preflist["primaries"].to_string();
+        // Two live primaries reach W=2 although the fallback refuses the hint.
+        cluster.nodes[i % 3]
+            .client()
+            .put("sloppy", key.as_bytes(), b"v", "text/plain", None, Some(2))
+            .unwrap_or_else(|e| panic!("{key} (primaries {primaries}): {e}"));
+        if primaries.contains("node4") {
+            with_node4 += 1;
+            // W=3 needs the refused hint: 503.
+            let url = format!("{}/v1/kv/sloppy/{key}?w=3", cluster.nodes[0].url());
+            assert_eq!(support::http_put(&url, b"w3").0, 503, "{key}");
+        }
+    }
+    assert!(
+        with_node4 > 5,
+        "only {with_node4} keys had node4 as a primary"
+    );
+    for n in 0..3 {
+        assert_eq!(hints_pending(&cluster, n), 0);
+    }
+}

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// Most hint records a node holds for other nodes (sloppy quorum).
     pub hints_max: u64,
+    /// Most bytes of hint records a node holds for other nodes.
+    pub hints_max_bytes: u64,
     /// Hints handed off per second at most.
     pub hint_delivery_per_second: usize,
     /// Anti-entropy: one exchange per (partition, n) this node is a primary
@@ -73,6 +75,7 @@ impl Default for NodeConfig {
             buffered_sync_interval_ms: 1000,
             heartbeat_interval_ms: 500,
             hints_max: 1_000_000,
+            hints_max_bytes: 1024 * 1024 * 1024,
             hint_delivery_per_second: 2000,
             aae_interval_ms: 10_000,
             aae_max_segments: 64,
@@ -119,10 +122,11 @@ impl NodeConfig {
         }
         if self.heartbeat_interval_ms == 0
             || self.hints_max == 0
+            || self.hints_max_bytes == 0
             || self.hint_delivery_per_second == 0
         {
             return Err(
-                "heartbeat-interval-ms, hints-max and hint-delivery-per-second must be positive"
+                "heartbeat-interval-ms, hints-max, hints-max-bytes and hint-delivery-per-second must be positive"
                     .into(),
             );
         }

@@ -342,7 +342,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let stats = node.store_stats();
     node.metrics.group_commit_batches.set(stats.commits as i64);
     node.metrics.group_commit_jobs.set(stats.jobs as i64);
-    node.metrics.hints_pending.set(node.hints_pending());
+    node.metrics.hints_pending.set(node.hints_pending() as i64);
     node.metrics.tree_keys.set(node.tree_keys() as i64);
     let layout = node.layout();
     for member in layout.members().iter().filter(|m| m.id != node.id) {

@@ -195,7 +195,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         node.clone(),
         Arc::new(Semaphore::new(config.max_connections)),
     ));
-    node.count_hints()?;
+    node.store().count_hints(node.layout().partitions())?;
     tokio::spawn(node.clone().gossip_loop());
     tokio::spawn(node.clone().heartbeat_loop());
     tokio::spawn(node.clone().hint_delivery_loop());

@@ -8,7 +8,6 @@
 //! the storage engine's group committer, which batches many writes into
 //! one durable commit.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,9 +57,6 @@ pub struct Node {
     /// Random per process start: the actor of buffered writes.
     incarnation: NodeId,
     detector: Mutex<FailureDetector>,
-    /// Hint records held for other nodes (approximate between restarts of
-    /// the count: recounted at start).
-    hints_pending: AtomicI64,
     pub metrics: Metrics,
 }
 
@@ -135,7 +131,6 @@ impl Node {
             membership: tokio::sync::Mutex::new(()),
             incarnation: rand::random::<u64>().max(1),
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
-            hints_pending: AtomicI64::new(0),
             metrics,
         })
     }
@@ -246,12 +241,18 @@ impl Node {
         plan
     }
 
-    pub fn hints_pending(&self) -> i64 {
-        self.hints_pending.load(Ordering::Relaxed).max(0)
+    /// Hint records held for other nodes.
+    pub fn hints_pending(&self) -> u64 {
+        self.store.hint_usage().0
+    }
+
+    /// The hint store cannot take `incoming` more bytes.
+    fn hint_store_full(&self, incoming: usize) -> bool {
+        let (records, bytes) = self.store.hint_usage();
+        records >= self.config.hints_max || bytes + incoming as u64 > self.config.hints_max_bytes
     }
 
     fn hint_stored(&self) {
-        self.hints_pending.fetch_add(1, Ordering::Relaxed);
         self.metrics.hints_stored.inc();
     }
 
@@ -414,6 +415,7 @@ impl Node {
             now_ms(),
         );
         let context_in = context.clone();
+        let value_bytes = value.as_ref().map_or(0, Vec::len);
         let new_version = NewVersion {
             value,
             content_type,
@@ -433,6 +435,10 @@ impl Node {
             Some(m) => m.hint_for,
             None => first_primary.filter(|p| *p != self.id),
         };
+        // A full hint store keeps nothing more: the coordinator then still
+        // stamps and sends the write, but does not count as a replica.
+        // (An object's encoding adds its clock and metadata to the value.)
+        let hint_store_full = local_hint_for.is_some() && self.hint_store_full(value_bytes + 64);
         let stored = match local_hint_for {
             // A fallback coordinating for a primary that is down: the
             // write lives in the hint store until it is handed off.
@@ -445,6 +451,7 @@ impl Node {
                         move |current| {
                             let is_new = current.is_none();
                             match update(current.as_ref().map(|h| &h.object)) {
+                                Ok(object) if hint_store_full => (current, (Ok(object), false)),
                                 Ok(object) => {
                                     let mut targets =
                                         current.map(|h| h.targets).unwrap_or_default();
@@ -499,7 +506,8 @@ impl Node {
         let remotes: Vec<PlannedReplica> =
             plan.iter().filter(|r| r.node != self.id).copied().collect();
         let roles: Vec<Role> = remotes.iter().map(|r| r.role()).collect();
-        let mut round = PutRound::with_roles(w, pw, mine.map(|m| m.role()), &roles);
+        let local_role = mine.map(|m| m.role()).filter(|_| !hint_store_full);
+        let mut round = PutRound::with_roles(w, pw, local_role, &roles);
         let (acks_tx, mut acks) = mpsc::channel(remotes.len().max(1));
         let encoded = object.encode();
         for replica in remotes {
@@ -540,8 +548,8 @@ impl Node {
         tokio::pin!(deadline);
         let mut decision = round.start();
         let (mut acked, mut primaries_acked) = (
-            mine.is_some() as u32,
-            (mine.map(|m| m.role()) == Some(Role::Primary)) as u32,
+            local_role.is_some() as u32,
+            (local_role == Some(Role::Primary)) as u32,
         );
         while decision.is_none() {
             decision = tokio::select! {
@@ -1010,9 +1018,13 @@ impl Node {
         };
         // A full hint store refuses: the coordinator then counts this
         // replica as failed and may still reach W through others.
-        if self.hints_pending() >= self.config.hints_max as i64 {
+        if self.hint_store_full(object.len()) {
+            let (records, bytes) = self.store.hint_usage();
             return PeerResponse::Refused {
-                message: format!("hint store is full ({} hints)", self.config.hints_max),
+                message: format!(
+                    "hint store is full ({records} hints, {bytes} bytes; limits {} and {})",
+                    self.config.hints_max, self.config.hints_max_bytes
+                ),
             };
         }
         let partition = partition_of(
@@ -1053,24 +1065,6 @@ impl Node {
                 message: e.to_string(),
             },
         }
-    }
-
-    /// Counts the hints on disk (at start).
-    pub fn count_hints(&self) -> Result<(), StoreError> {
-        let mut count = 0i64;
-        for partition in 0..self.layout().partitions() {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let page = self.store.scan_hints(partition, after.as_deref(), 1024)?;
-                let Some((last, _)) = page.last() else {
-                    break;
-                };
-                after = Some(last.clone());
-                count += page.len() as i64;
-            }
-        }
-        self.hints_pending.store(count, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Hands hints off to their primaries once these are reachable again;
@@ -1185,9 +1179,6 @@ impl Node {
                 },
             )
             .await?;
-        if removed {
-            self.hints_pending.fetch_sub(1, Ordering::Relaxed);
-        }
         Ok(removed)
     }
 

@@ -4,6 +4,7 @@
 //! Also the node's metadata records (identity, layout, buckets).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ringkv_core::antientropy::MerkleTree;
@@ -42,6 +43,22 @@ pub struct LocalStore {
     storage: Arc<dyn Storage>,
     committer: GroupCommitter,
     trees: Arc<Trees>,
+    hints: Arc<HintUsage>,
+}
+
+/// Hint records and their bytes on disk: counted at start, then kept
+/// exact by the committer as hint records are written and deleted.
+#[derive(Default)]
+pub struct HintUsage {
+    records: AtomicI64,
+    bytes: AtomicI64,
+}
+
+impl HintUsage {
+    fn apply(&self, records: i64, bytes: i64) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// The anti-entropy Merkle trees of this node, one per (partition, n):
@@ -97,7 +114,36 @@ impl LocalStore {
             storage,
             committer,
             trees: Arc::new(Trees::default()),
+            hints: Arc::new(HintUsage::default()),
         }
+    }
+
+    /// Hint records held and their encoded bytes.
+    pub fn hint_usage(&self) -> (u64, u64) {
+        let load = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        (load(&self.hints.records), load(&self.hints.bytes))
+    }
+
+    /// Counts the hints on disk (at start, before serving).
+    pub fn count_hints(&self, partitions: u32) -> Result<(), StoreError> {
+        let (mut records, mut bytes) = (0i64, 0i64);
+        for partition in 0..partitions {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self
+                    .storage
+                    .scan(Space::Hints(partition), after.as_deref(), 1024)?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                records += page.len() as i64;
+                bytes += page.iter().map(|(_, v)| v.len() as i64).sum::<i64>();
+            }
+        }
+        self.hints.records.store(records, Ordering::Relaxed);
+        self.hints.bytes.store(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn trees(&self) -> &Trees {
@@ -210,6 +256,8 @@ impl LocalStore {
             update: Some(Box::new(update)),
             outcome: None,
             reply: tx,
+            usage: self.hints.clone(),
+            delta: (0, 0),
         };
         self.committer.submit(
             Space::Hints(partition),
@@ -350,6 +398,9 @@ struct HintJob<T> {
     update: Option<HintFn<T>>,
     outcome: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    usage: Arc<HintUsage>,
+    /// (records, bytes) this job adds once applied.
+    delta: (i64, i64),
 }
 
 impl<T: Send + 'static> Job for HintJob<T> {
@@ -357,6 +408,7 @@ impl<T: Send + 'static> Job for HintJob<T> {
         let Some(update) = self.update.take() else {
             return Change::Unchanged;
         };
+        let old_bytes = current.map_or(0, |c| c.len() as i64);
         let current = match current.map(Hint::decode).transpose() {
             Ok(current) => current,
             Err(e) => {
@@ -364,18 +416,30 @@ impl<T: Send + 'static> Job for HintJob<T> {
                 return Change::Unchanged;
             }
         };
+        let existed = i64::from(current.is_some());
         let (next, value) = update(current);
         self.outcome = Some(Ok(value));
         match next {
-            Some(hint) => Change::Put(hint.encode()),
-            None => Change::Delete,
+            Some(hint) => {
+                let bytes = hint.encode();
+                self.delta = (1 - existed, bytes.len() as i64 - old_bytes);
+                Change::Put(bytes)
+            }
+            None if existed == 1 => {
+                self.delta = (-1, -old_bytes);
+                Change::Delete
+            }
+            None => Change::Unchanged,
         }
     }
 
     fn done(self: Box<Self>, result: Result<(), StorageError>) {
         let outcome = match result {
             Err(e) => Err(StoreError::Storage(e)),
-            Ok(()) => self.outcome.unwrap_or(Err(StoreError::Closed)),
+            Ok(()) => {
+                self.usage.apply(self.delta.0, self.delta.1);
+                self.outcome.unwrap_or(Err(StoreError::Closed))
+            }
         };
         let _ = self.reply.send(outcome);
     }
