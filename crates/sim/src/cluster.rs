@@ -24,8 +24,10 @@ pub struct Cluster {
     pub hint_delivery_interval_ms: u64,
     pub hint_delivery_per_second: usize,
     pub hints_max: u64,
-    /// Timeout of the node's own requests (hint delivery).
+    /// Timeout of the node's own requests (hint delivery, anti-entropy).
     pub node_request_timeout_ms: u64,
+    /// `--aae-max-segments`.
+    pub anti_entropy_max_segments: usize,
 }
 
 impl Cluster {
@@ -68,6 +70,7 @@ impl Cluster {
             hint_delivery_per_second: config.hint_delivery_per_second,
             hints_max: config.hints_max,
             node_request_timeout_ms: config.node_request_timeout_ms,
+            anti_entropy_max_segments: config.anti_entropy_max_segments,
         }
     }
 

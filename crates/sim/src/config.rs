@@ -35,6 +35,15 @@ pub enum PlantedBug {
     /// node before a56b069), which also covers concurrent siblings the
     /// client never saw: a write passing that context drops them.
     WholeClockContext,
+    /// A replica merging an incoming object keeps its own siblings that
+    /// the incoming history superseded: covered versions come back.
+    MergeResurrects,
+    /// A replica that receives an older copy of a key (a late duplicate, a
+    /// stale hint, a slow repair) stores it over its newer one.
+    OverwriteWithStale,
+    /// Neither anti-entropy nor hinted handoff runs: replicas that missed
+    /// writes stay behind until a read repairs them.
+    NoBackgroundRepair,
 }
 
 /// The simulated network between nodes. Reordering needs no knob: every
@@ -101,8 +110,14 @@ pub struct SimConfig {
     pub hint_delivery_per_second: usize,
     /// Most hints a node holds (`--hints-max`).
     pub hints_max: u64,
-    /// Timeout of a node's own requests (hint delivery, read repair).
+    /// Timeout of a node's own requests (hint delivery, read repair,
+    /// anti-entropy).
     pub node_request_timeout_ms: u64,
+    /// How often a node starts an anti-entropy pass (`--aae-interval-ms`;
+    /// the node's default is 10 s, runs here are seconds long).
+    pub anti_entropy_interval_ms: u64,
+    /// Most segments one exchange compares (`--aae-max-segments`).
+    pub anti_entropy_max_segments: usize,
     /// How many trace lines to keep for failure reports (the hash covers
     /// all of them).
     pub trace_tail: usize,
@@ -130,6 +145,8 @@ impl SimConfig {
             hint_delivery_per_second: 2000,
             hints_max: 1_000_000,
             node_request_timeout_ms: 5_000,
+            anti_entropy_interval_ms: 1_000,
+            anti_entropy_max_segments: 64,
             trace_tail: 200,
             bug: None,
         }

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::NetworkConfig;
+use crate::fault::Cut;
 use crate::rng::SimRng;
 
 pub struct Network {
@@ -58,10 +59,17 @@ impl Network {
 
     /// Cuts `node` off from every other node, both directions.
     pub fn isolate(&mut self, node: usize, nodes: usize) {
-        for other in (0..nodes).filter(|&o| o != node) {
-            self.block(node, other);
-            self.block(other, node);
-        }
+        self.cut(&Cut::isolate(node, nodes));
+    }
+
+    /// Blocks every link of `cut`, besides those blocked already.
+    pub fn cut(&mut self, cut: &Cut) {
+        self.blocked.extend(cut.links());
+    }
+
+    /// Blocks exactly the links of `cuts`.
+    pub fn partition(&mut self, cuts: &[Cut]) {
+        self.blocked = cuts.iter().flat_map(Cut::links).collect();
     }
 
     /// Unblocks every link.

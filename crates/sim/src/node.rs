@@ -34,8 +34,10 @@ use crate::cluster::Cluster;
 use crate::config::PlantedBug;
 use crate::hint::{Hint, split_object_key};
 use crate::history::OpId;
+use crate::replicas::AppliedWrite;
 use crate::rng::SimRng;
 use crate::stats::SimStats;
+use antientropy::AntiEntropy;
 
 /// Extra time a forwarding node waits beyond the operation's own timeout
 /// (`FORWARD_GRACE` in the node).
@@ -270,13 +272,16 @@ enum CommitJob {
         /// The replica id whose dot stamps the write.
         actor: NodeId,
     },
-    /// A replica's (or read repair's) `Object::merge` of an incoming object.
+    /// A replica's (or read repair's, or anti-entropy's) `Object::merge`
+    /// of an incoming object.
     Merge {
         target: Target,
         incoming: Object,
         conflict: ConflictMode,
         durability: DurabilityMode,
         ack: Option<(NodeId, RequestId)>,
+        /// An anti-entropy repair waits for this merge.
+        anti_entropy: bool,
     },
     /// A fallback keeps an incoming object as a hint for `hint_for`.
     HintMerge {
@@ -334,6 +339,9 @@ impl CommitJob {
             CommitJob::Coordinate { put, .. } => {
                 AfterCommit::Reply(put.reply_to, internal(&message))
             }
+            CommitJob::Merge {
+                anti_entropy: true, ..
+            } => AfterCommit::AntiEntropyStored { ok: false },
             CommitJob::Merge { ack, .. } => AfterCommit::Refuse(ack, message),
             CommitJob::HintMerge { ack, .. } => AfterCommit::Refuse(Some(ack), message),
             CommitJob::HintDelivered { .. } => AfterCommit::Nothing,
@@ -376,6 +384,10 @@ enum AfterCommit {
         raw_key: Vec<u8>,
     },
     HintDelivered,
+    /// An anti-entropy repair's local merge is durable (or failed).
+    AntiEntropyStored {
+        ok: bool,
+    },
     Nothing,
 }
 
@@ -429,6 +441,8 @@ struct ForwardState {
 }
 
 enum Pending {
+    /// A request of the running anti-entropy pass.
+    AntiEntropy,
     PutReplica {
         round: u64,
         role: Role,
@@ -467,6 +481,11 @@ pub struct SimNode {
     detector: FailureDetector,
     /// What this process did (hints, repairs); the simulator sums them.
     pub stats: SimStats,
+    /// The bucket's `n`, capped at the member count: names its trees.
+    tree_n: u32,
+    anti_entropy: AntiEntropy,
+    /// Data writes applied since the simulator last looked (check d).
+    applied_writes: Vec<AppliedWrite>,
     /// Hint records this node deleted after handing them off, in this
     /// life or an earlier one (bookkeeping for `stats`, not node state).
     deleted_hints: BTreeSet<(u32, Vec<u8>)>,
@@ -500,6 +519,9 @@ impl SimNode {
             incarnation_actor: rng.next_u64().max(1),
             rng,
             stats: SimStats::default(),
+            tree_n: cluster.n() as u32,
+            anti_entropy: AntiEntropy::rebuilt(&storage, cluster),
+            applied_writes: Vec::new(),
             deleted_hints: BTreeSet::new(),
             storage,
             next_id: incarnation << 40,
@@ -514,6 +536,11 @@ impl SimNode {
             forwards: BTreeMap::new(),
             pending: BTreeMap::new(),
         }
+    }
+
+    /// The data writes applied since the last call (for the clock check).
+    pub fn take_applied_writes(&mut self) -> Vec<AppliedWrite> {
+        std::mem::take(&mut self.applied_writes)
     }
 
     /// Takes over the bookkeeping of the process this one replaces (the
@@ -649,7 +676,10 @@ impl SimNode {
     /// that are usable, within the per-pass budget. A pass starts only once
     /// the previous one is over (the node's loop awaits each delivery).
     pub fn hint_delivery_tick(&mut self, cluster: &Cluster, now_ms: u64, out: &mut Vec<Effect>) {
-        if self.hints_pending() == 0 || self.deliveries_out > 0 {
+        if self.hints_pending() == 0
+            || self.deliveries_out > 0
+            || cluster.bug == Some(PlantedBug::NoBackgroundRepair)
+        {
             return;
         }
         let budget = cluster.hint_delivery_per_second.div_ceil(2).max(1);
@@ -722,6 +752,7 @@ impl SimNode {
                 key,
                 r,
                 timeout_ms,
+                ..
             } => {
                 let get = GetRequest {
                     bucket,
@@ -1038,6 +1069,7 @@ impl SimNode {
                         conflict: state.mode,
                         durability: state.durability,
                         ack: None,
+                        anti_entropy: false,
                     },
                     out,
                 );
@@ -1064,6 +1096,10 @@ impl SimNode {
     // ------------------------------------------------------------ commits
 
     fn enqueue(&mut self, job: CommitJob, out: &mut Vec<Effect>) {
+        // As the node's store: a data write names its tree when submitted.
+        if let (Space::Data(partition), _) = job.space_and_key() {
+            self.anti_entropy.tree(partition, self.tree_n);
+        }
         self.commit_queue.push(job);
         out.push(Effect::CommitNeeded);
     }
@@ -1105,6 +1141,9 @@ impl SimNode {
         let mut overlay: BTreeMap<(Space, Vec<u8>), OverlayEntry> = BTreeMap::new();
         let mut after = Vec::with_capacity(jobs.len());
         let mut durability = Durability::Buffered;
+        // Data writes in commit order: for the Merkle trees (the node's
+        // `UpdateJob::done`) and for the clock check.
+        let mut data_writes: Vec<(AppliedWrite, u64)> = Vec::new();
         for job in jobs {
             if storage_durability(job.durability()) == Durability::Sync {
                 durability = Durability::Sync;
@@ -1123,6 +1162,22 @@ impl SimNode {
             }
             let entry = overlay.get_mut(&location).expect("inserted above");
             let (change, next) = self.apply(cluster, job, entry.0.as_deref());
+            if let (Space::Data(partition), Change::Put(value)) = (location.0, &change)
+                && let Ok(written) = Object::decode(value)
+            {
+                let before = entry
+                    .0
+                    .as_deref()
+                    .and_then(|bytes| Object::decode(bytes).ok())
+                    .map(|object| object.clock().clone());
+                let applied = AppliedWrite {
+                    partition,
+                    raw_key: location.1.clone(),
+                    before,
+                    after: written.clock().clone(),
+                };
+                data_writes.push((applied, written.digest()));
+            }
             match change {
                 Change::Put(value) => *entry = (Some(value), true),
                 Change::Delete => *entry = (None, true),
@@ -1159,11 +1214,17 @@ impl SimNode {
                 }
                 Durability::Buffered => {}
             }
+            for (applied, digest) in data_writes {
+                self.anti_entropy
+                    .tree(applied.partition, self.tree_n)
+                    .insert(&applied.raw_key, digest);
+                self.applied_writes.push(applied);
+            }
         }
         for step in after {
             match &written {
                 Ok(()) => self.after_commit(cluster, step, out),
-                Err(e) => self.after_failed_commit(step, &e.to_string(), out),
+                Err(e) => self.after_failed_commit(cluster, step, &e.to_string(), out),
             }
         }
     }
@@ -1245,20 +1306,30 @@ impl SimNode {
                 incoming,
                 conflict,
                 ack,
+                anti_entropy,
                 ..
             } => {
                 let current = match current.map(Object::decode).transpose() {
                     Ok(current) => current,
+                    Err(_) if anti_entropy => {
+                        return (
+                            Change::Unchanged,
+                            AfterCommit::AntiEntropyStored { ok: false },
+                        );
+                    }
                     Err(e) => return (Change::Unchanged, AfterCommit::Refuse(ack, e.to_string())),
                 };
-                let merged = if cluster.bug == Some(PlantedBug::DropSiblingsOnMerge) {
-                    incoming
-                } else {
-                    merge_into(current, &incoming, conflict)
+                let merged = match cluster.bug {
+                    Some(bug) => planted::replica_merge(bug, current, incoming, conflict),
+                    None => merge_into(current, &incoming, conflict),
                 };
-                let next = AfterCommit::Ack {
-                    ack,
-                    new_hint: false,
+                let next = if anti_entropy {
+                    AfterCommit::AntiEntropyStored { ok: true }
+                } else {
+                    AfterCommit::Ack {
+                        ack,
+                        new_hint: false,
+                    }
                 };
                 (Change::Put(merged.encode()), next)
             }
@@ -1368,12 +1439,20 @@ impl SimNode {
                 self.deleted_hints.insert((partition, raw_key));
             }
             AfterCommit::HintDelivered => self.stats.hints_delivered += 1,
+            AfterCommit::AntiEntropyStored { ok } => self.anti_entropy_stored(cluster, ok, out),
             AfterCommit::Nothing => {}
         }
     }
 
-    fn after_failed_commit(&mut self, step: AfterCommit, error: &str, out: &mut Vec<Effect>) {
+    fn after_failed_commit(
+        &mut self,
+        cluster: &Cluster,
+        step: AfterCommit,
+        error: &str,
+        out: &mut Vec<Effect>,
+    ) {
         match step {
+            AfterCommit::AntiEntropyStored { .. } => self.anti_entropy_stored(cluster, false, out),
             AfterCommit::StartPut { put, .. } => reply_with(put.reply_to, internal(error), out),
             AfterCommit::Reply(reply_to, reply) => reply_with(reply_to, reply, out),
             AfterCommit::Ack { ack, .. } | AfterCommit::Refuse(ack, _) => {
@@ -1588,6 +1667,7 @@ impl SimNode {
                     }
                     Pending::Forward { forward } => self.forward_answered(forward, response, out),
                     Pending::Ping => {}
+                    Pending::AntiEntropy => self.anti_entropy_answered(cluster, id, response, out),
                     Pending::HintDelivery {
                         partition,
                         raw_key,
@@ -1678,6 +1758,7 @@ impl SimNode {
                     conflict,
                     durability,
                     ack: Some((from, id)),
+                    anti_entropy: false,
                 };
                 self.enqueue(job, out);
             }
@@ -1728,12 +1809,17 @@ impl SimNode {
                 };
                 self.execute(cluster, now_ms, op, reply_to, false, out);
             }
-            // Gossip, joins, anti-entropy: not simulated.
+            PeerRequest::AntiEntropy {
+                partition,
+                n,
+                request,
+            } => respond(self.answer_exchange(cluster, partition, n, &request), out),
+            // Gossip and joins: not simulated.
             _ => refuse("not simulated".to_string(), out),
         }
     }
 
-    pub fn timer(&mut self, timer: Timer, out: &mut Vec<Effect>) {
+    pub fn timer(&mut self, cluster: &Cluster, timer: Timer, out: &mut Vec<Effect>) {
         match timer {
             Timer::PutRound(round_id) => {
                 let Some(state) = self.put_rounds.get_mut(&round_id) else {
@@ -1782,8 +1868,12 @@ impl SimNode {
             }
             Timer::Request(id) => {
                 // A timeout proves nothing about the peer: no observation.
-                if let Some(Pending::HintDelivery { .. }) = self.pending.remove(&id) {
-                    self.deliveries_out = self.deliveries_out.saturating_sub(1);
+                match self.pending.remove(&id) {
+                    Some(Pending::HintDelivery { .. }) => {
+                        self.deliveries_out = self.deliveries_out.saturating_sub(1);
+                    }
+                    Some(Pending::AntiEntropy) => self.anti_entropy_failed(cluster, id, out),
+                    _ => {}
                 }
             }
         }
@@ -1819,6 +1909,8 @@ fn get_reply(decision: Quorum<Option<Object>>) -> ClientReply {
     }
 }
 
+mod antientropy;
+mod planted;
 #[cfg(test)]
 mod tests;
 

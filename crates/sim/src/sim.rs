@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
+use ringkv_core::antientropy::MerkleTree;
 use ringkv_core::bucket::DurabilityMode;
 use ringkv_core::causality::{Object, VersionVector};
 use ringkv_core::message::{ClientOp, ClientReply, OpError, PeerRequest, PeerResponse};
@@ -18,12 +19,14 @@ use crate::checker::{
 use crate::cluster::Cluster;
 use crate::config::{SIM_BUCKET, SimConfig};
 use crate::event::EventQueue;
+use crate::fault::Fault;
 use crate::history::{
     History, OpId, OpKind, OpRecord, Outcome, ReadRecord, SeenVersion, WriteRecord, write_of_tag,
     write_tag,
 };
 use crate::network::Network;
 use crate::node::{Effect, FORWARD_GRACE_MS, Payload, ReplyTo, SimNode, Timer, read_object};
+use crate::replicas::{CopyOfPartition, compare_roots, tree_from_storage};
 use crate::rng::SimRng;
 use crate::stats::SimStats;
 use crate::trace::Trace;
@@ -33,33 +36,11 @@ use crate::workload::{ContextFrom, Step};
 const EPOCH_MS: u64 = 1_700_000_000_000;
 /// A client gives up on an answer this long after the operation's timeout.
 const CLIENT_GRACE_MS: u64 = FORWARD_GRACE_MS + 1_000;
-/// How long `finish` waits for hinted handoff once every node is up.
-const HANDOFF_DEADLINE_MS: u64 = 60_000;
+/// Longest quiet period `finish` allows for hinted handoff and
+/// anti-entropy to bring every primary to the same state.
+const CONVERGENCE_DEADLINE_MS: u64 = 60_000;
 /// A run that processes more events than this is stuck in a loop.
 const MAX_EVENTS: u64 = 20_000_000;
-
-/// A fault the scenario schedules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// The process dies: in-memory state (rounds, commit queue) is lost,
-    /// the storage keeps what was synced (`MemoryStorage::crash`).
-    Crash(usize),
-    /// The process starts again with the same storage and node id.
-    Restart(usize),
-    /// Cuts the node off from every other node, both directions.
-    Isolate(usize),
-    /// Loses every message from `from` to `to` (one direction).
-    Block {
-        from: usize,
-        to: usize,
-    },
-    Unblock {
-        from: usize,
-        to: usize,
-    },
-    /// Unblocks every link.
-    Heal,
-}
 
 /// How a client operation ended, from the client's side of the socket.
 #[derive(Clone, Debug)]
@@ -71,30 +52,43 @@ enum ClientResult {
     NoAnswer,
 }
 
+/// A node's periodic loops (tokio intervals in the node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Periodic {
+    Heartbeat,
+    HintDelivery,
+    AntiEntropy,
+}
+
 impl Event {
-    /// Periodic background events (heartbeats and their messages, hint
-    /// delivery ticks) are not work: a run is quiet when only they remain.
+    /// Periodic background events (the loops' ticks, heartbeats and
+    /// anti-entropy exchange messages, request timeouts) are not work: a
+    /// run is quiet when only they remain.
     fn is_work(&self) -> bool {
         match self {
-            Event::Heartbeat { .. } | Event::HintDelivery { .. } => false,
+            Event::Tick { .. } => false,
             Event::Timer {
                 timer: Timer::Request(_),
                 ..
             } => false,
-            Event::Deliver { payload, .. } => !is_heartbeat(payload),
+            Event::Deliver { payload, .. } | Event::Arrived { payload, .. } => {
+                !is_background(payload)
+            }
             _ => true,
         }
     }
 }
 
-fn is_heartbeat(payload: &Payload) -> bool {
+/// Heartbeats and anti-entropy exchange steps: background chatter, hashed
+/// into the trace but kept out of the tail printed on failure.
+fn is_background(payload: &Payload) -> bool {
     matches!(
         payload,
         Payload::Request {
-            request: PeerRequest::Ping { .. },
+            request: PeerRequest::Ping { .. } | PeerRequest::AntiEntropy { .. },
             ..
         } | Payload::Response {
-            response: Ok(PeerResponse::Pong { .. }),
+            response: Ok(PeerResponse::Pong { .. } | PeerResponse::AntiEntropy(_)),
             ..
         }
     )
@@ -116,7 +110,14 @@ enum Event {
     ClientDeadline {
         op: OpId,
     },
+    /// A message reaches the host of `to` (unless its link is cut).
     Deliver {
+        from: usize,
+        to: usize,
+        payload: Payload,
+    },
+    /// A message that reached a paused node, handled once it resumes.
+    Arrived {
         from: usize,
         to: usize,
         payload: Payload,
@@ -129,15 +130,11 @@ enum Event {
         node: usize,
         incarnation: u64,
     },
-    /// The node's heartbeat loop ticks (periodic).
-    Heartbeat {
+    /// One of the node's periodic loops ticks.
+    Tick {
         node: usize,
         incarnation: u64,
-    },
-    /// The node's hint delivery loop ticks (periodic).
-    HintDelivery {
-        node: usize,
-        incarnation: u64,
+        periodic: Periodic,
     },
     Timer {
         node: usize,
@@ -162,9 +159,12 @@ struct Client {
 pub struct Report {
     pub seed: u64,
     pub violations: Vec<Violation>,
-    /// Acknowledged buffered writes the checker allowed to be lost, as a
-    /// crash found them (or a write on the same node) not yet synced.
+    /// Acknowledged buffered writes the checker allowed to be lost (W of
+    /// their replicas crashed before syncing them).
     pub writes_allowed_lost: usize,
+    /// How long after healing the primaries agreed (None: they did not
+    /// within `CONVERGENCE_DEADLINE_MS`).
+    pub converged_after_ms: Option<u64>,
     pub trace_hash: u64,
     pub events: u64,
     /// The last trace lines (as many as `SimConfig::trace_tail`).
@@ -217,6 +217,11 @@ pub struct Sim {
     commit_scheduled: Vec<bool>,
     sync_scheduled: Vec<bool>,
     skew_ms: Vec<i64>,
+    /// Paused nodes, what reached each while paused (in order), and which
+    /// of its periodic loops missed a tick.
+    paused: Vec<bool>,
+    backlog: Vec<Vec<Event>>,
+    missed_ticks: Vec<BTreeSet<Periodic>>,
     network: Network,
     clients: Vec<Client>,
     history: History,
@@ -231,6 +236,8 @@ pub struct Sim {
     stats: SimStats,
     /// Crashes that found buffered writes not yet synced.
     crash_windows: Vec<CrashWindow>,
+    /// Replica-side violations seen during the run (clock regressions).
+    replica_violations: Vec<Violation>,
 }
 
 impl Sim {
@@ -269,6 +276,9 @@ impl Sim {
             commit_scheduled: vec![false; config.nodes],
             sync_scheduled: vec![false; config.nodes],
             skew_ms,
+            paused: vec![false; config.nodes],
+            backlog: (0..config.nodes).map(|_| Vec::new()).collect(),
+            missed_ticks: vec![BTreeSet::new(); config.nodes],
             clients: Vec::new(),
             history: History::new(),
             held: BTreeMap::new(),
@@ -277,14 +287,28 @@ impl Sim {
             work_events: 0,
             stats: SimStats::default(),
             crash_windows: Vec::new(),
+            replica_violations: Vec::new(),
             config,
         };
         for node in 0..sim.nodes.len() {
-            let heartbeat = sim.rng.below(sim.config.heartbeat_interval_ms.max(1));
-            let delivery = sim.rng.below(sim.config.hint_delivery_interval_ms.max(1));
-            sim.start_periodic(node, heartbeat, delivery);
+            for periodic in [
+                Periodic::Heartbeat,
+                Periodic::HintDelivery,
+                Periodic::AntiEntropy,
+            ] {
+                let phase = sim.rng.below(sim.interval_ms(periodic).max(1));
+                sim.start_periodic(node, periodic, phase);
+            }
         }
         sim
+    }
+
+    fn interval_ms(&self, periodic: Periodic) -> u64 {
+        match periodic {
+            Periodic::Heartbeat => self.config.heartbeat_interval_ms,
+            Periodic::HintDelivery => self.config.hint_delivery_interval_ms,
+            Periodic::AntiEntropy => self.config.anti_entropy_interval_ms,
+        }
     }
 
     fn push(&mut self, time_ms: u64, event: Event) {
@@ -294,16 +318,16 @@ impl Sim {
         self.queue.push(time_ms, event);
     }
 
-    /// Starts a node's heartbeat and hint delivery loops.
-    fn start_periodic(&mut self, node: usize, heartbeat_ms: u64, delivery_ms: u64) {
+    /// Starts one of a node's periodic loops, first tick in `after_ms`.
+    fn start_periodic(&mut self, node: usize, periodic: Periodic, after_ms: u64) {
         let incarnation = self.incarnation[node];
         self.push(
-            self.now_ms + heartbeat_ms,
-            Event::Heartbeat { node, incarnation },
-        );
-        self.push(
-            self.now_ms + delivery_ms,
-            Event::HintDelivery { node, incarnation },
+            self.now_ms + after_ms,
+            Event::Tick {
+                node,
+                incarnation,
+                periodic,
+            },
         );
     }
 
@@ -443,12 +467,14 @@ impl Sim {
     }
 
     /// Ends the run: lets the clients finish (faults still apply), then
-    /// heals the network, restarts every crashed node, stops message loss,
-    /// lets the failure detectors see every node up and the hints be
-    /// handed off (within a minute of virtual time), reads every written
-    /// key at R = N (whose read repair brings all primaries to the same
-    /// object), and checks the history, the primaries' convergence and that
-    /// no hint is left.
+    /// heals the network, stops message loss, resumes paused nodes and
+    /// restarts crashed ones, and lets the cluster run without clients (the
+    /// quiet period: hinted handoff and anti-entropy only) until every
+    /// hint is handed off and the primaries of every key agree, for at most
+    /// `CONVERGENCE_DEADLINE_MS`. Checks convergence there, before any
+    /// final read could repair anything; then reads every written key at
+    /// R = N and checks the history. Clock regressions are checked all
+    /// along, on every write a replica applies.
     pub fn finish(&mut self) -> Report {
         self.run_until_clients_done();
         self.finishing = true;
@@ -456,22 +482,42 @@ impl Sim {
         self.network.heal();
         self.network.make_reliable();
         for node in 0..self.nodes.len() {
+            if self.paused[node] {
+                self.resume(node);
+            }
             if !self.up[node] {
                 self.restart(node);
             }
         }
-        // Heartbeats mark restarted nodes up again; then hints drain.
-        self.run_for(4 * self.config.heartbeat_interval_ms + self.config.hint_delivery_interval_ms);
-        let deadline_ms = self.now_ms + HANDOFF_DEADLINE_MS;
-        loop {
-            self.run_until_quiet();
-            if self.hints_pending() == 0 || self.now_ms >= deadline_ms {
-                break;
-            }
-            self.run_for(self.config.hint_delivery_interval_ms);
-        }
-
         let keys: BTreeSet<String> = self.history.ops.iter().map(|op| op.key.clone()).collect();
+        let healed_ms = self.now_ms;
+        let deadline_ms = healed_ms + CONVERGENCE_DEADLINE_MS;
+        let step_ms = self
+            .config
+            .anti_entropy_interval_ms
+            .max(self.config.hint_delivery_interval_ms)
+            .max(1);
+        let divergence = loop {
+            self.run_for(step_ms);
+            let divergence = self.divergence(&keys);
+            let done = divergence.is_empty() && self.hints_pending() == 0;
+            if done || self.now_ms >= deadline_ms {
+                break divergence;
+            }
+        };
+        let converged_after_ms = (divergence.is_empty()).then_some(self.now_ms - healed_ms);
+        let mut violations = std::mem::take(&mut self.replica_violations);
+        violations.extend(divergence);
+        violations.extend(self.hints_left());
+        self.trace.record(format!(
+            "{} quiet period over: {}",
+            self.now_ms,
+            match converged_after_ms {
+                Some(ms) => format!("converged after {ms} ms"),
+                None => "diverged".to_string(),
+            }
+        ));
+
         let n = self.cluster.n() as u32;
         let steps = keys
             .iter()
@@ -495,13 +541,16 @@ impl Sim {
         } else {
             BTreeSet::new()
         };
-        let mut violations =
-            check_history_with(&self.history, self.config.bucket.conflict, &allowed_lost);
-        violations.extend(self.divergence(&keys));
-        violations.extend(self.hints_left());
+        violations.extend(check_history_with(
+            &self.history,
+            self.config.bucket.conflict,
+            &allowed_lost,
+        ));
+        violations.extend(std::mem::take(&mut self.replica_violations));
         Report {
             seed: self.config.seed,
             writes_allowed_lost: allowed_lost.len(),
+            converged_after_ms,
             violations,
             trace_hash: self.trace.hash(),
             events: self.trace.events(),
@@ -529,7 +578,7 @@ impl Sim {
                     key,
                     detail: format!(
                         "n{node} still holds a hint for {targets:?} after every node was up for {} s",
-                        HANDOFF_DEADLINE_MS / 1000
+                        CONVERGENCE_DEADLINE_MS / 1000
                     ),
                 });
             }
@@ -537,8 +586,10 @@ impl Sim {
         violations
     }
 
-    /// Primaries of a key that hold a different object than the first.
-    fn divergence(&self, keys: &BTreeSet<String>) -> Vec<Violation> {
+    /// Check (c): the primaries of every key hold equal objects, and the
+    /// primaries of every partition that has a tree anywhere have equal
+    /// Merkle roots, each describing what its node stores.
+    fn divergence(&mut self, keys: &BTreeSet<String>) -> Vec<Violation> {
         let mut violations = Vec::new();
         for key in keys {
             let partition = self.cluster.partition(SIM_BUCKET, key.as_bytes());
@@ -564,12 +615,74 @@ impl Sim {
                 });
             }
         }
+        let n = self.cluster.n() as u32;
+        let empty_root = MerkleTree::default().root();
+        let partitions: BTreeSet<u32> = (0..self.nodes.len())
+            .flat_map(|node| {
+                let node = &mut self.nodes[node];
+                (0..self.cluster.layout.partitions())
+                    .filter(|&p| node.merkle_root(p, n).is_some())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for partition in partitions {
+            let primaries = self
+                .cluster
+                .layout
+                .preference_list(partition, n as usize)
+                .primaries;
+            let copies: Vec<CopyOfPartition> = primaries
+                .iter()
+                .map(|&id| {
+                    let node = self.cluster.index_of(id).expect("a primary is a member");
+                    CopyOfPartition {
+                        node,
+                        root: self.nodes[node]
+                            .merkle_root(partition, n)
+                            .unwrap_or(empty_root),
+                        stored_root: tree_from_storage(&self.storages[node], partition).root(),
+                    }
+                })
+                .collect();
+            if let Some(detail) = compare_roots(&copies) {
+                violations.push(Violation {
+                    kind: ViolationKind::Divergence,
+                    key: String::new(),
+                    detail: format!("partition {partition}: {detail}"),
+                });
+            }
+        }
         violations
     }
 
     // ------------------------------------------------------------ events
 
     fn handle(&mut self, event: Event) {
+        // A paused process handles nothing: what reaches it waits, and its
+        // loops miss their ticks (a tokio interval then ticks once).
+        let paused_node = match &event {
+            Event::ClientRequest { node, .. } | Event::Arrived { to: node, .. } => {
+                Some(*node).filter(|&n| self.up[n] && self.paused[n])
+            }
+            Event::Commit { node, incarnation }
+            | Event::BackgroundSync { node, incarnation }
+            | Event::Tick {
+                node, incarnation, ..
+            }
+            | Event::Timer {
+                node, incarnation, ..
+            } => Some(*node).filter(|&n| self.is_current(n, *incarnation) && self.paused[n]),
+            _ => None,
+        };
+        if let Some(node) = paused_node {
+            match event {
+                Event::Tick { periodic, .. } => {
+                    self.missed_ticks[node].insert(periodic);
+                }
+                event => self.backlog[node].push(event),
+            }
+            return;
+        }
         match event {
             Event::ClientNext { client } => self.client_next(client),
             Event::ClientRequest { op, node, request } => {
@@ -612,6 +725,12 @@ impl Sim {
                 }
             }
             Event::Deliver { from, to, payload } => self.deliver(from, to, payload),
+            Event::Arrived { from, to, payload } => {
+                // It reached the host before a crash that lost it.
+                if self.up[to] {
+                    self.receive(from, to, payload);
+                }
+            }
             Event::Commit { node, incarnation } => {
                 if !self.is_current(node, incarnation) {
                     return;
@@ -620,33 +739,28 @@ impl Sim {
                 self.trace.record(format!("{} n{node} commit", self.now_ms));
                 let mut out = Vec::new();
                 self.nodes[node].commit(&self.cluster, self.now_ms, &mut out);
+                self.check_applied_writes(node);
                 self.apply(node, out);
                 self.schedule_background_sync(node);
             }
-            Event::Heartbeat { node, incarnation } => {
+            Event::Tick {
+                node,
+                incarnation,
+                periodic,
+            } => {
                 if !self.is_current(node, incarnation) {
                     return;
                 }
-                let mut out = Vec::new();
-                self.nodes[node].heartbeat_tick(&self.cluster, &mut out);
-                self.apply(node, out);
-                let next = self.now_ms + self.config.heartbeat_interval_ms;
-                self.push(next, Event::Heartbeat { node, incarnation });
-            }
-            Event::HintDelivery { node, incarnation } => {
-                if !self.is_current(node, incarnation) {
-                    return;
-                }
-                let now = self.node_clock(node);
-                let mut out = Vec::new();
-                self.nodes[node].hint_delivery_tick(&self.cluster, now, &mut out);
-                if !out.is_empty() {
-                    self.trace
-                        .record(format!("{} n{node} hint delivery", self.now_ms));
-                }
-                self.apply(node, out);
-                let next = self.now_ms + self.config.hint_delivery_interval_ms;
-                self.push(next, Event::HintDelivery { node, incarnation });
+                self.tick(node, periodic);
+                let next = self.now_ms + self.interval_ms(periodic);
+                self.push(
+                    next,
+                    Event::Tick {
+                        node,
+                        incarnation,
+                        periodic,
+                    },
+                );
             }
             Event::BackgroundSync { node, incarnation } => {
                 if !self.is_current(node, incarnation) {
@@ -672,7 +786,7 @@ impl Sim {
                     self.trace.record(line);
                 }
                 let mut out = Vec::new();
-                self.nodes[node].timer(timer, &mut out);
+                self.nodes[node].timer(&self.cluster, timer, &mut out);
                 self.apply(node, out);
             }
             Event::Fault(fault) => {
@@ -682,6 +796,47 @@ impl Sim {
                 self.trace
                     .record(format!("{} fault {fault:?}", self.now_ms));
                 self.inject(fault);
+            }
+        }
+    }
+
+    /// One tick of a node's periodic loop.
+    fn tick(&mut self, node: usize, periodic: Periodic) {
+        let now = self.node_clock(node);
+        let mut out = Vec::new();
+        match periodic {
+            Periodic::Heartbeat => self.nodes[node].heartbeat_tick(&self.cluster, &mut out),
+            Periodic::HintDelivery => {
+                self.nodes[node].hint_delivery_tick(&self.cluster, now, &mut out);
+                if !out.is_empty() {
+                    self.trace
+                        .record(format!("{} n{node} hint delivery", self.now_ms));
+                }
+            }
+            Periodic::AntiEntropy => {
+                self.nodes[node].anti_entropy_tick(&self.cluster, now, &mut out);
+                if !out.is_empty() {
+                    self.trace
+                        .record_quiet(&format!("{} n{node} anti-entropy", self.now_ms));
+                }
+            }
+        }
+        self.apply(node, out);
+    }
+
+    /// Check (d): every write a replica applied to its data grew (or kept)
+    /// the key's clock there.
+    fn check_applied_writes(&mut self, node: usize) {
+        for applied in self.nodes[node].take_applied_writes() {
+            if let Some(detail) = applied.regression() {
+                let key = crate::hint::split_object_key(&applied.raw_key)
+                    .map(|(_, key)| String::from_utf8_lossy(&key).into_owned())
+                    .unwrap_or_default();
+                self.replica_violations.push(Violation {
+                    kind: ViolationKind::ClockRegressed,
+                    key,
+                    detail: format!("n{node} at {} ms: {detail}", self.now_ms),
+                });
             }
         }
     }
@@ -708,10 +863,43 @@ impl Sim {
         match fault {
             Fault::Crash(node) => self.crash(node),
             Fault::Restart(node) => self.restart(node),
+            Fault::Pause(node) => self.pause(node),
+            Fault::Resume(node) => self.resume(node),
             Fault::Isolate(node) => self.network.isolate(node, self.nodes.len()),
             Fault::Block { from, to } => self.network.block(from, to),
             Fault::Unblock { from, to } => self.network.unblock(from, to),
+            Fault::Cut(cut) => self.network.cut(&cut),
+            Fault::Partition(cuts) => self.network.partition(&cuts),
             Fault::Heal => self.network.heal(),
+            Fault::ClockJump { node, by_ms } => self.skew_ms[node] += by_ms,
+        }
+    }
+
+    fn pause(&mut self, node: usize) {
+        if self.up[node] && !self.paused[node] {
+            self.paused[node] = true;
+            self.stats.pauses += 1;
+        }
+    }
+
+    /// The paused node handles what waited, in order, now; its loops that
+    /// missed a tick tick now.
+    fn resume(&mut self, node: usize) {
+        if !self.paused[node] {
+            return;
+        }
+        self.paused[node] = false;
+        let waiting = std::mem::take(&mut self.backlog[node]);
+        self.trace.record(format!(
+            "{} n{node} resumes with {} waiting events",
+            self.now_ms,
+            waiting.len()
+        ));
+        for event in waiting {
+            self.push(self.now_ms, event);
+        }
+        for periodic in std::mem::take(&mut self.missed_ticks[node]) {
+            self.start_periodic(node, periodic, 0);
         }
     }
 
@@ -727,6 +915,9 @@ impl Sim {
             });
         }
         self.up[node] = false;
+        self.paused[node] = false;
+        self.backlog[node].clear();
+        self.missed_ticks[node].clear();
         self.stats.crashes += 1;
         self.incarnation[node] += 1;
         self.commit_scheduled[node] = false;
@@ -764,7 +955,13 @@ impl Sim {
         self.stats += ended.stats;
         self.up[node] = true;
         // The loops tick at once when a node starts (tokio intervals).
-        self.start_periodic(node, 0, 0);
+        for periodic in [
+            Periodic::Heartbeat,
+            Periodic::HintDelivery,
+            Periodic::AntiEntropy,
+        ] {
+            self.start_periodic(node, periodic, 0);
+        }
     }
 
     /// Records a message event; heartbeats only in the hash.
@@ -774,7 +971,7 @@ impl Sim {
             self.now_ms,
             describe_payload(payload, &self.cluster)
         );
-        if is_heartbeat(payload) {
+        if is_background(payload) {
             self.trace.record_quiet(&line);
         } else {
             self.trace.record(line);
@@ -798,7 +995,17 @@ impl Sim {
             }
             return;
         }
+        if self.paused[to] {
+            // In the host's socket buffers until the process resumes.
+            self.trace_message(from, to, " waits", &payload);
+            self.backlog[to].push(Event::Arrived { from, to, payload });
+            return;
+        }
         self.trace_message(from, to, "", &payload);
+        self.receive(from, to, payload);
+    }
+
+    fn receive(&mut self, from: usize, to: usize, payload: Payload) {
         let now = self.node_clock(to);
         let from_id = self.cluster.ids[from];
         let mut out = Vec::new();
@@ -917,6 +1124,7 @@ impl Sim {
                     bucket: SIM_BUCKET.to_string(),
                     key: key.clone().into_bytes(),
                     r,
+                    pr: None,
                     timeout_ms,
                 };
                 let kind = OpKind::Read(ReadRecord {

@@ -6,8 +6,9 @@
 mod common;
 
 use common::{
-    buffered_config, buffered_crash_run, crash_config, crash_restart_run, last_write_config,
-    last_write_run, nodes_for,
+    anti_entropy_config, anti_entropy_run, buffered_config, buffered_crash_run, crash_config,
+    crash_restart_run, last_write_config, last_write_run, nodes_for, partition_run,
+    partition_run_with_bug,
 };
 use ringkv_core::causality::ConflictMode;
 use ringkv_sim::{
@@ -101,12 +102,17 @@ fn contended_run(seed: u64, bug: Option<PlantedBug>) -> Run {
 }
 
 /// The first seed in `1..=100` on which `run(seed, true)` (the bug) is
-/// reported, after checking that the seed is clean with `run(seed, false)`.
-/// Returns the seed, the buggy run and the healthy one.
-fn first_caught(what: &str, run: impl Fn(u64, bool) -> Run) -> (u64, Run, Run) {
+/// reported with a violation of `kind`, after checking that the seed is
+/// clean with `run(seed, false)`. Returns the seed, the buggy run and the
+/// healthy one.
+fn first_caught(
+    what: &str,
+    kind: ViolationKind,
+    run: impl Fn(u64, bool) -> Run,
+) -> (u64, Run, Run) {
     for seed in 1..=100 {
         let buggy = run(seed, true);
-        if !buggy.report.is_clean() {
+        if buggy.report.has(kind) {
             let healthy = run(seed, false);
             assert!(
                 healthy.report.is_clean(),
@@ -116,7 +122,7 @@ fn first_caught(what: &str, run: impl Fn(u64, bool) -> Run) -> (u64, Run, Run) {
             return (seed, buggy, healthy);
         }
     }
-    panic!("the checker never caught {what} in 100 seeds");
+    panic!("no {kind:?} reported for {what} in 100 seeds");
 }
 
 fn with_bug(run: fn(u64, Option<PlantedBug>) -> Run, bug: PlantedBug) -> impl Fn(u64, bool) -> Run {
@@ -127,6 +133,7 @@ fn with_bug(run: fn(u64, Option<PlantedBug>) -> Run, bug: PlantedBug) -> impl Fn
 fn checker_catches_ack_before_quorum() {
     let (seed, Run { report, .. }, _) = first_caught(
         "AckBeforeQuorum",
+        ViolationKind::LostWrite,
         with_bug(crash_scenario, PlantedBug::AckBeforeQuorum),
     );
     assert!(
@@ -140,6 +147,7 @@ fn checker_catches_ack_before_quorum() {
 fn checker_catches_drop_siblings_on_merge() {
     let (seed, Run { report, .. }, _) = first_caught(
         "DropSiblingsOnMerge",
+        ViolationKind::LostWrite,
         with_bug(contended_run, PlantedBug::DropSiblingsOnMerge),
     );
     assert!(
@@ -161,6 +169,7 @@ fn checker_catches_drop_siblings_on_merge() {
 fn deleting_delivered_hints_is_safe_with_fresh_fallback_actors() {
     let (seed, Run { report, .. }, healthy) = first_caught(
         "ReuseFallbackActor",
+        ViolationKind::LostWrite,
         with_bug(crash_scenario, PlantedBug::ReuseFallbackActor),
     );
     assert!(
@@ -187,6 +196,7 @@ fn deleting_delivered_hints_is_safe_with_fresh_fallback_actors() {
 fn checker_catches_whole_clock_write_context() {
     let (seed, Run { report, .. }, _) = first_caught(
         "WholeClockContext",
+        ViolationKind::LostWrite,
         with_bug(last_write_scenario, PlantedBug::WholeClockContext),
     );
     assert!(
@@ -211,6 +221,7 @@ fn buffered_scenario(seed: u64, bug: Option<PlantedBug>) -> Run {
 fn checker_catches_buffered_dot_reuse_after_a_crash() {
     let (seed, Run { report, .. }, _) = first_caught(
         "BufferedActorIsNodeId",
+        ViolationKind::LostWrite,
         with_bug(buffered_scenario, PlantedBug::BufferedActorIsNodeId),
     );
     assert!(
@@ -218,4 +229,82 @@ fn checker_catches_buffered_dot_reuse_after_a_crash() {
         "seed {seed}: expected a lost write:\n{report}"
     );
     println!("BufferedActorIsNodeId caught on seed {seed}:\n{report}");
+}
+
+/// Check (b), nothing resurrected: a replica whose merge keeps its own
+/// siblings that the incoming history superseded hands covered versions
+/// back to readers beside the versions that covered them.
+#[test]
+fn checker_catches_a_merge_that_resurrects_covered_siblings() {
+    let (seed, Run { report, .. }, _) = first_caught(
+        "MergeResurrects",
+        ViolationKind::SupersededVersionReturned,
+        with_bug(contended_run, PlantedBug::MergeResurrects),
+    );
+    assert!(
+        report.has(ViolationKind::SupersededVersionReturned),
+        "seed {seed}: expected a resurrected version:\n{report}"
+    );
+    println!("MergeResurrects caught on seed {seed}:\n{report}");
+}
+
+/// A replica cut off or down while clients write, healed after the last
+/// write, no client reads.
+fn anti_entropy_scenario(seed: u64, bug: Option<PlantedBug>) -> Run {
+    let mut config = anti_entropy_config(seed);
+    config.bug = bug;
+    finish(anti_entropy_run(config))
+}
+
+/// Check (c), convergence: without anti-entropy and hinted handoff, the
+/// replica that missed writes is still behind after the quiet period (the
+/// convergence check runs before the final reads, whose read repair would
+/// hide it).
+#[test]
+fn checker_catches_replicas_left_behind_without_background_repair() {
+    let (seed, Run { report, .. }, healthy) = first_caught(
+        "NoBackgroundRepair",
+        ViolationKind::Divergence,
+        with_bug(anti_entropy_scenario, PlantedBug::NoBackgroundRepair),
+    );
+    assert!(
+        report.has(ViolationKind::Divergence),
+        "seed {seed}: expected divergence:\n{report}"
+    );
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.detail.contains("Merkle roots differ")),
+        "seed {seed}: expected differing Merkle roots:\n{report}"
+    );
+    assert!(healthy.stats.anti_entropy_keys_repaired > 0);
+    assert_eq!(report.converged_after_ms, None);
+    println!("NoBackgroundRepair caught on seed {seed}:\n{report}");
+}
+
+/// Scenario 4 of partitions, loss and duplicates, where late and
+/// duplicated replica writes bring replicas older copies of keys.
+fn partition_scenario(seed: u64, bug: Option<PlantedBug>) -> Run {
+    finish(match bug {
+        Some(bug) => partition_run_with_bug(seed, bug),
+        None => partition_run(seed),
+    })
+}
+
+/// Check (d), causal history never goes backwards on a replica: a replica
+/// that stores an older copy over its newer one is reported on the write
+/// that did it.
+#[test]
+fn checker_catches_a_replica_storing_an_older_copy() {
+    let (seed, Run { report, .. }, _) = first_caught(
+        "OverwriteWithStale",
+        ViolationKind::ClockRegressed,
+        with_bug(partition_scenario, PlantedBug::OverwriteWithStale),
+    );
+    assert!(
+        report.has(ViolationKind::ClockRegressed),
+        "seed {seed}: expected a clock regression:\n{report}"
+    );
+    println!("OverwriteWithStale caught on seed {seed}:\n{report}");
 }

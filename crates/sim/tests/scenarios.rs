@@ -7,8 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{
-    buffered_config, buffered_crash_run, crash_config, crash_restart_run, last_write_config,
-    last_write_run, long_partition_run, nodes_for, other_node, partition_run,
+    anti_entropy_config, anti_entropy_run, buffered_config, buffered_crash_run,
+    changing_partitions_config, changing_partitions_run, crash_config, crash_restart_run,
+    last_write_config, last_write_run, long_partition_run, nemesis_config, nemesis_run, nodes_for,
+    other_node, partition_run, pause_config, pause_run,
 };
 
 use ringkv_core::bucket::BucketProps;
@@ -428,6 +430,80 @@ fn buffered_writes_lost_only_when_w_replicas_crash_before_their_sync() {
     assert!(needed.is_some(), "no seed in 1..=20 lost a buffered write");
 }
 
+// ---------------------------------------------------------------- network and process faults
+
+/// Partitions that change over time: one node isolated, a minority split
+/// from the majority, one group unable to reach another (one way), two
+/// groups cut while the rest reaches both, healed; some held long enough
+/// for nodes to be declared down and fallbacks to take writes.
+#[test]
+fn changing_partitions_lose_nothing_and_converge() {
+    run_seeds(
+        "changing_partitions_lose_nothing_and_converge",
+        100,
+        |seed| {
+            let mut sim = changing_partitions_run(changing_partitions_config(seed));
+            clean(&sim.finish())?;
+            if sim.stats().messages_cut == 0 {
+                return Err("no message was cut".to_string());
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Nodes paused for up to 3 s (they keep their memory and handle what
+/// waited when they resume, late), clocks stepping by up to 5 s either
+/// way, and a crash.
+#[test]
+fn pauses_and_clock_steps_lose_nothing_and_converge() {
+    run_seeds(
+        "pauses_and_clock_steps_lose_nothing_and_converge",
+        100,
+        |seed| {
+            let mut sim = pause_run(pause_config(seed));
+            clean(&sim.finish())?;
+            if sim.stats().pauses == 0 {
+                return Err("no node was paused".to_string());
+            }
+            Ok(())
+        },
+    );
+}
+
+/// A replica that missed every write while it was cut off or down is
+/// brought up to date by anti-entropy alone: no client reads, no write
+/// after the heal, no hints (three nodes, no fallbacks). The convergence
+/// check runs before the final reads.
+#[test]
+fn anti_entropy_alone_brings_a_replica_that_missed_writes_up_to_date() {
+    run_seeds(
+        "anti_entropy_alone_brings_a_replica_that_missed_writes_up_to_date",
+        100,
+        |seed| {
+            let mut sim = anti_entropy_run(anti_entropy_config(seed));
+            clean(&sim.finish())?;
+            let stats = sim.stats();
+            if stats.anti_entropy_keys_repaired == 0 || stats.read_repairs > 0 {
+                return Err(format!("not repaired by anti-entropy alone: {stats:?}"));
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Every fault at once: changing partitions, pauses, crashes, clock
+/// steps, loss, duplicates and reordering; every kind of client
+/// operation; buffered durability on one seed of three.
+#[test]
+fn every_fault_at_once_loses_nothing_and_converges() {
+    run_seeds(
+        "every_fault_at_once_loses_nothing_and_converges",
+        100,
+        |seed| clean(&nemesis_run(nemesis_config(seed)).finish()),
+    );
+}
+
 // ---------------------------------------------------------------- 5
 
 #[test]
@@ -449,6 +525,12 @@ fn same_seed_same_trace_and_history() {
         let mut fourth = partition_run(seed);
         if third.finish().trace_hash != fourth.finish().trace_hash {
             return Err("same seed, different partition traces".to_string());
+        }
+        let mut fifth = nemesis_run(nemesis_config(seed));
+        let mut sixth = nemesis_run(nemesis_config(seed));
+        let (e, f) = (fifth.finish(), sixth.finish());
+        if e.trace_hash != f.trace_hash || fifth.history() != sixth.history() {
+            return Err("same seed, different runs with every fault".to_string());
         }
         Ok(())
     });

@@ -153,7 +153,7 @@ fn the_round_timer_answers_a_put_short_of_w() {
     let cluster = cluster(3, 2);
     let (mut node, sent, round) = coordinated_put(&cluster, "k");
     let mut out = Vec::new();
-    node.timer(round, &mut out);
+    node.timer(&cluster, round, &mut out);
     assert_eq!(
         client_replies(&out),
         vec![ClientReply::Failed(OpError::Unavailable {
