@@ -158,7 +158,7 @@ pub fn changing_partitions(
             }
             Shape::Bridge => {
                 let order = shuffled(rng, nodes);
-                let a = 1 + rng.index((nodes - 1).max(1));
+                let a = 1 + rng.index(nodes - 1);
                 let b = (a + 1 + rng.index(nodes - a)).min(nodes);
                 vec![Cut::between(&order[..a], &order[a..b])]
             }

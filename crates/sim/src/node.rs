@@ -1,14 +1,17 @@
 //! `SimNode`: one simulated ringkv node. It runs the protocol of
 //! `crates/node/src/node.rs` — coordinate_put (sloppy quorum with
-//! fallbacks and hints), forward, coordinate_get, read_repair, handle_peer,
-//! the heartbeat loop feeding the failure detector, hinted handoff — as a
-//! synchronous state machine over the real core: `Object::update` and
-//! `Object::merge` for versions, `PutRound` and `GetRound` for quorums,
-//! `FailureDetector` for liveness, the real `MemoryStorage` for its disk.
+//! fallbacks and hints, the dot's actor, `written_context`), forward,
+//! coordinate_get, read_repair, handle_peer, the heartbeat loop feeding the
+//! failure detector, hinted handoff — and anti-entropy (`antientropy.rs`
+//! beside this file) as a synchronous state machine over the real core:
+//! `Object::update` and `Object::merge` for versions, `PutRound` and
+//! `GetRound` for quorums, `FailureDetector` for liveness, `MerkleTree` and
+//! `Exchange` for anti-entropy, the real `MemoryStorage` for its disk.
 //! Inputs are calls (client operation, peer message, commit, timer,
 //! periodic tick); outputs are [`Effect`]s that the simulator carries out
-//! (send, reply, set a timer, schedule a commit). It owns no clock,
-//! randomness or network.
+//! (send, reply, set a timer, schedule a commit). It owns no clock or
+//! network; its random ids come from a stream the simulator forks from the
+//! run's seed at each start.
 //!
 //! Writes go through a commit queue that stands for the node's group
 //! committer: a write is queued, and at the next commit every queued

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use ringkv_core::NodeId;
 use ringkv_core::antientropy::MerkleTree;
 use ringkv_core::causality::{Object, VersionVector};
 use ringkv_storage::{MemoryStorage, Space, Storage};
@@ -28,8 +29,9 @@ pub struct AppliedWrite {
 }
 
 impl AppliedWrite {
-    /// Why the write moved the key's history backwards, if it did.
-    pub fn regression(&self) -> Option<String> {
+    /// Why the write moved the key's history backwards, if it did
+    /// (`name` names the replicas of the clock).
+    pub fn regression(&self, name: impl Fn(NodeId) -> String) -> Option<String> {
         let before = self.before.as_ref()?;
         if self.after.descends(before) {
             return None;
@@ -38,7 +40,11 @@ impl AppliedWrite {
             .iter()
             .filter(|&(replica, counter)| self.after.get(replica) < counter)
             .map(|(replica, counter)| {
-                format!("{replica:x}: {counter} -> {}", self.after.get(replica))
+                format!(
+                    "{}: {counter} -> {}",
+                    name(replica),
+                    self.after.get(replica)
+                )
             })
             .collect();
         Some(format!(
@@ -110,7 +116,6 @@ pub fn compare_roots(copies: &[CopyOfPartition]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use ringkv_core::NodeId;
     use ringkv_core::causality::Dot;
 
     use super::*;
@@ -133,19 +138,20 @@ mod tests {
             before: Some(clock(&[(1, 2), (2, 1)])),
             after: clock(&[(1, 3), (2, 1)]),
         };
-        assert_eq!(grew.regression(), None);
+        let name = |replica: NodeId| format!("r{replica}");
+        assert_eq!(grew.regression(name), None);
         let first = AppliedWrite {
             before: None,
             ..grew.clone()
         };
-        assert_eq!(first.regression(), None);
+        assert_eq!(first.regression(name), None);
         let went_back = AppliedWrite {
             before: Some(clock(&[(1, 3), (2, 1)])),
             after: clock(&[(1, 2), (2, 4)]),
             ..grew
         };
-        let detail = went_back.regression().expect("a regression");
-        assert!(detail.contains("1: 3 -> 2"), "{detail}");
+        let detail = went_back.regression(name).expect("a regression");
+        assert!(detail.contains("r1: 3 -> 2"), "{detail}");
     }
 
     #[test]

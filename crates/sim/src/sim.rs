@@ -1,7 +1,9 @@
 //! `Sim`: one simulated cluster run. Owns the event queue, the virtual
 //! clock, the nodes and their storage, the network, the clients and the
-//! history; executes the nodes' effects; injects faults; ends a run with
-//! `finish` (heal, restart, final reads at R = N, convergence and history
+//! history; executes the nodes' effects; injects faults (crashes, pauses,
+//! cuts, clock steps); checks every data write a replica applies (clock
+//! regressions); ends a run with `finish` (heal, resume, restart, a quiet
+//! period, the convergence check, final reads at R = N, the history
 //! checks).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -828,7 +830,7 @@ impl Sim {
     /// the key's clock there.
     fn check_applied_writes(&mut self, node: usize) {
         for applied in self.nodes[node].take_applied_writes() {
-            if let Some(detail) = applied.regression() {
+            if let Some(detail) = applied.regression(|id| node_name(id, &self.cluster)) {
                 let key = crate::hint::split_object_key(&applied.raw_key)
                     .map(|(_, key)| String::from_utf8_lossy(&key).into_owned())
                     .unwrap_or_default();

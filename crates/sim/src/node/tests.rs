@@ -213,3 +213,96 @@ fn a_put_at_a_non_primary_is_forwarded_to_the_next_primary_when_one_refuses() {
     node.receive(&cluster, 3, primaries[1], coordinated, &mut out);
     assert_eq!(client_replies(&out), vec![reply]);
 }
+
+/// Carries effects between `nodes` at once (messages delivered, commits
+/// made) until none is left; timers and client replies are dropped.
+fn run_until_quiet(cluster: &Cluster, nodes: &mut [SimNode], from: NodeId, effects: Vec<Effect>) {
+    let mut work: Vec<(NodeId, Effect)> = effects.into_iter().map(|e| (from, e)).collect();
+    while let Some((at, effect)) = work.pop() {
+        let mut out = Vec::new();
+        let target = match effect {
+            Effect::Send { to, payload } => {
+                let node = nodes.iter_mut().find(|n| n.id == to).expect("a member");
+                node.receive(cluster, 1, at, payload, &mut out);
+                to
+            }
+            Effect::CommitNeeded => {
+                let node = nodes.iter_mut().find(|n| n.id == at).expect("a member");
+                node.commit(cluster, 1, &mut out);
+                at
+            }
+            Effect::Timer { .. } | Effect::ReplyToClient { .. } => continue,
+        };
+        work.extend(out.into_iter().map(|e| (target, e)));
+    }
+}
+
+#[test]
+fn anti_entropy_copies_a_key_to_the_primaries_that_lack_it() {
+    use ringkv_core::causality::{ConflictMode, NewVersion};
+    use ringkv_storage::{Durability, Space, Storage, WriteBatch};
+
+    let cluster = cluster(3, 2);
+    let object = Object::update(
+        None,
+        &VersionVector::new(),
+        NewVersion {
+            value: Some(b"v".to_vec()),
+            content_type: "text/plain".to_string(),
+            now_ms: 1,
+        },
+        cluster.ids[0],
+        ConflictMode::Siblings,
+        10,
+    )
+    .unwrap();
+    let partition = cluster.partition(SIM_BUCKET, b"k");
+    let holder = MemoryStorage::new();
+    let mut batch = WriteBatch::new();
+    batch.put(
+        Space::Data(partition),
+        object_key(SIM_BUCKET, b"k"),
+        object.encode(),
+    );
+    holder.write(&batch, Durability::Sync).unwrap();
+    let storages = [holder, MemoryStorage::new(), MemoryStorage::new()];
+    let mut nodes: Vec<SimNode> = cluster
+        .ids
+        .iter()
+        .zip(&storages)
+        .map(|(&id, storage)| SimNode::new(id, storage.clone(), 0, 0, &cluster, SimRng::new(id)))
+        .collect();
+    let n = cluster.n() as u32;
+    assert!(
+        nodes[0].merkle_root(partition, n).is_some(),
+        "rebuilt at start"
+    );
+    assert_eq!(nodes[1].merkle_root(partition, n), None);
+    // Two passes: one exchange with each other primary in turn.
+    for _ in 0..2 {
+        let mut out = Vec::new();
+        nodes[0].anti_entropy_tick(&cluster, 1, &mut out);
+        assert!(!out.is_empty(), "a pass starts");
+        let from = nodes[0].id;
+        run_until_quiet(&cluster, &mut nodes, from, out);
+    }
+    for storage in &storages {
+        let copy = read_object(storage, partition, SIM_BUCKET, b"k").unwrap();
+        assert_eq!(copy.as_ref(), Some(&object));
+    }
+    let root = nodes[0].merkle_root(partition, n);
+    assert!(
+        nodes
+            .iter_mut()
+            .all(|node| node.merkle_root(partition, n) == root)
+    );
+    assert_eq!(nodes[0].stats.anti_entropy_exchanges, 2);
+    assert_eq!(nodes[0].stats.anti_entropy_keys_repaired, 2);
+    // In sync: the next pass compares roots and repairs nothing.
+    let mut out = Vec::new();
+    nodes[0].anti_entropy_tick(&cluster, 1, &mut out);
+    let from = nodes[0].id;
+    run_until_quiet(&cluster, &mut nodes, from, out);
+    assert_eq!(nodes[0].stats.anti_entropy_exchanges, 3);
+    assert_eq!(nodes[0].stats.anti_entropy_keys_repaired, 2);
+}
