@@ -120,6 +120,7 @@ enum Shape {
     Healed,
 }
 
+/// `Healed` last: the first step of a schedule draws from the others.
 const SHAPES: [Shape; 5] = [
     Shape::IsolateOne,
     Shape::MinorityMajority,
@@ -132,8 +133,8 @@ const SHAPES: [Shape; 5] = [
 /// `end_ms`: each step replaces the previous partition by a new one
 /// (isolate one node, split a minority from the majority, cut one group
 /// from another one way, cut two groups while the rest reaches both, or
-/// healed), held for `hold_ms` (a range) before the next step. Ends
-/// healed.
+/// healed), held for `hold_ms` (a range) before the next step. The first
+/// step cuts something; the schedule ends healed.
 pub fn changing_partitions(
     rng: &mut SimRng,
     nodes: usize,
@@ -145,7 +146,13 @@ pub fn changing_partitions(
     let mut schedule = Vec::new();
     let mut t = start_ms;
     while t < end_ms {
-        let cuts = match SHAPES[rng.index(SHAPES.len())] {
+        // The first step always cuts something.
+        let shapes = if schedule.is_empty() {
+            &SHAPES[..SHAPES.len() - 1]
+        } else {
+            &SHAPES[..]
+        };
+        let cuts = match shapes[rng.index(shapes.len())] {
             Shape::IsolateOne => vec![Cut::isolate(rng.index(nodes), nodes)],
             Shape::MinorityMajority => {
                 let minority = shuffled(rng, nodes)[..(nodes - 1) / 2].to_vec();
@@ -204,6 +211,10 @@ mod tests {
         for nodes in 2..=5 {
             let schedule = changing_partitions(&mut rng, nodes, 100, 5_000, (100, 400));
             assert_eq!(schedule.first().map(|s| s.0), Some(100));
+            let Some((_, Fault::Partition(first))) = schedule.first() else {
+                panic!("a schedule starts with a partition");
+            };
+            assert!(first.iter().any(|cut| !cut.links().is_empty()) || nodes == 2);
             assert_eq!(schedule.last().map(|s| &s.1), Some(&Fault::Heal));
             assert!(schedule.windows(2).all(|w| w[0].0 <= w[1].0));
             for (_, fault) in &schedule {

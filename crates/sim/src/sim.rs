@@ -862,6 +862,15 @@ impl Sim {
     }
 
     fn inject(&mut self, fault: Fault) {
+        let cuts_links = match &fault {
+            Fault::Isolate(_) | Fault::Block { .. } => true,
+            Fault::Cut(cut) => !cut.links().is_empty(),
+            Fault::Partition(cuts) => cuts.iter().any(|cut| !cut.links().is_empty()),
+            _ => false,
+        };
+        if cuts_links {
+            self.stats.partitions += 1;
+        }
         match fault {
             Fault::Crash(node) => self.crash(node),
             Fault::Restart(node) => self.restart(node),

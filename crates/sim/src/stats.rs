@@ -8,6 +8,8 @@ use std::ops::AddAssign;
 pub struct SimStats {
     pub crashes: u64,
     pub pauses: u64,
+    /// Faults that cut links (partitions, isolations, blocks).
+    pub partitions: u64,
     /// Messages lost because their link was cut (partitions).
     pub messages_cut: u64,
     /// Hints a target durably acknowledged.
@@ -31,6 +33,7 @@ impl AddAssign for SimStats {
     fn add_assign(&mut self, other: SimStats) {
         self.crashes += other.crashes;
         self.pauses += other.pauses;
+        self.partitions += other.partitions;
         self.messages_cut += other.messages_cut;
         self.hints_delivered += other.hints_delivered;
         self.hint_records_deleted += other.hint_records_deleted;
