@@ -187,11 +187,16 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "seed {}: {} violation(s) after {} events (trace hash {:016x})",
+            "seed {}: {} violation(s) after {} events (trace hash {:016x}); {}; {} buffered write(s) allowed lost",
             self.seed,
             self.violations.len(),
             self.events,
-            self.trace_hash
+            self.trace_hash,
+            match self.converged_after_ms {
+                Some(ms) => format!("replicas converged {ms} ms after healing"),
+                None => "replicas did not converge".to_string(),
+            },
+            self.writes_allowed_lost
         )?;
         for violation in self.violations.iter().take(20) {
             writeln!(f, "  {violation}")?;
