@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use percent_encoding::percent_decode_str;
 use ringkv_core::bucket::BucketProps;
-use ringkv_core::causality::{Object, VersionVector, decode_context, encode_context};
+use ringkv_core::causality::{Object, VersionVector, decode_context, try_encode_context};
 use ringkv_core::membership::Liveness;
 use ringkv_core::message::{ClientOp, ClientReply, OpError};
 use serde::Serialize;
@@ -128,8 +128,24 @@ fn context_from(headers: &HeaderMap) -> Result<VersionVector, Response> {
     }
 }
 
-fn context_value(context: &VersionVector) -> HeaderValue {
-    HeaderValue::from_str(&encode_context(context)).expect("base64url is a valid header value")
+/// The context token, or None when the clock has more entries than a
+/// token may carry (then the answer has no context and a later write is a
+/// blind write: it becomes a sibling, nothing is lost).
+fn context_token(context: &VersionVector) -> Option<String> {
+    match try_encode_context(context) {
+        Ok(token) => Some(token),
+        Err(e) => {
+            tracing::warn!(entries = context.len(), error = %e, "context too large to hand out");
+            None
+        }
+    }
+}
+
+fn insert_context(response: &mut Response, context: &VersionVector) {
+    if let Some(token) = context_token(context) {
+        let value = HeaderValue::from_str(&token).expect("base64url is a valid header value");
+        response.headers_mut().insert(CONTEXT_HEADER, value);
+    }
 }
 
 async fn kv(
@@ -206,9 +222,7 @@ async fn kv(
         ClientReply::Failed(e) => op_error(&e),
         ClientReply::Written { context } => {
             let mut response = StatusCode::NO_CONTENT.into_response();
-            response
-                .headers_mut()
-                .insert(CONTEXT_HEADER, context_value(&context));
+            insert_context(&mut response, &context);
             response
         }
         ClientReply::Found { object: None } => {
@@ -231,7 +245,6 @@ struct SiblingJson {
 }
 
 fn found(object: &Object) -> Response {
-    let context = context_value(object.clock());
     let live: Vec<_> = object.live_siblings().collect();
     let mut response = match live.as_slice() {
         [] => error(
@@ -258,11 +271,11 @@ fn found(object: &Object) -> Response {
                     modified_ms: s.modified_ms,
                 })
                 .collect();
-            let body = json!({ "context": encode_context(object.clock()), "siblings": siblings });
+            let body = json!({ "context": context_token(object.clock()), "siblings": siblings });
             (StatusCode::MULTIPLE_CHOICES, axum::Json(body)).into_response()
         }
     };
-    response.headers_mut().insert(CONTEXT_HEADER, context);
+    insert_context(&mut response, object.clock());
     response
 }
 
@@ -405,4 +418,31 @@ async fn preflist(State(node): State<Arc<Node>>, uri: Uri) -> Response {
         "replicas_now": plan,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_core::causality::Dot;
+
+    #[test]
+    fn a_clock_too_large_for_a_token_is_left_out_instead_of_panicking() {
+        let small: VersionVector = (1..=3)
+            .map(|r| Dot {
+                replica: r,
+                counter: 1,
+            })
+            .collect();
+        assert!(context_token(&small).is_some());
+        let huge: VersionVector = (1..=2000)
+            .map(|r| Dot {
+                replica: r,
+                counter: 1,
+            })
+            .collect();
+        assert_eq!(context_token(&huge), None);
+        let mut response = StatusCode::OK.into_response();
+        insert_context(&mut response, &huge);
+        assert!(response.headers().get(CONTEXT_HEADER).is_none());
+    }
 }

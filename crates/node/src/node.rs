@@ -630,8 +630,9 @@ impl Node {
                     warn!(?other, "unexpected answer to a forwarded request");
                     self.metrics.peer_failures.inc();
                 }
-                // The primary may have written it: the outcome is unknown.
-                Err(PeerError::Timeout) => {
+                // The primary may have written it: the outcome is unknown,
+                // and trying another primary could apply the write twice.
+                Err(PeerError::Timeout | PeerError::Disconnected) => {
                     return ClientReply::Failed(OpError::Timeout {
                         got: 0,
                         needed: w as u32,
