@@ -16,5 +16,6 @@ pub mod ring;
 pub type NodeId = u64;
 pub mod bucket;
 pub mod coordinator;
+pub mod hint;
 pub mod membership;
 pub mod message;

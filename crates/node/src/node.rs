@@ -30,6 +30,7 @@ use crate::config::NodeConfig;
 use crate::metrics::{FailureLabels, FailureReason, Metrics, Op, OpLabels};
 use crate::store::{Hint, LocalStore, StoreError, object_key};
 use crate::transport::{PeerError, Peers};
+pub(crate) use ringkv_core::hint::split_object_key;
 
 pub const META_IDENTITY: &str = "identity";
 pub const META_LAYOUT: &str = "layout";
@@ -1359,11 +1360,4 @@ fn check_member(member: &Member) -> Result<(), String> {
             .map_err(|_| format!("member address {addr:?} is not ip:port"))?;
     }
     Ok(())
-}
-
-/// Bucket and key back from `store::object_key`.
-pub(crate) fn split_object_key(raw: &[u8]) -> Option<(String, Vec<u8>)> {
-    let len = u16::from_be_bytes(raw.get(..2)?.try_into().ok()?) as usize;
-    let bucket = std::str::from_utf8(raw.get(2..2 + len)?).ok()?.to_string();
-    Some((bucket, raw[2 + len..].to_vec()))
 }

@@ -22,7 +22,7 @@ pub enum StoreError {
     #[error("stored object is corrupt: {0}")]
     Corrupt(#[from] DecodeError),
     #[error("stored hint is corrupt: {0}")]
-    CorruptHint(String),
+    CorruptHint(#[from] ringkv_core::hint::HintDecodeError),
     #[error("the write queue is full")]
     Busy,
     #[error("the store is shut down")]
@@ -98,15 +98,7 @@ impl Trees {
     }
 }
 
-/// The key of an object inside its partition: `u16 BE bucket length ‖ bucket ‖ key`
-/// (the same bytes the partition hash covers).
-pub fn object_key(bucket: &str, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + bucket.len() + key.len());
-    out.extend_from_slice(&(bucket.len() as u16).to_be_bytes());
-    out.extend_from_slice(bucket.as_bytes());
-    out.extend_from_slice(key);
-    out
-}
+pub use ringkv_core::hint::{Hint, object_key};
 
 impl LocalStore {
     pub fn new(storage: Arc<dyn Storage>, committer: GroupCommitter) -> Self {
@@ -343,55 +335,6 @@ fn storage_durability(mode: DurabilityMode) -> Durability {
     }
 }
 
-/// A write held by a fallback for primaries that were down (sloppy
-/// quorum): the causal merge of every hinted write of the key, and the
-/// primaries it is still owed to. Format: u8 version ‖ u32 BE target count
-/// ‖ u64 BE targets ‖ encoded object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hint {
-    pub targets: std::collections::BTreeSet<ringkv_core::NodeId>,
-    pub object: Object,
-}
-
-const HINT_FORMAT: u8 = 1;
-
-impl Hint {
-    pub fn encode(&self) -> Vec<u8> {
-        let object = self.object.encode();
-        let mut out = Vec::with_capacity(5 + 8 * self.targets.len() + object.len());
-        out.push(HINT_FORMAT);
-        out.extend_from_slice(&(self.targets.len() as u32).to_be_bytes());
-        for target in &self.targets {
-            out.extend_from_slice(&target.to_be_bytes());
-        }
-        out.extend_from_slice(&object);
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Hint, StoreError> {
-        let corrupt = |what: &str| StoreError::CorruptHint(what.to_string());
-        let (&version, rest) = bytes.split_first().ok_or_else(|| corrupt("empty record"))?;
-        if version != HINT_FORMAT {
-            return Err(corrupt("unknown format version"));
-        }
-        let count = rest
-            .get(..4)
-            .ok_or_else(|| corrupt("truncated target count"))?;
-        let count = u32::from_be_bytes(count.try_into().expect("4 bytes")) as usize;
-        let targets_end = count
-            .checked_mul(8)
-            .and_then(|n| n.checked_add(4))
-            .filter(|end| *end <= rest.len())
-            .ok_or_else(|| corrupt("truncated targets"))?;
-        let targets = rest[4..targets_end]
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        let object = Object::decode(&rest[targets_end..])?;
-        Ok(Hint { targets, object })
-    }
-}
-
 type HintFn<T> = Box<dyn FnOnce(Option<Hint>) -> (Option<Hint>, T) + Send>;
 
 struct HintJob<T> {
@@ -412,7 +355,7 @@ impl<T: Send + 'static> Job for HintJob<T> {
         let current = match current.map(Hint::decode).transpose() {
             Ok(current) => current,
             Err(e) => {
-                self.outcome = Some(Err(e));
+                self.outcome = Some(Err(e.into()));
                 return Change::Unchanged;
             }
         };
@@ -442,42 +385,5 @@ impl<T: Send + 'static> Job for HintJob<T> {
             }
         };
         let _ = self.reply.send(outcome);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ringkv_core::causality::{ConflictMode, NewVersion, VersionVector};
-
-    #[test]
-    fn hint_records_round_trip_and_reject_garbage() {
-        let object = Object::update(
-            None,
-            &VersionVector::new(),
-            NewVersion {
-                value: Some(b"v".to_vec()),
-                content_type: "text/plain".into(),
-                now_ms: 1,
-            },
-            7,
-            ConflictMode::Siblings,
-            10,
-        )
-        .unwrap();
-        let hint = Hint {
-            targets: [3, 9].into_iter().collect(),
-            object,
-        };
-        assert_eq!(Hint::decode(&hint.encode()).unwrap(), hint);
-        let bytes = hint.encode();
-        for cut in 0..bytes.len() {
-            assert!(
-                Hint::decode(&bytes[..cut]).is_err(),
-                "prefix of {cut} bytes decoded"
-            );
-        }
-        assert!(Hint::decode(&[1, 255, 255, 255, 255]).is_err());
-        assert!(Hint::decode(&[2, 0, 0, 0, 0]).is_err());
     }
 }

@@ -156,7 +156,6 @@ mod cluster;
 mod config;
 mod event;
 mod fault;
-mod hint;
 pub mod history;
 mod network;
 mod node;
@@ -175,12 +174,12 @@ pub use cluster::Cluster;
 pub use config::{NetworkConfig, PlantedBug, SIM_BUCKET, SimConfig};
 pub use event::EventQueue;
 pub use fault::{Cut, Fault, changing_partitions};
-pub use hint::Hint;
 pub use history::{History, OpId, OpKind, OpRecord, Outcome};
 pub use network::Network;
 pub use node::{
     Effect, FORWARD_GRACE_MS, Payload, PlannedReplica, ReplyTo, SimNode, Timer, TransportError,
 };
+pub use ringkv_core::hint::Hint;
 pub use rng::SimRng;
 pub use seeds::{SEED_ENV, SEEDS_ENV, run_seeds};
 pub use sim::{Report, Sim};

@@ -35,12 +35,12 @@ use ringkv_storage::{Durability, MemoryStorage, Space, Storage, WriteBatch};
 
 use crate::cluster::Cluster;
 use crate::config::PlantedBug;
-use crate::hint::{Hint, split_object_key};
 use crate::history::OpId;
 use crate::replicas::AppliedWrite;
 use crate::rng::SimRng;
 use crate::stats::SimStats;
 use antientropy::AntiEntropy;
+use ringkv_core::hint::{Hint, split_object_key};
 
 /// Extra time a forwarding node waits beyond the operation's own timeout
 /// (`FORWARD_GRACE` in the node).
@@ -130,15 +130,7 @@ impl PlannedReplica {
     }
 }
 
-/// The key of an object inside its partition: `u16 BE bucket length ‖
-/// bucket ‖ key`, as `crates/node/src/store.rs` stores it.
-pub fn object_key(bucket: &str, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + bucket.len() + key.len());
-    out.extend_from_slice(&(bucket.len() as u16).to_be_bytes());
-    out.extend_from_slice(bucket.as_bytes());
-    out.extend_from_slice(key);
-    out
-}
+pub use ringkv_core::hint::object_key;
 
 /// Reads one object from a node's storage (data only, no hints).
 pub fn read_object(
@@ -165,7 +157,10 @@ pub fn read_hint(
     let stored = storage
         .get(Space::Hints(partition), &object_key(bucket, key))
         .map_err(|e| e.to_string())?;
-    stored.map(|bytes| Hint::decode(&bytes)).transpose()
+    stored
+        .map(|bytes| Hint::decode(&bytes))
+        .transpose()
+        .map_err(|e| e.to_string())
 }
 
 /// Every hint record a node's storage holds that is still owed to some
@@ -1255,7 +1250,7 @@ impl SimNode {
                     },
                     Some(_) => match current.map(Hint::decode).transpose() {
                         Ok(hint) => (hint.as_ref().map(|h| h.object.clone()), hint),
-                        Err(e) => return (Change::Unchanged, job_failed(put, e)),
+                        Err(e) => return (Change::Unchanged, job_failed(put, e.to_string())),
                     },
                 };
                 let updated = Object::update(
@@ -1345,7 +1340,12 @@ impl SimNode {
             } => {
                 let current = match current.map(Hint::decode).transpose() {
                     Ok(current) => current,
-                    Err(e) => return (Change::Unchanged, AfterCommit::Refuse(Some(ack), e)),
+                    Err(e) => {
+                        return (
+                            Change::Unchanged,
+                            AfterCommit::Refuse(Some(ack), e.to_string()),
+                        );
+                    }
                 };
                 let new_hint = current.as_ref().is_none_or(|h| h.targets.is_empty());
                 let hint = match current {

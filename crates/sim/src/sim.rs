@@ -572,7 +572,7 @@ impl Sim {
             for (_, raw_key, hint) in
                 crate::node::scan_hints(storage, self.cluster.layout.partitions())
             {
-                let key = crate::hint::split_object_key(&raw_key)
+                let key = ringkv_core::hint::split_object_key(&raw_key)
                     .map(|(_, key)| String::from_utf8_lossy(&key).into_owned())
                     .unwrap_or_default();
                 let targets: Vec<String> = hint
@@ -836,7 +836,7 @@ impl Sim {
     fn check_applied_writes(&mut self, node: usize) {
         for applied in self.nodes[node].take_applied_writes() {
             if let Some(detail) = applied.regression(|id| node_name(id, &self.cluster)) {
-                let key = crate::hint::split_object_key(&applied.raw_key)
+                let key = ringkv_core::hint::split_object_key(&applied.raw_key)
                     .map(|(_, key)| String::from_utf8_lossy(&key).into_owned())
                     .unwrap_or_default();
                 self.replica_violations.push(Violation {

@@ -33,8 +33,8 @@ use super::{
 };
 use crate::cluster::Cluster;
 use crate::config::PlantedBug;
-use crate::hint::split_object_key;
 use crate::replicas::tree_from_storage;
+use ringkv_core::hint::split_object_key;
 
 /// (partition, n).
 type TreeId = (u32, u32);
