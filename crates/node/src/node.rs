@@ -905,18 +905,9 @@ impl Node {
                 conflict,
                 durability,
             } => {
-                if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-                    return PeerResponse::Refused {
-                        message: e.to_string(),
-                    };
-                }
-                let incoming = match Object::decode(&object) {
-                    Ok(object) => object,
-                    Err(e) => {
-                        return PeerResponse::Refused {
-                            message: e.to_string(),
-                        };
-                    }
+                let incoming = match incoming_write(&bucket, &key, &object) {
+                    Ok(incoming) => incoming,
+                    Err(refused) => return refused,
                 };
                 let partition = partition_of(
                     key_hash(bucket.as_bytes(), &key),
@@ -1005,18 +996,9 @@ impl Node {
         durability: DurabilityMode,
         hint_for: NodeId,
     ) -> PeerResponse {
-        if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-            return PeerResponse::Refused {
-                message: e.to_string(),
-            };
-        }
-        let incoming = match Object::decode(&object) {
-            Ok(object) => object,
-            Err(e) => {
-                return PeerResponse::Refused {
-                    message: e.to_string(),
-                };
-            }
+        let incoming = match incoming_write(&bucket, &key, &object) {
+            Ok(incoming) => incoming,
+            Err(refused) => return refused,
         };
         // A full hint store refuses: the coordinator then counts this
         // replica as failed and may still reach W through others.
@@ -1360,4 +1342,14 @@ fn check_member(member: &Member) -> Result<(), String> {
             .map_err(|_| format!("member address {addr:?} is not ip:port"))?;
     }
     Ok(())
+}
+
+/// Checks a replica or hint write from a peer: valid bucket and key, and
+/// an object that decodes. A bad one is refused and changes nothing.
+fn incoming_write(bucket: &str, key: &[u8], object: &[u8]) -> Result<Object, PeerResponse> {
+    let refused = |message: String| PeerResponse::Refused { message };
+    validate_bucket_name(bucket)
+        .and(validate_key(key))
+        .map_err(|e| refused(e.to_string()))?;
+    Object::decode(object).map_err(|e| refused(e.to_string()))
 }

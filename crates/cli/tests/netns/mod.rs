@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringkv_client::Client;
 
-use crate::support::{BIN, eventually, http_get};
+use crate::support::{BIN, eventually, http_get, wait_for_layout_agreement};
 
 const TABLE: &str = "ringkv_partition";
 const HTTP_PORT: u16 = 8080;
@@ -398,22 +398,13 @@ impl Lab {
 
     /// Every running node reports the same layout with every member in it.
     pub fn wait_for_agreement(&self) {
-        let expected = self.nodes.len();
-        eventually(
-            "nodes to agree on the layout",
-            Duration::from_secs(30),
-            || {
-                let mut versions = Vec::new();
-                for node in self.nodes.iter().filter(|n| n.is_running()) {
-                    let status = node.client().cluster_status().ok()?;
-                    if status["members"].as_array()?.len() != expected {
-                        return None;
-                    }
-                    versions.push(status["layout_version"].as_u64()?);
-                }
-                versions.windows(2).all(|w| w[0] == w[1]).then_some(())
-            },
-        );
+        let running: Vec<Client> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.client())
+            .collect();
+        wait_for_layout_agreement(&running, self.nodes.len());
     }
 
     /// Node `receiver` silently drops every packet from node `sender`.

@@ -160,22 +160,13 @@ impl Cluster {
 
     /// Every running node reports the same layout with every member in it.
     pub fn wait_for_agreement(&self) {
-        let expected = self.nodes.len();
-        eventually(
-            "nodes to agree on the layout",
-            Duration::from_secs(30),
-            || {
-                let mut versions = Vec::new();
-                for node in self.nodes.iter().filter(|n| n.is_running()) {
-                    let status = node.client().cluster_status().ok()?;
-                    if status["members"].as_array()?.len() != expected {
-                        return None;
-                    }
-                    versions.push(status["layout_version"].as_u64()?);
-                }
-                versions.windows(2).all(|w| w[0] == w[1]).then_some(())
-            },
-        );
+        let running: Vec<Client> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(TestNode::client)
+            .collect();
+        wait_for_layout_agreement(&running, self.nodes.len());
     }
 }
 
@@ -339,4 +330,24 @@ pub fn metric(node: &TestNode, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
+}
+
+/// Waits until every client's node reports the same layout version with
+/// `members` members.
+pub fn wait_for_layout_agreement(clients: &[Client], members: usize) {
+    eventually(
+        "nodes to agree on the layout",
+        Duration::from_secs(30),
+        || {
+            let mut versions = Vec::new();
+            for client in clients {
+                let status = client.cluster_status().ok()?;
+                if status["members"].as_array()?.len() != members {
+                    return None;
+                }
+                versions.push(status["layout_version"].as_u64()?);
+            }
+            versions.windows(2).all(|w| w[0] == w[1]).then_some(())
+        },
+    );
 }
