@@ -20,7 +20,7 @@ use ringkv_core::NodeId;
 use ringkv_core::bucket::BucketRegistry;
 use ringkv_core::message::{PeerRequest, PeerResponse};
 use ringkv_core::ring::{DEFAULT_TARGET_N, Layout, Member, MemberState};
-use ringkv_storage::{GroupCommitOptions, GroupCommitter, RedbStorage, Storage};
+use ringkv_storage::{GroupCommitOptions, GroupCommitter, LogOptions, Storage, open_data_dir};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -74,10 +74,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("while creating data dir {}", config.data_dir.display()))?;
-    let path = config.data_dir.join("ringkv.redb");
-    let storage: Arc<dyn Storage> = Arc::new(
-        RedbStorage::open(&path).with_context(|| format!("while opening {}", path.display()))?,
-    );
+    let storage = open_data_dir(&config.data_dir, LogOptions::default())
+        .with_context(|| format!("while opening the store in {}", config.data_dir.display()))?;
+    let replay = storage.replay_report();
+    if replay.records > 0 {
+        info!(
+            records = replay.records,
+            files = replay.files,
+            "replayed the write-ahead log"
+        );
+    }
+    let storage: Arc<dyn Storage> = Arc::new(storage);
     let committer = GroupCommitter::start(
         storage.clone(),
         GroupCommitOptions {

@@ -6,6 +6,10 @@
 //! - the engines behind it: [`RedbStorage`] (crash-safe, on disk) and
 //!   [`MemoryStorage`] (a model of a disk that loses unsynced writes, for
 //!   tests and the simulator);
+//! - [`LoggedStorage`], a write-ahead log in front of an engine, so that a
+//!   durable write is one small log append and sync, and the engine is
+//!   committed durably only at checkpoints ([`open_data_dir`] puts it in
+//!   front of redb for a node);
 //! - the on-engine record format ([`record`]): every stored value carries a
 //!   format version and an xxh3 checksum, verified on every read, so
 //!   corruption is reported as [`StorageError::Corruption`], never returned
@@ -25,8 +29,10 @@ mod group_commit;
 mod memory;
 pub mod record;
 mod redb_engine;
+mod wal;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 pub use group_commit::{
@@ -34,6 +40,7 @@ pub use group_commit::{
 };
 pub use memory::MemoryStorage;
 pub use redb_engine::RedbStorage;
+pub use wal::{FsLogDir, LogDir, LogOptions, LoggedStorage, MemoryLogDir, ReplayReport};
 
 /// Where a record lives. `Data` and `Hints` are per partition so that they
 /// can be iterated one partition at a time.
@@ -112,6 +119,16 @@ impl WriteBatch {
     pub fn clear(&mut self) {
         self.ops.clear();
     }
+}
+
+/// The storage of a node's data directory: the redb file `ringkv.redb`
+/// behind the write-ahead log in `wal/`. Replays the log first, so this is
+/// also how tools and tests read a stopped (or killed) node's data.
+pub fn open_data_dir(dir: &Path, options: LogOptions) -> Result<LoggedStorage, StorageError> {
+    let engine = RedbStorage::open(&dir.join("ringkv.redb"))?;
+    let log = FsLogDir::new(&dir.join("wal"))
+        .map_err(|e| StorageError::io("creating the write-ahead log directory", e))?;
+    LoggedStorage::open(Arc::new(engine), Box::new(log), options)
 }
 
 /// One record returned by [`Storage::scan`]: (user key, value).

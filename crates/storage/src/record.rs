@@ -51,6 +51,23 @@ pub fn user_key(space: Space, engine_key: &[u8]) -> Option<&[u8]> {
     engine_key.strip_prefix(&space_prefix(space)[..])
 }
 
+/// The space and user key of an engine key, or `None` if its prefix is not
+/// one this module writes.
+pub fn decode_key(engine_key: &[u8]) -> Option<(Space, &[u8])> {
+    if engine_key.len() < KEY_PREFIX_BYTES {
+        return None;
+    }
+    let (prefix, key) = engine_key.split_at(KEY_PREFIX_BYTES);
+    let partition = u32::from_be_bytes(prefix[1..].try_into().expect("4 bytes"));
+    let space = match (prefix[0], partition) {
+        (TAG_META, 0) => Space::Meta,
+        (TAG_DATA, partition) => Space::Data(partition),
+        (TAG_HINTS, partition) => Space::Hints(partition),
+        _ => return None,
+    };
+    Some((space, key))
+}
+
 /// The engine keys of `space`: `start..end`, `end` exclusive.
 pub fn space_range(space: Space) -> Range<Vec<u8>> {
     let start = space_prefix(space);

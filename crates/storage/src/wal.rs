@@ -1,0 +1,987 @@
+//! [`LoggedStorage`]: a write-ahead log and an in-memory table in front of
+//! an engine, so that a durable write costs one small append and one
+//! `fdatasync`, and the engine sees big, rare commits.
+//!
+//! A write is appended to the newest log file (and, for `Sync`, the log is
+//! synced), then applied to the *active memtable*, an ordered map that
+//! reads consult before the engine. A background *flusher* thread freezes
+//! the active memtable (it becomes the *immutable* one, still read) at the
+//! same moment as it starts a new log file, writes it to the engine in one
+//! durable commit, then drops it and removes the log files it covered.
+//! A redb `Immediate` commit rewrites and syncs a copy-on-write path of
+//! 4 KiB pages per changed leaf, twice (data, then header); a flush pays
+//! that once for seconds of writes, and repeated writes of a hot key
+//! collapse into one.
+//!
+//! Invariants that make replay correct:
+//! - a write reaches the log before any reader can see it, and the log's
+//!   order is the order writes are applied in (one lock around both);
+//! - a `Sync` write becomes visible only once the log is synced, so no
+//!   reader (read repair, a replica answering a GET) ever spreads a write
+//!   that a crash could still take back from this node;
+//! - the engine is written only by flushes (and by replay at open), each
+//!   covering exactly the log files older than the one started at the
+//!   freeze, so its durable image is always "everything up to the end of
+//!   some log file";
+//! - log records are absolute (a put carries the whole value), so replaying
+//!   a log over an image that already holds some of its records ends in the
+//!   same state;
+//! - a log file is removed only after the flush that covered it is durable,
+//!   oldest first, each removal synced.
+//!
+//! At open, every log file is replayed in order into the engine, the engine
+//! is synced, and the files are removed. A torn record at the end of the
+//! newest file is a write that never finished (it was never acknowledged
+//! as synced): it and the bytes after it are dropped, with a warning. A bad
+//! record anywhere else is corruption and the open fails.
+//!
+//! Limits: the active memtable is frozen at `flush_bytes` or after
+//! `flush_interval`; writers wait (up to `stall_timeout`, then fail) while
+//! it holds `max_memtable_bytes` and the previous flush has not finished.
+//!
+//! A failed append is undone (the file is truncated back); if that or a log
+//! sync fails, the log may no longer match what readers see, so the storage
+//! refuses every later write until it is reopened (as PostgreSQL does after
+//! a failed fsync). A failed flush is retried; reads keep working.
+//!
+//! The log's files live behind [`LogDir`]: [`FsLogDir`] on disk,
+//! [`MemoryLogDir`] in memory with a crash model, for tests.
+//!
+//! Record: `u32 BE payload length ‖ u64 BE xxh3-64(payload) ‖ payload`;
+//! payload: `u8 version (1) ‖ u32 BE op count ‖ ops`; op: `u32 BE engine
+//! key length ‖ engine key (record::encode_key) ‖ u8 1 put / 0 delete ‖
+//! (put) u32 BE value length ‖ value`.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::record::{decode_key, encode_key, space_range};
+use crate::{Durability, KeyValue, Space, Storage, StorageError, WriteBatch};
+
+const LOG_FORMAT_VERSION: u8 = 1;
+const FRAME_HEADER_BYTES: usize = 4 + 8;
+/// Ops per engine commit while replaying.
+const REPLAY_BATCH_OPS: usize = 4096;
+/// Memory charged per memtable entry beyond its key and value.
+const ENTRY_OVERHEAD_BYTES: u64 = 64;
+/// Wait between attempts after a failed flush.
+const FLUSH_RETRY: Duration = Duration::from_millis(200);
+
+/// The files of one log, numbered by generation. Appends go to one file at
+/// a time; a new generation is created at every flush.
+pub trait LogDir: Send + 'static {
+    /// The generations present, oldest first.
+    fn generations(&self) -> io::Result<Vec<u64>>;
+    fn read(&self, generation: u64) -> io::Result<Vec<u8>>;
+    /// Creates an empty file; it exists across a crash once this returns.
+    fn create(&mut self, generation: u64) -> io::Result<()>;
+    fn append(&mut self, generation: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Cuts the file back to `len` bytes (undoes a failed append).
+    fn truncate(&mut self, generation: u64, len: u64) -> io::Result<()>;
+    /// Makes the file's contents durable.
+    fn sync(&mut self, generation: u64) -> io::Result<()>;
+    /// Removes the file; it stays removed across a crash once this returns.
+    fn remove(&mut self, generation: u64) -> io::Result<()>;
+}
+
+/// When memtables are flushed to the engine, and how much they may hold.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// Longest time a write stays only in the log and the memtable.
+    pub flush_interval: Duration,
+    /// The active memtable is frozen and flushed once it holds this much.
+    pub flush_bytes: u64,
+    /// Writers wait while the active memtable holds this much.
+    pub max_memtable_bytes: u64,
+    /// Longest such wait before a write fails.
+    pub stall_timeout: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            flush_interval: Duration::from_secs(5),
+            flush_bytes: 16 << 20,
+            max_memtable_bytes: 64 << 20,
+            stall_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What replay found at open, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub files: usize,
+    pub records: u64,
+    /// Bytes of a torn record (and anything after it) dropped from the end
+    /// of the newest file.
+    pub torn_bytes: u64,
+}
+
+/// Engine key → value (`None`: deleted) of the writes not yet flushed.
+type Memtable = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+#[derive(Default)]
+struct Memtables {
+    active: Memtable,
+    /// Frozen, being flushed; read after `active`.
+    immutable: Option<Arc<Memtable>>,
+}
+
+impl Memtables {
+    fn get(&self, engine_key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.active
+            .get(engine_key)
+            .or_else(|| self.immutable.as_ref()?.get(engine_key))
+    }
+}
+
+struct Log {
+    dir: Box<dyn LogDir>,
+    generation: u64,
+    bytes: u64,
+    /// Appended since the last log sync.
+    unsynced: bool,
+    /// Older generations, to be removed once a flush covers them.
+    retired: Vec<u64>,
+    /// Memory charged to the active memtable.
+    active_bytes: u64,
+    last_flush: Instant,
+    /// Set when the log and the memtable may disagree: every write fails.
+    failed: Option<StorageError>,
+    stop: Stop,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Flush everything, then stop (a clean close).
+    Close,
+    /// Stop at once, as a crash would (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Halt,
+}
+
+struct Shared {
+    inner: Arc<dyn Storage>,
+    options: LogOptions,
+    log: Mutex<Log>,
+    tables: RwLock<Memtables>,
+    /// Wakes the flusher (work to do, or stop).
+    work: Condvar,
+    /// Wakes writers waiting for memtable room.
+    room: Condvar,
+    /// One flush at a time (the flusher thread, or `flush` and close).
+    flushing: Mutex<()>,
+}
+
+/// A [`Storage`] that logs every write and keeps it in memory until a
+/// background flush writes it to `inner`.
+pub struct LoggedStorage {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+    replay: ReplayReport,
+}
+
+fn log_error(operation: &'static str, source: io::Error) -> StorageError {
+    StorageError::io(operation, source)
+}
+
+impl LoggedStorage {
+    /// Replays whatever `dir` holds into `inner`, makes it durable, starts
+    /// a new log file and the flusher thread.
+    pub fn open(
+        inner: Arc<dyn Storage>,
+        mut dir: Box<dyn LogDir>,
+        options: LogOptions,
+    ) -> Result<Self, StorageError> {
+        let generations = dir
+            .generations()
+            .map_err(|e| log_error("listing the log files", e))?;
+        let mut replay = ReplayReport::default();
+        for (index, &generation) in generations.iter().enumerate() {
+            let bytes = dir
+                .read(generation)
+                .map_err(|e| log_error("reading a log file", e))?;
+            let newest = index + 1 == generations.len();
+            replay_file(inner.as_ref(), generation, &bytes, newest, &mut replay)?;
+            replay.files += 1;
+        }
+        if replay.torn_bytes > 0 {
+            tracing::warn!(
+                torn_bytes = replay.torn_bytes,
+                "dropped an unfinished record at the end of the write-ahead log (never acknowledged as synced)"
+            );
+        }
+        inner.sync()?;
+        let generation = generations.last().map_or(1, |g| g + 1);
+        dir.create(generation)
+            .map_err(|e| log_error("creating a log file", e))?;
+        for &old in &generations {
+            dir.remove(old)
+                .map_err(|e| log_error("removing a replayed log file", e))?;
+        }
+        let shared = Arc::new(Shared {
+            inner,
+            options,
+            log: Mutex::new(Log {
+                dir,
+                generation,
+                bytes: 0,
+                unsynced: false,
+                retired: Vec::new(),
+                active_bytes: 0,
+                last_flush: Instant::now(),
+                failed: None,
+                stop: Stop::Running,
+            }),
+            tables: RwLock::new(Memtables::default()),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            flushing: Mutex::new(()),
+        });
+        let flusher = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("ringkv-flusher".to_string())
+                .spawn(move || shared.run_flusher())
+                .map_err(|e| log_error("starting the flusher thread", e))?
+        };
+        Ok(LoggedStorage {
+            shared,
+            flusher: Some(flusher),
+            replay,
+        })
+    }
+
+    /// What the open replayed.
+    pub fn replay_report(&self) -> ReplayReport {
+        self.replay
+    }
+
+    /// Writes every memtable to the engine now and removes the log files
+    /// this covers.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        // A frozen memtable left by an earlier failure goes first.
+        self.shared.flush_once()?;
+        self.shared.flush_once()
+    }
+
+    /// Stops as a crash would: no final flush, nothing more written.
+    #[cfg(test)]
+    fn halt(mut self) {
+        self.shared.lock_log().stop = Stop::Halt;
+        self.shared.work.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            flusher.join().expect("flusher thread panicked");
+        }
+    }
+}
+
+impl Drop for LoggedStorage {
+    /// A clean close flushes everything: the engine's file alone then holds
+    /// all data and the log is empty.
+    fn drop(&mut self) {
+        let Some(flusher) = self.flusher.take() else {
+            return;
+        };
+        self.shared.lock_log().stop = Stop::Close;
+        self.shared.work.notify_all();
+        if flusher.join().is_err() {
+            tracing::error!("the flusher thread panicked");
+        }
+    }
+}
+
+impl Shared {
+    fn lock_log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().expect("write-ahead log lock poisoned")
+    }
+
+    fn run_flusher(&self) {
+        loop {
+            let mut log = self.lock_log();
+            loop {
+                match log.stop {
+                    Stop::Halt => return,
+                    Stop::Close => {
+                        drop(log);
+                        let clean = log_flush_failure(self.flush_once())
+                            && log_flush_failure(self.flush_once());
+                        if !clean {
+                            tracing::warn!(
+                                "final flush failed; the log will be replayed at the next open"
+                            );
+                        }
+                        return;
+                    }
+                    Stop::Running => {}
+                }
+                let pending = self
+                    .tables
+                    .read()
+                    .expect("memtable lock poisoned")
+                    .immutable
+                    .is_some();
+                let since = log.last_flush.elapsed();
+                let full = self
+                    .options
+                    .flush_bytes
+                    .min(self.options.max_memtable_bytes);
+                if pending
+                    || log.active_bytes >= full
+                    || (log.active_bytes > 0 && since >= self.options.flush_interval)
+                {
+                    break;
+                }
+                let wait = self
+                    .options
+                    .flush_interval
+                    .saturating_sub(since)
+                    .max(Duration::from_millis(1));
+                log = self
+                    .work
+                    .wait_timeout(log, wait)
+                    .expect("write-ahead log lock poisoned")
+                    .0;
+            }
+            drop(log);
+            if !log_flush_failure(self.flush_once()) {
+                thread::sleep(FLUSH_RETRY);
+            }
+        }
+    }
+
+    /// Freezes the active memtable (unless one is already frozen), writes
+    /// the frozen one to the engine durably, then drops it and removes the
+    /// log files it covered.
+    fn flush_once(&self) -> Result<(), StorageError> {
+        let _one_at_a_time = self.flushing.lock().expect("flush lock poisoned");
+        let frozen = {
+            let mut log = self.lock_log();
+            let mut tables = self.tables.write().expect("memtable lock poisoned");
+            if tables.immutable.is_none() {
+                if tables.active.is_empty() {
+                    log.last_flush = Instant::now();
+                    return Ok(());
+                }
+                // The frozen memtable holds exactly the records of the log
+                // files up to this one: close it and start the next.
+                let generation = log.generation;
+                if let Err(error) = log.dir.sync(generation) {
+                    let error = log_error("syncing the log", error);
+                    log.failed = Some(error.clone());
+                    return Err(error);
+                }
+                log.unsynced = false;
+                log.dir
+                    .create(generation + 1)
+                    .map_err(|e| log_error("creating a log file", e))?;
+                log.retired.push(generation);
+                log.generation = generation + 1;
+                log.bytes = 0;
+                log.active_bytes = 0;
+                tables.immutable = Some(Arc::new(std::mem::take(&mut tables.active)));
+            }
+            Arc::clone(tables.immutable.as_ref().expect("frozen above"))
+        };
+        let mut batch = WriteBatch::new();
+        for (engine_key, value) in frozen.iter() {
+            let (space, key) = decode_key(engine_key).expect("memtable keys are engine keys");
+            match value {
+                Some(value) => batch.put(space, key.to_vec(), value.clone()),
+                None => batch.delete(space, key.to_vec()),
+            }
+        }
+        self.inner.write(&batch, Durability::Sync)?;
+        let mut log = self.lock_log();
+        self.tables
+            .write()
+            .expect("memtable lock poisoned")
+            .immutable = None;
+        log.last_flush = Instant::now();
+        self.room.notify_all();
+        while let Some(&oldest) = log.retired.first() {
+            log.dir
+                .remove(oldest)
+                .map_err(|e| log_error("removing a flushed log file", e))?;
+            log.retired.remove(0);
+        }
+        Ok(())
+    }
+}
+
+/// Logs a failed flush; `true` if it succeeded.
+fn log_flush_failure(result: Result<(), StorageError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "flushing the memtable to the engine failed; will retry");
+            false
+        }
+    }
+}
+
+impl Storage for LoggedStorage {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let engine_key = encode_key(space, key);
+        if let Some(value) = self
+            .shared
+            .tables
+            .read()
+            .expect("memtable lock poisoned")
+            .get(&engine_key)
+        {
+            return Ok(value.clone());
+        }
+        self.shared.inner.get(space, key)
+    }
+
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return match durability {
+                Durability::Sync => self.sync(),
+                Durability::Buffered => Ok(()),
+            };
+        }
+        let shared = &*self.shared;
+        let record = encode_record(batch);
+        let mut log = shared.lock_log();
+        let stalled = Instant::now();
+        while log.active_bytes >= shared.options.max_memtable_bytes && log.failed.is_none() {
+            let waited = stalled.elapsed();
+            if waited >= shared.options.stall_timeout {
+                return Err(StorageError::Engine {
+                    message: format!(
+                        "write stalled for {} ms: the memtable is full and flushing to the engine is behind",
+                        waited.as_millis()
+                    ),
+                });
+            }
+            shared.work.notify_all();
+            log = shared
+                .room
+                .wait_timeout(log, shared.options.stall_timeout - waited)
+                .expect("write-ahead log lock poisoned")
+                .0;
+        }
+        if let Some(error) = &log.failed {
+            return Err(error.clone());
+        }
+        let generation = log.generation;
+        if let Err(error) = log.dir.append(generation, &record) {
+            let error = log_error("appending to the log", error);
+            // Cut the partial record off, or later records would sit
+            // behind it and be dropped by replay.
+            let len = log.bytes;
+            if log.dir.truncate(generation, len).is_err() {
+                log.failed = Some(error.clone());
+            }
+            return Err(error);
+        }
+        log.bytes += record.len() as u64;
+        log.unsynced = true;
+        if durability == Durability::Sync {
+            if let Err(error) = log.dir.sync(generation) {
+                let error = log_error("syncing the log", error);
+                log.failed = Some(error.clone());
+                return Err(error);
+            }
+            log.unsynced = false;
+        }
+        let mut added = 0;
+        {
+            let mut tables = shared.tables.write().expect("memtable lock poisoned");
+            for op in batch.ops() {
+                added += (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64
+                    + ENTRY_OVERHEAD_BYTES;
+                tables
+                    .active
+                    .insert(encode_key(op.space, &op.key), op.value.clone());
+            }
+        }
+        log.active_bytes += added;
+        if log.active_bytes >= shared.options.flush_bytes {
+            shared.work.notify_all();
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        let mut log = self.shared.lock_log();
+        if let Some(error) = &log.failed {
+            return Err(error.clone());
+        }
+        if log.unsynced {
+            let generation = log.generation;
+            if let Err(error) = log.dir.sync(generation) {
+                let error = log_error("syncing the log", error);
+                log.failed = Some(error.clone());
+                return Err(error);
+            }
+            log.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let mut found = Vec::new();
+        let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+        while found.len() < limit {
+            let want = limit - found.len();
+            let engine = self.shared.inner.scan(space, cursor.as_deref(), want)?;
+            // Keys up to `bound` (inclusive; `None`: the end of the space)
+            // are complete in both sources below.
+            let mut bound = (engine.len() == want).then(|| engine[want - 1].0.clone());
+            let overlay = self.memtable_range(space, cursor.as_deref(), bound.as_deref(), want);
+            if overlay.len() == want {
+                let last = &overlay[want - 1].0;
+                if bound.as_ref().is_none_or(|b| last < b) {
+                    bound = Some(last.clone());
+                }
+            }
+            let within = |key: &Vec<u8>| bound.as_ref().is_none_or(|b| key <= b);
+            let mut engine = engine.into_iter().filter(|(k, _)| within(k)).peekable();
+            let mut overlay = overlay.into_iter().filter(|(k, _)| within(k)).peekable();
+            loop {
+                let order = match (engine.peek(), overlay.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some((e, _)), Some((o, _))) => e.cmp(o),
+                };
+                if order == Ordering::Less {
+                    found.push(engine.next().expect("peeked"));
+                    continue;
+                }
+                if order == Ordering::Equal {
+                    engine.next(); // the memtable holds the newer value
+                }
+                if let (key, Some(value)) = overlay.next().expect("peeked") {
+                    found.push((key, value));
+                }
+            }
+            match bound {
+                Some(bound) => cursor = Some(bound),
+                None => break,
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+}
+
+impl LoggedStorage {
+    /// Up to `limit` memtable entries of `space` with user keys in
+    /// (`after`, `until`], newest value of each, deletions included.
+    fn memtable_range(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        until: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let range = space_range(space);
+        let start = match after {
+            Some(after) => Bound::Excluded(encode_key(space, after)),
+            None => Bound::Included(range.start),
+        };
+        let end = match until {
+            Some(until) => Bound::Included(encode_key(space, until)),
+            None => Bound::Excluded(range.end),
+        };
+        let tables = self.shared.tables.read().expect("memtable lock poisoned");
+        let mut merged: BTreeMap<&[u8], &Option<Vec<u8>>> = BTreeMap::new();
+        if let Some(immutable) = &tables.immutable {
+            for (key, value) in immutable.range((start.clone(), end.clone())).take(limit) {
+                merged.insert(key, value);
+            }
+        }
+        for (key, value) in tables.active.range((start, end)).take(limit) {
+            merged.insert(key, value);
+        }
+        merged
+            .into_iter()
+            .take(limit)
+            .map(|(key, value)| {
+                let (_, user_key) = decode_key(key).expect("memtable keys are engine keys");
+                (user_key.to_vec(), value.clone())
+            })
+            .collect()
+    }
+}
+
+fn encode_record(batch: &WriteBatch) -> Vec<u8> {
+    let size: usize = batch
+        .ops()
+        .iter()
+        .map(|op| 4 + 5 + op.key.len() + 1 + op.value.as_ref().map_or(0, |v| 4 + v.len()))
+        .sum();
+    let mut record = Vec::with_capacity(FRAME_HEADER_BYTES + 5 + size);
+    record.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    record.push(LOG_FORMAT_VERSION);
+    record.extend_from_slice(&(batch.len() as u32).to_be_bytes());
+    for op in batch.ops() {
+        let engine_key = encode_key(op.space, &op.key);
+        record.extend_from_slice(&(engine_key.len() as u32).to_be_bytes());
+        record.extend_from_slice(&engine_key);
+        match &op.value {
+            Some(value) => {
+                record.push(1);
+                record.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                record.extend_from_slice(value);
+            }
+            None => record.push(0),
+        }
+    }
+    let payload_len = (record.len() - FRAME_HEADER_BYTES) as u32;
+    let checksum = xxhash_rust::xxh3::xxh3_64(&record[FRAME_HEADER_BYTES..]);
+    record[..4].copy_from_slice(&payload_len.to_be_bytes());
+    record[4..FRAME_HEADER_BYTES].copy_from_slice(&checksum.to_be_bytes());
+    record
+}
+
+/// Reads fixed-width fields from a payload; `None` when it runs out.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+}
+
+/// The batch in a payload whose checksum matched; `None` if it is
+/// malformed anyway (a bug or a collision, treated as corruption).
+fn decode_payload(payload: &[u8]) -> Option<WriteBatch> {
+    let mut reader = Reader { bytes: payload };
+    if reader.u8()? != LOG_FORMAT_VERSION {
+        return None;
+    }
+    let count = reader.u32()?;
+    let mut batch = WriteBatch::new();
+    for _ in 0..count {
+        let key_len = reader.u32()? as usize;
+        let (space, key) = decode_key(reader.take(key_len)?)?;
+        match reader.u8()? {
+            1 => {
+                let value_len = reader.u32()? as usize;
+                batch.put(space, key.to_vec(), reader.take(value_len)?.to_vec());
+            }
+            0 => batch.delete(space, key.to_vec()),
+            _ => return None,
+        }
+    }
+    reader.bytes.is_empty().then_some(batch)
+}
+
+fn replay_file(
+    inner: &dyn Storage,
+    generation: u64,
+    bytes: &[u8],
+    newest: bool,
+    report: &mut ReplayReport,
+) -> Result<(), StorageError> {
+    let corruption = |offset: usize, reason: &str| StorageError::Corruption {
+        space: Space::Meta,
+        key: format!("write-ahead log {generation:016x} at byte {offset}").into_bytes(),
+        reason: reason.to_string(),
+    };
+    let mut pending = WriteBatch::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let frame = (rest.len() >= FRAME_HEADER_BYTES)
+            .then(|| {
+                let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                let checksum = u64::from_be_bytes(rest[4..12].try_into().expect("8 bytes"));
+                let payload = rest[FRAME_HEADER_BYTES..].get(..len)?;
+                (xxhash_rust::xxh3::xxh3_64(payload) == checksum).then_some(payload)
+            })
+            .flatten();
+        let Some(payload) = frame else {
+            if newest {
+                report.torn_bytes = rest.len() as u64;
+                break;
+            }
+            return Err(corruption(offset, "bad record in a complete log file"));
+        };
+        let batch = decode_payload(payload)
+            .ok_or_else(|| corruption(offset, "malformed record with a valid checksum"))?;
+        for op in batch.ops() {
+            match &op.value {
+                Some(value) => pending.put(op.space, op.key.clone(), value.clone()),
+                None => pending.delete(op.space, op.key.clone()),
+            }
+        }
+        if pending.len() >= REPLAY_BATCH_OPS {
+            inner.write(&pending, Durability::Buffered)?;
+            pending.clear();
+        }
+        report.records += 1;
+        offset += FRAME_HEADER_BYTES + payload.len();
+    }
+    if !pending.is_empty() {
+        inner.write(&pending, Durability::Buffered)?;
+    }
+    Ok(())
+}
+
+/// Log files in a directory: `<generation as 16 hex digits>.log`.
+pub struct FsLogDir {
+    path: PathBuf,
+    /// The file appends go to, kept open.
+    open: Option<(u64, File)>,
+}
+
+impl FsLogDir {
+    /// Uses (and creates) the directory at `path`.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        fs::create_dir_all(path)?;
+        Ok(FsLogDir {
+            path: path.to_path_buf(),
+            open: None,
+        })
+    }
+
+    fn file_path(&self, generation: u64) -> PathBuf {
+        self.path.join(format!("{generation:016x}.log"))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.path)?.sync_all()
+    }
+
+    fn file(&mut self, generation: u64) -> io::Result<&mut File> {
+        if self.open.as_ref().map(|(g, _)| *g) != Some(generation) {
+            let file = File::options()
+                .append(true)
+                .open(self.file_path(generation))?;
+            self.open = Some((generation, file));
+        }
+        Ok(&mut self.open.as_mut().expect("opened above").1)
+    }
+}
+
+impl LogDir for FsLogDir {
+    fn generations(&self) -> io::Result<Vec<u64>> {
+        let mut generations = Vec::new();
+        for entry in fs::read_dir(&self.path)? {
+            let name = entry?.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+                continue;
+            };
+            if stem.len() == 16
+                && let Ok(generation) = u64::from_str_radix(stem, 16)
+            {
+                generations.push(generation);
+            }
+        }
+        generations.sort_unstable();
+        Ok(generations)
+    }
+
+    fn read(&self, generation: u64) -> io::Result<Vec<u8>> {
+        fs::read(self.file_path(generation))
+    }
+
+    fn create(&mut self, generation: u64) -> io::Result<()> {
+        let file = File::options()
+            .create_new(true)
+            .append(true)
+            .open(self.file_path(generation))?;
+        self.sync_dir()?;
+        self.open = Some((generation, file));
+        Ok(())
+    }
+
+    fn append(&mut self, generation: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file(generation)?.write_all(bytes)
+    }
+
+    fn truncate(&mut self, generation: u64, len: u64) -> io::Result<()> {
+        self.file(generation)?.set_len(len)
+    }
+
+    fn sync(&mut self, generation: u64) -> io::Result<()> {
+        self.file(generation)?.sync_data()
+    }
+
+    fn remove(&mut self, generation: u64) -> io::Result<()> {
+        if self.open.as_ref().map(|(g, _)| *g) == Some(generation) {
+            self.open = None;
+        }
+        fs::remove_file(self.file_path(generation))?;
+        self.sync_dir()
+    }
+}
+
+#[derive(Default)]
+struct MemoryFile {
+    bytes: Vec<u8>,
+    synced_len: usize,
+}
+
+#[derive(Default)]
+struct MemoryLogState {
+    files: BTreeMap<u64, MemoryFile>,
+    fail_appends: bool,
+    fail_syncs: bool,
+}
+
+/// A [`LogDir`] in memory that models a disk: [`crash`](Self::crash)
+/// drops what was appended but not synced, keeping `torn` bytes of it to
+/// model a write cut short. Clones share the same files.
+#[derive(Clone, Default)]
+pub struct MemoryLogDir {
+    state: Arc<Mutex<MemoryLogState>>,
+}
+
+impl MemoryLogDir {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemoryLogState> {
+        self.state.lock().expect("memory log lock poisoned")
+    }
+
+    /// Loses every unsynced byte except the first `torn` of each file.
+    pub fn crash(&self, torn: usize) {
+        for file in self.lock().files.values_mut() {
+            let keep = (file.synced_len + torn).min(file.bytes.len());
+            file.bytes.truncate(keep);
+            file.synced_len = keep;
+        }
+    }
+
+    /// While `on`, appends write half of their bytes and then fail.
+    pub fn fail_appends(&self, on: bool) {
+        self.lock().fail_appends = on;
+    }
+
+    /// While `on`, syncs fail and make nothing durable.
+    pub fn fail_syncs(&self, on: bool) {
+        self.lock().fail_syncs = on;
+    }
+
+    /// Total bytes in all files.
+    pub fn bytes(&self) -> usize {
+        self.lock().files.values().map(|f| f.bytes.len()).sum()
+    }
+
+    fn missing(generation: u64) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no log file {generation:016x}"),
+        )
+    }
+}
+
+impl LogDir for MemoryLogDir {
+    fn generations(&self) -> io::Result<Vec<u64>> {
+        Ok(self.lock().files.keys().copied().collect())
+    }
+
+    fn read(&self, generation: u64) -> io::Result<Vec<u8>> {
+        let state = self.lock();
+        let file = state
+            .files
+            .get(&generation)
+            .ok_or_else(|| Self::missing(generation))?;
+        Ok(file.bytes.clone())
+    }
+
+    fn create(&mut self, generation: u64) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.files.contains_key(&generation) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("log file {generation:016x} exists"),
+            ));
+        }
+        state.files.insert(generation, MemoryFile::default());
+        Ok(())
+    }
+
+    fn append(&mut self, generation: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        let failing = state.fail_appends;
+        let file = state
+            .files
+            .get_mut(&generation)
+            .ok_or_else(|| Self::missing(generation))?;
+        if failing {
+            file.bytes.extend_from_slice(&bytes[..bytes.len() / 2]);
+            return Err(io::Error::other(
+                "append failure injected by MemoryLogDir::fail_appends",
+            ));
+        }
+        file.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn truncate(&mut self, generation: u64, len: u64) -> io::Result<()> {
+        let mut state = self.lock();
+        let file = state
+            .files
+            .get_mut(&generation)
+            .ok_or_else(|| Self::missing(generation))?;
+        file.bytes.truncate(len as usize);
+        file.synced_len = file.synced_len.min(file.bytes.len());
+        Ok(())
+    }
+
+    fn sync(&mut self, generation: u64) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.fail_syncs {
+            return Err(io::Error::other(
+                "sync failure injected by MemoryLogDir::fail_syncs",
+            ));
+        }
+        let file = state
+            .files
+            .get_mut(&generation)
+            .ok_or_else(|| Self::missing(generation))?;
+        file.synced_len = file.bytes.len();
+        Ok(())
+    }
+
+    fn remove(&mut self, generation: u64) -> io::Result<()> {
+        self.lock()
+            .files
+            .remove(&generation)
+            .map(|_| ())
+            .ok_or_else(|| Self::missing(generation))
+    }
+}
+
+#[cfg(test)]
+mod tests;

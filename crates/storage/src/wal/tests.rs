@@ -1,0 +1,478 @@
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::conformance;
+use crate::{MemoryStorage, RedbStorage};
+
+fn small_options() -> LogOptions {
+    LogOptions {
+        flush_interval: Duration::from_secs(3600),
+        flush_bytes: 4096,
+        ..LogOptions::default()
+    }
+}
+
+fn open_memory(inner: &MemoryStorage, log: &MemoryLogDir, options: LogOptions) -> LoggedStorage {
+    LoggedStorage::open(Arc::new(inner.clone()), Box::new(log.clone()), options).unwrap()
+}
+
+fn put(storage: &dyn Storage, key: &[u8], value: &[u8], durability: Durability) {
+    let mut batch = WriteBatch::new();
+    batch.put(Space::Data(3), key.to_vec(), value.to_vec());
+    storage.write(&batch, durability).unwrap();
+}
+
+fn get(storage: &dyn Storage, key: &[u8]) -> Option<Vec<u8>> {
+    storage.get(Space::Data(3), key).unwrap()
+}
+
+/// A logged storage on memory that `crash` replaces by a reopened one, as
+/// a restarted process would: the engine and the log lose their unsynced
+/// writes, then the log is replayed.
+struct Restartable {
+    inner: MemoryStorage,
+    log: MemoryLogDir,
+    current: Mutex<Option<LoggedStorage>>,
+    options: LogOptions,
+}
+
+impl Restartable {
+    fn new(options: LogOptions) -> Self {
+        let (inner, log) = (MemoryStorage::new(), MemoryLogDir::new());
+        let current = Mutex::new(Some(open_memory(&inner, &log, options.clone())));
+        Restartable {
+            inner,
+            log,
+            current,
+            options,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&LoggedStorage) -> T) -> T {
+        f(self.current.lock().unwrap().as_ref().unwrap())
+    }
+
+    /// Crashes, keeping `torn` unsynced bytes of each log file; returns
+    /// what the replay found.
+    fn crash(&self, torn: usize) -> ReplayReport {
+        let mut current = self.current.lock().unwrap();
+        // A crash runs no destructor: no final flush.
+        current.take().unwrap().halt();
+        self.inner.crash();
+        self.log.crash(torn);
+        let reopened = open_memory(&self.inner, &self.log, self.options.clone());
+        let report = reopened.replay_report();
+        *current = Some(reopened);
+        report
+    }
+}
+
+impl Storage for Restartable {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.with(|s| s.get(space, key))
+    }
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        self.with(|s| s.write(batch, durability))
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        self.with(|s| s.sync())
+    }
+    fn scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        self.with(|s| s.scan(space, after, limit))
+    }
+}
+
+#[test]
+fn passes_the_conformance_suite() {
+    let storage = open_memory(&MemoryStorage::new(), &MemoryLogDir::new(), small_options());
+    conformance::run_all(&storage);
+}
+
+#[test]
+fn keeps_the_crash_promises() {
+    let storage = Restartable::new(small_options());
+    conformance::crash_durability(&storage, &|| {
+        storage.crash(0);
+    });
+    let storage = Restartable::new(small_options());
+    conformance::crash_durability(&storage, &|| {
+        storage.crash(7);
+    });
+}
+
+#[test]
+fn keeps_the_reopen_promises_on_disk() {
+    let directory = tempfile::tempdir().unwrap();
+    let open = || -> Box<dyn Storage> {
+        let inner = RedbStorage::open(&directory.path().join("db.redb")).unwrap();
+        let log = FsLogDir::new(&directory.path().join("wal")).unwrap();
+        Box::new(LoggedStorage::open(Arc::new(inner), Box::new(log), small_options()).unwrap())
+    };
+    conformance::reopen_durability(&open);
+}
+
+#[test]
+fn a_synced_write_is_only_in_the_log_until_a_flush() {
+    let (inner, log) = (MemoryStorage::new(), MemoryLogDir::new());
+    let storage = open_memory(&inner, &log, LogOptions::default());
+    put(&storage, b"k", b"v", Durability::Sync);
+    assert_eq!(get(&storage, b"k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        inner.get_durable(Space::Data(3), b"k").unwrap(),
+        None,
+        "the engine commit is not durable: the log is"
+    );
+    assert!(log.bytes() > 0);
+    // A clean close flushes: the engine alone holds everything.
+    drop(storage);
+    assert_eq!(
+        inner.get_durable(Space::Data(3), b"k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(log.bytes(), 0, "a clean close leaves an empty log");
+}
+
+#[test]
+fn replays_the_log_from_real_files_after_a_crash() {
+    let directory = tempfile::tempdir().unwrap();
+    let inner = MemoryStorage::new();
+    let open = || {
+        let log = FsLogDir::new(directory.path()).unwrap();
+        LoggedStorage::open(
+            Arc::new(inner.clone()),
+            Box::new(log),
+            LogOptions::default(),
+        )
+        .unwrap()
+    };
+    let storage = open();
+    for i in 0..200u32 {
+        put(
+            &storage,
+            &i.to_be_bytes(),
+            &[i as u8; 100],
+            Durability::Sync,
+        );
+    }
+    let mut batch = WriteBatch::new();
+    batch.delete(Space::Data(3), 7u32.to_be_bytes().to_vec());
+    batch.put(Space::Meta, b"m".to_vec(), b"meta".to_vec());
+    storage.write(&batch, Durability::Sync).unwrap();
+    storage.halt();
+    inner.crash();
+
+    let storage = open();
+    let report = storage.replay_report();
+    assert!(report.records > 0 && report.torn_bytes == 0, "{report:?}");
+    for i in 0..200u32 {
+        let expected = (i != 7).then(|| vec![i as u8; 100]);
+        assert_eq!(get(&storage, &i.to_be_bytes()), expected, "key {i}");
+    }
+    assert_eq!(
+        storage.get(Space::Meta, b"m").unwrap().as_deref(),
+        Some(&b"meta"[..])
+    );
+    // Replayed logs are removed once the engine holds them durably.
+    drop(storage);
+    let files = std::fs::read_dir(directory.path()).unwrap().count();
+    assert_eq!(files, 1, "only the newest (empty) log file is left");
+}
+
+#[test]
+fn a_torn_tail_is_dropped_and_the_rest_replayed() {
+    let directory = tempfile::tempdir().unwrap();
+    let inner = MemoryStorage::new();
+    let open = || {
+        let log = FsLogDir::new(directory.path()).unwrap();
+        LoggedStorage::open(
+            Arc::new(inner.clone()),
+            Box::new(log),
+            LogOptions::default(),
+        )
+        .unwrap()
+    };
+    let storage = open();
+    put(&storage, b"a", b"1", Durability::Sync);
+    put(&storage, b"b", b"2", Durability::Sync);
+    storage.halt();
+    inner.crash();
+    let newest = FsLogDir::new(directory.path())
+        .unwrap()
+        .generations()
+        .unwrap();
+    let path = directory
+        .path()
+        .join(format!("{:016x}.log", newest.last().unwrap()));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let full = bytes.len();
+    bytes.truncate(full - 3); // the second record was cut short
+    std::fs::write(&path, &bytes).unwrap();
+
+    let storage = open();
+    let report = storage.replay_report();
+    assert_eq!(report.records, 1);
+    assert!(report.torn_bytes > 0);
+    assert_eq!(get(&storage, b"a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(get(&storage, b"b"), None);
+    // Writing goes on in a fresh file; nothing hides behind the torn bytes.
+    put(&storage, b"c", b"3", Durability::Sync);
+    storage.halt();
+    inner.crash();
+    let storage = open();
+    assert_eq!(get(&storage, b"c").as_deref(), Some(&b"3"[..]));
+    assert_eq!(get(&storage, b"a").as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn a_bad_record_in_an_older_file_is_corruption() {
+    let log = MemoryLogDir::new();
+    let mut dir: Box<dyn LogDir> = Box::new(log.clone());
+    dir.create(1).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Space::Data(3), b"k".to_vec(), b"v".to_vec());
+    let mut record = encode_record(&batch);
+    let last = record.len() - 1;
+    record[last] ^= 0xff;
+    dir.append(1, &record).unwrap();
+    dir.create(2).unwrap();
+    dir.append(2, &encode_record(&batch)).unwrap();
+    let error = LoggedStorage::open(
+        Arc::new(MemoryStorage::new()),
+        Box::new(log),
+        LogOptions::default(),
+    )
+    .err()
+    .expect("open must fail");
+    assert!(matches!(error, StorageError::Corruption { .. }), "{error}");
+}
+
+#[test]
+fn a_failed_append_changes_nothing_and_writing_goes_on() {
+    let storage = Restartable::new(small_options());
+    put(&storage, b"k", b"old", Durability::Sync);
+    storage.log.fail_appends(true);
+    let mut batch = WriteBatch::new();
+    batch.put(Space::Data(3), b"k".to_vec(), b"new".to_vec());
+    assert!(storage.write(&batch, Durability::Sync).is_err());
+    assert_eq!(get(&storage, b"k").as_deref(), Some(&b"old"[..]));
+    storage.log.fail_appends(false);
+    put(&storage, b"k2", b"after", Durability::Sync);
+    storage.crash(0);
+    assert_eq!(get(&storage, b"k").as_deref(), Some(&b"old"[..]));
+    assert_eq!(
+        get(&storage, b"k2").as_deref(),
+        Some(&b"after"[..]),
+        "the half-written record was cut off, so a later one is replayed"
+    );
+}
+
+#[test]
+fn a_failed_log_sync_stops_writes_until_reopened() {
+    let storage = Restartable::new(small_options());
+    put(&storage, b"k", b"1", Durability::Sync);
+    storage.log.fail_syncs(true);
+    let mut batch = WriteBatch::new();
+    batch.put(Space::Data(3), b"k".to_vec(), b"2".to_vec());
+    assert!(storage.write(&batch, Durability::Sync).is_err());
+    assert_eq!(
+        get(&storage, b"k").as_deref(),
+        Some(&b"1"[..]),
+        "a write whose sync failed is not shown to readers"
+    );
+    storage.log.fail_syncs(false);
+    assert!(
+        storage.write(&batch, Durability::Sync).is_err(),
+        "after a failed sync the log cannot be trusted: no more writes"
+    );
+    assert!(storage.sync().is_err());
+    storage.crash(0);
+    put(&storage, b"k", b"3", Durability::Sync);
+    assert_eq!(get(&storage, b"k").as_deref(), Some(&b"3"[..]));
+}
+
+/// A small deterministic generator, so failures replay from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Random batches, syncs, flushes and crashes (with torn tails): after
+/// every crash the state is the state after some prefix of the writes that
+/// includes every write acknowledged as synced.
+#[test]
+fn crashes_keep_a_prefix_that_includes_every_synced_write() {
+    for seed in 1..=60u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let storage = Restartable::new(LogOptions {
+            flush_interval: Duration::from_millis(rng.below(20)),
+            flush_bytes: 200 + rng.below(2000),
+            ..LogOptions::default()
+        });
+        // The model after each write since the last crash; index 0 is the
+        // state the crash must not go behind.
+        let mut states: Vec<Model> = vec![Model::new()];
+        let mut synced = 0;
+        for _ in 0..300 {
+            match rng.below(20) {
+                0 => {
+                    let torn = rng.below(40) as usize;
+                    storage.crash(torn);
+                    let found: Model = storage
+                        .scan(Space::Data(3), None, usize::MAX)
+                        .unwrap()
+                        .into_iter()
+                        .collect();
+                    let kept = states[synced..].iter().position(|s| *s == found);
+                    let Some(kept) = kept else {
+                        panic!(
+                            "seed {seed}: after a crash the state is no prefix of the writes \
+                             that holds the {synced} synced ones: {found:?}"
+                        );
+                    };
+                    states = vec![states.swap_remove(synced + kept)];
+                    synced = 0;
+                }
+                1 => {
+                    storage.sync().unwrap();
+                    synced = states.len() - 1;
+                }
+                _ => {
+                    let mut batch = WriteBatch::new();
+                    let mut model = states.last().unwrap().clone();
+                    for _ in 0..1 + rng.below(4) {
+                        let key = vec![b'k', rng.below(12) as u8];
+                        if rng.below(5) == 0 {
+                            batch.delete(Space::Data(3), key.clone());
+                            model.remove(&key);
+                        } else {
+                            let value = vec![rng.below(256) as u8; rng.below(60) as usize];
+                            batch.put(Space::Data(3), key.clone(), value.clone());
+                            model.insert(key, value);
+                        }
+                    }
+                    let durability = if rng.below(2) == 0 {
+                        Durability::Sync
+                    } else {
+                        Durability::Buffered
+                    };
+                    storage.write(&batch, durability).unwrap();
+                    states.push(model);
+                    if durability == Durability::Sync {
+                        synced = states.len() - 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scans_merge_the_memtable_over_the_engine() {
+    let storage = open_memory(
+        &MemoryStorage::new(),
+        &MemoryLogDir::new(),
+        LogOptions::default(),
+    );
+    let space = Space::Data(5);
+    let mut expected = BTreeMap::new();
+    let mut batch = WriteBatch::new();
+    for i in 0u8..100 {
+        batch.put(space, vec![i], vec![i]);
+        expected.insert(vec![i], vec![i]);
+    }
+    storage.write(&batch, Durability::Sync).unwrap();
+    storage.flush().unwrap();
+    // In the memtable: deletions of engine keys, overwrites, new keys, and
+    // deletions of keys that exist nowhere.
+    let mut batch = WriteBatch::new();
+    for i in (0u8..100).step_by(2) {
+        batch.delete(space, vec![i]);
+        expected.remove(&vec![i]);
+    }
+    for i in (1u8..100).step_by(9) {
+        batch.put(space, vec![i], b"new".to_vec());
+        expected.insert(vec![i], b"new".to_vec());
+    }
+    for i in 100u8..110 {
+        batch.put(space, vec![i], vec![i]);
+        expected.insert(vec![i], vec![i]);
+        batch.delete(space, vec![i, 0]);
+    }
+    storage.write(&batch, Durability::Sync).unwrap();
+    let expected: Vec<KeyValue> = expected.into_iter().collect();
+    for page in [1, 2, 7, 50, 1000] {
+        let mut found = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let got = storage.scan(space, after.as_deref(), page).unwrap();
+            assert!(got.len() <= page);
+            let Some(last) = got.last() else { break };
+            after = Some(last.0.clone());
+            found.extend(got);
+        }
+        assert_eq!(found, expected, "pages of {page}");
+    }
+    // Other spaces do not leak in.
+    assert!(storage.scan(Space::Data(6), None, 10).unwrap().is_empty());
+    assert!(storage.scan(Space::Data(4), None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn writes_wait_for_a_full_memtable_then_fail_if_flushing_fails() {
+    let (inner, log) = (MemoryStorage::new(), MemoryLogDir::new());
+    let storage = open_memory(
+        &inner,
+        &log,
+        LogOptions {
+            flush_interval: Duration::from_secs(3600),
+            flush_bytes: 1 << 20,
+            max_memtable_bytes: 1000,
+            stall_timeout: Duration::from_millis(300),
+        },
+    );
+    inner.fail_writes(true);
+    let mut written = 0;
+    let error = loop {
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Data(3), vec![written], vec![0; 100]);
+        match storage.write(&batch, Durability::Sync) {
+            Ok(()) => written += 1,
+            Err(error) => break error,
+        }
+        assert!(written < 50, "the memtable limit must stop writers");
+    };
+    assert!(error.to_string().contains("stalled"), "{error}");
+    // Reads still see every acknowledged write.
+    for key in 0..written {
+        assert!(storage.get(Space::Data(3), &[key]).unwrap().is_some());
+    }
+    inner.fail_writes(false);
+    put(&storage, b"after", b"1", Durability::Sync);
+    storage.flush().unwrap();
+    assert_eq!(
+        inner
+            .get_durable(Space::Data(3), b"after")
+            .unwrap()
+            .as_deref(),
+        Some(&b"1"[..])
+    );
+}
