@@ -31,9 +31,11 @@ done
 if [ "$QUICK" = 1 ]; then
   DURATION_S=2; WARMUP_S=0.5; RB_REQUESTS=20000
   WORKLOADS=(write b)
+  ROUNDS=1; ROUND_DURATION_S=2
 else
   DURATION_S=10; WARMUP_S=2; RB_REQUESTS=100000
   WORKLOADS=(write a b c)
+  ROUNDS=3; ROUND_DURATION_S=5
 fi
 CONNECTIONS=50
 VALUE_BYTES=100
@@ -134,18 +136,26 @@ HAS_BUFFERED=0
 if "$BIN" server --help 2>/dev/null | grep -q -- '--durability'; then HAS_BUFFERED=1; fi
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# CPU time stolen by the hypervisor (other guests on the host) over the run.
+cpu_jiffies() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
+read -r CPU_TOTAL_START CPU_STEAL_START < <(cpu_jiffies)
 
 # ---------------------------------------------------------------- measuring
-# bench SYSTEM WORKLOAD [ringkv bench flags...]: one measured run, JSON kept.
+# bench SYSTEM WORKLOAD [ringkv bench flags...]: one measured run, JSON kept in
+# $RESULTS/SYSTEM.WORKLOAD.json. Set ROUND=K to keep it as round K of the
+# interleaved target measurements instead, and DURATION to shorten it.
 bench() {
   local system=$1 workload=$2; shift 2
+  local duration=${DURATION:-$DURATION_S} warmup=${WARMUP:-$WARMUP_S}
   local cmd=("$BIN" bench --workload "$workload" --distribution "$DISTRIBUTION" --keys "$KEYS"
-    --value-bytes "$VALUE_BYTES" --connections "$CONNECTIONS" --duration-s "$DURATION_S"
-    --warmup-s "$WARMUP_S" --json "$@")
-  say "$system: ringkv bench --workload $workload $*"
+    --value-bytes "$VALUE_BYTES" --connections "$CONNECTIONS" --duration-s "$duration"
+    --warmup-s "$warmup" --json "$@")
+  local out="$RESULTS/$system.$workload.json" tag=""
+  if [ -n "${ROUND:-}" ]; then out="$RESULTS/targets/$system.$workload.$ROUND.json"; tag=" (round $ROUND)"; fi
+  say "$system: ringkv bench --workload $workload $*$tag"
   # A run is bounded by warm-up + duration + the request timeout; the outer timeout is a backstop.
-  timeout 180 "${cmd[@]}" >"$RESULTS/$system.$workload.json" 2>"$WORK/bench.$system.$workload.log"
-  printf '%s\t%s\t%s\n' "$system" "$workload" "ringkv bench --workload $workload --distribution $DISTRIBUTION --keys $KEYS --value-bytes $VALUE_BYTES --connections $CONNECTIONS --duration-s $DURATION_S --warmup-s $WARMUP_S --json $*" >>"$WORK/commands.tsv"
+  timeout 180 "${cmd[@]}" >"$out" 2>"$WORK/bench.$system.$workload.log"
+  printf '%s\t%s\t%s\n' "$system$tag" "$workload" "ringkv bench --workload $workload --distribution $DISTRIBUTION --keys $KEYS --value-bytes $VALUE_BYTES --connections $CONNECTIONS --duration-s $duration --warmup-s $warmup --json $*" >>"$WORK/commands.tsv"
 }
 
 # bench_workloads SYSTEM [flags...]: the workload list, preloading before the first read workload.
@@ -169,6 +179,15 @@ redis_benchmark() {
   say "$system: redis-benchmark ${args[*]}"
   timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" "${args[@]}" --csv >"$RESULTS/$system.redis-benchmark.csv" 2>"$WORK/rb.$system.log"
   printf '%s\t%s\t%s\n' "$system" "redis-benchmark" "redis-benchmark -h 127.0.0.1 -p PORT ${args[*]} --csv" >>"$WORK/commands.tsv"
+}
+
+# redis_benchmark_round SYSTEM PORT TEST: one redis-benchmark test as round $ROUND of the targets.
+redis_benchmark_round() {
+  local system=$1 port=$2 test=$3
+  local args=(-t "$test" -n "$RB_REQUESTS" -c "$CONNECTIONS" -d "$VALUE_BYTES" -P 1 -q)
+  say "$system: redis-benchmark ${args[*]} (round $ROUND)"
+  timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" "${args[@]}" --csv >"$RESULTS/targets/$system.$test.$ROUND.csv" 2>"$WORK/rb.$system.log"
+  printf '%s\t%s\t%s\n' "$system (round $ROUND)" "redis-benchmark" "redis-benchmark -h 127.0.0.1 -p PORT ${args[*]} --csv" >>"$WORK/commands.tsv"
 }
 
 # ---------------------------------------------------------------- redis
@@ -197,24 +216,30 @@ run_redis redis-everysec --appendonly yes --appendfsync everysec
 run_redis redis-always --appendonly yes --appendfsync always
 
 # ---------------------------------------------------------------- etcd
-say "etcd: starting 3 members"
-ETCD_CLUSTER=""; ETCD_URLS=""
+# start_etcd_cluster PREFIX: starts a 3-member cluster; sets ETCD_URLS.
 declare -a ETCD_CLIENT ETCD_PEER
-for i in 1 2 3; do
-  ETCD_CLIENT[$i]=$(free_port); ETCD_PEER[$i]=$(free_port)
-  ETCD_CLUSTER+="${ETCD_CLUSTER:+,}e$i=http://127.0.0.1:${ETCD_PEER[$i]}"
-  ETCD_URLS+="${ETCD_URLS:+,}http://127.0.0.1:${ETCD_CLIENT[$i]}"
-done
-for i in 1 2 3; do
-  start "etcd$i" etcd --name "e$i" --data-dir "$WORK/etcd$i" \
-    --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" \
-    --listen-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" \
-    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token ringkv-bench \
-    --logger zap --log-level warn
-done
-for i in 1 2 3; do
-  wait_until 60 "etcd member $i" curl -sf -X POST "http://127.0.0.1:${ETCD_CLIENT[$i]}/v3/kv/put" -d '{"key":"cmVhZHk=","value":"MQ=="}'
-done
+start_etcd_cluster() {
+  local prefix=$1 i cluster=""
+  ETCD_URLS=""
+  for i in 1 2 3; do
+    ETCD_CLIENT[$i]=$(free_port); ETCD_PEER[$i]=$(free_port)
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:${ETCD_PEER[$i]}"
+    ETCD_URLS+="${ETCD_URLS:+,}http://127.0.0.1:${ETCD_CLIENT[$i]}"
+  done
+  for i in 1 2 3; do
+    start "$prefix$i" etcd --name "e$i" --data-dir "$WORK/$prefix$i" \
+      --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "ringkv-bench-$prefix" \
+      --logger zap --log-level warn
+  done
+  for i in 1 2 3; do
+    wait_until 60 "etcd member $i" curl -sf -X POST "http://127.0.0.1:${ETCD_CLIENT[$i]}/v3/kv/put" -d '{"key":"cmVhZHk=","value":"MQ=="}'
+  done
+}
+
+say "etcd: starting 3 members"
+start_etcd_cluster etcd
 bench_workloads etcd --target etcd --url "$ETCD_URLS"
 stop_all
 
@@ -265,32 +290,99 @@ if [ "$HAS_BUFFERED" = 1 ]; then
   run_ringkv_single ringkv-1-buffered --durability buffered
 fi
 
+# start_ringkv_cluster PREFIX: starts 3 nodes (N=3 R=2 W=2 lww buckets `bench`
+# and `redis`); sets R3_URLS and R1_RESP.
+start_ringkv_cluster() {
+  local prefix=$1 r1_http r1_peer r2_http r3_http
+  start_ringkv "$prefix-node1"
+  r1_http=$RK_HTTP; r1_peer=$RK_PEER; R1_RESP=$RK_RESP
+  start_ringkv "$prefix-node2" --join "$r1_peer"
+  r2_http=$RK_HTTP
+  start_ringkv "$prefix-node3" --join "$r1_peer"
+  r3_http=$RK_HTTP
+  wait_until 60 "the 3 ringkv nodes to agree on the layout" agreed "http://$r1_http" "http://$r2_http" "http://$r3_http"
+  set_bucket "http://$r1_http" bench '{"n":3,"r":2,"w":2,"conflict":"lww"}'
+  set_bucket "http://$r1_http" redis '{"n":3,"r":2,"w":2,"conflict":"lww"}'
+  wait_until 30 "bucket props to spread" bash -c "for u in http://$r2_http http://$r3_http; do curl -sf \$u/v1/buckets/bench | grep -q '\"w\":2' || exit 1; curl -sf \$u/v1/buckets/bench | grep -q lww || exit 1; done"
+  R3_URLS="http://$r1_http,http://$r2_http,http://$r3_http"
+}
+
 say "ringkv-3: starting 3 nodes"
-start_ringkv ringkv-3-node1
-R1_HTTP=$RK_HTTP; R1_RESP=$RK_RESP; R1_PEER=$RK_PEER
-start_ringkv ringkv-3-node2 --join "$R1_PEER"
-R2_HTTP=$RK_HTTP
-start_ringkv ringkv-3-node3 --join "$R1_PEER"
-R3_HTTP=$RK_HTTP
-wait_until 60 "the 3 ringkv nodes to agree on the layout" agreed "http://$R1_HTTP" "http://$R2_HTTP" "http://$R3_HTTP"
-set_bucket "http://$R1_HTTP" bench '{"n":3,"r":2,"w":2,"conflict":"lww"}'
-set_bucket "http://$R1_HTTP" redis '{"n":3,"r":2,"w":2,"conflict":"lww"}'
-wait_until 30 "bucket props to spread" bash -c "for u in http://$R2_HTTP http://$R3_HTTP; do curl -sf \$u/v1/buckets/bench | grep -q '\"w\":2' || exit 1; curl -sf \$u/v1/buckets/bench | grep -q lww || exit 1; done"
-R3_URLS="http://$R1_HTTP,http://$R2_HTTP,http://$R3_HTTP"
+start_ringkv_cluster ringkv-3
 bench_workloads ringkv-3-http --target ringkv-http --url "$R3_URLS"
-# Open loop at half the measured closed-loop YCSB B throughput: the p99.9 target.
-MAX_B=$(python3 -c "import json; print(json.load(open('$RESULTS/ringkv-3-http.b.json'))['throughput_ops_s'])")
-HALF_B=$(python3 -c "print(max(1, round($MAX_B / 2)))")
-cp "$RESULTS/ringkv-3-http.b.json" "$RESULTS/ringkv-3-http.b-closed.json"
-bench ringkv-3-http-open b --target ringkv-http --url "$R3_URLS" --rate "$HALF_B"
 redis_benchmark ringkv-3-resp "${R1_RESP##*:}"
+stop_all
+
+# ---------------------------------------------------------------- targets, side by side
+# The issue's targets are ratios between two systems. The host is shared
+# (CPU steal and disk latency change from minute to minute), so each pair
+# runs side by side: both systems are up at once, idle while the other is
+# measured, and measured alternately for $ROUNDS rounds (the order flips
+# every round). The report takes the median of the per-round ratios.
+mkdir -p "$RESULTS/targets"
+say "targets: redis-server (3 modes) and 1-node ringkv (sync, buffered), side by side"
+T_REDIS=$(free_port); T_EVERYSEC=$(free_port); T_ALWAYS=$(free_port)
+start_redis t-redis "$T_REDIS" --appendonly no
+start_redis t-redis-everysec "$T_EVERYSEC" --appendonly yes --appendfsync everysec
+start_redis t-redis-always "$T_ALWAYS" --appendonly yes --appendfsync always
+start_ringkv t-ringkv-1
+T_RK1=${RK_RESP##*:}
+set_bucket "http://$RK_HTTP" redis '{"n":1,"r":1,"w":1,"conflict":"lww"}'
+T_RK1B=""
+if [ "$HAS_BUFFERED" = 1 ]; then
+  start_ringkv t-ringkv-1-buffered --durability buffered
+  T_RK1B=${RK_RESP##*:}
+  set_bucket "http://$RK_HTTP" redis '{"n":1,"r":1,"w":1,"conflict":"lww"}'
+fi
+# The key redis-benchmark reads exists everywhere, with a 100-byte value, before any GET.
+for port in "$T_REDIS" "$T_EVERYSEC" "$T_ALWAYS" "$T_RK1" $T_RK1B; do
+  redis-cli -h 127.0.0.1 -p "$port" set key:__rand_int__ "$(printf 'x%.0s' $(seq "$VALUE_BYTES"))" >/dev/null
+done
+# pair PEER PEER_PORT RINGKV RINGKV_PORT TEST: one round of one pair, order flipped on even rounds.
+pair() {
+  if [ $((ROUND % 2)) = 1 ]; then
+    redis_benchmark_round "$1" "$2" "$5"; redis_benchmark_round "$3" "$4" "$5"
+  else
+    redis_benchmark_round "$3" "$4" "$5"; redis_benchmark_round "$1" "$2" "$5"
+  fi
+}
+for ROUND in $(seq "$ROUNDS"); do
+  pair redis "$T_REDIS" ringkv-1-resp "$T_RK1" GET
+  pair redis-always "$T_ALWAYS" ringkv-1-resp "$T_RK1" SET
+  if [ -n "$T_RK1B" ]; then pair redis-everysec "$T_EVERYSEC" ringkv-1-buffered-resp "$T_RK1B" SET; fi
+done
+unset ROUND
+stop_all
+
+say "targets: 3-member etcd and 3-node ringkv, side by side"
+start_etcd_cluster t-etcd
+start_ringkv_cluster t-ringkv-3
+for ROUND in $(seq "$ROUNDS"); do
+  if [ $((ROUND % 2)) = 1 ]; then
+    DURATION=$ROUND_DURATION_S WARMUP=1 bench etcd write --target etcd --url "$ETCD_URLS"
+    DURATION=$ROUND_DURATION_S WARMUP=1 bench ringkv-3-http write --target ringkv-http --url "$R3_URLS"
+  else
+    DURATION=$ROUND_DURATION_S WARMUP=1 bench ringkv-3-http write --target ringkv-http --url "$R3_URLS"
+    DURATION=$ROUND_DURATION_S WARMUP=1 bench etcd write --target etcd --url "$ETCD_URLS"
+  fi
+done
+# The p99.9 target: YCSB B open loop at half the closed-loop maximum, measured just before.
+ROUND=1 bench ringkv-3-http b --target ringkv-http --url "$R3_URLS" --preload
+MAX_B=$(python3 -c "import json; print(json.load(open('$RESULTS/targets/ringkv-3-http.b.1.json'))['throughput_ops_s'])")
+HALF_B=$(python3 -c "print(max(1, round($MAX_B / 2)))")
+for ROUND in $(seq "$ROUNDS"); do
+  bench ringkv-3-http-open b --target ringkv-http --url "$R3_URLS" --rate "$HALF_B"
+done
+unset ROUND
 stop_all
 
 # ---------------------------------------------------------------- report
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+read -r CPU_TOTAL_END CPU_STEAL_END < <(cpu_jiffies)
+CPU_STEAL_PCT=$(python3 -c "t=$CPU_TOTAL_END-$CPU_TOTAL_START; print(round(100*($CPU_STEAL_END-$CPU_STEAL_START)/t) if t else 0)")
 TOTAL_S=$(elapsed)
 say "writing $OUT"
-export RESULTS WORK OUT QUICK DURATION_S WARMUP_S CONNECTIONS VALUE_BYTES KEYS DISTRIBUTION RB_REQUESTS HAS_BUFFERED LOAD_START LOAD_END TOTAL_S
+export RESULTS WORK OUT QUICK DURATION_S WARMUP_S CONNECTIONS VALUE_BYTES KEYS DISTRIBUTION RB_REQUESTS HAS_BUFFERED LOAD_START LOAD_END TOTAL_S ROUNDS ROUND_DURATION_S CPU_STEAL_PCT
 export MACHINE_NPROC="$(nproc)" MACHINE_KERNEL="$(uname -r)" MACHINE_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
 export MACHINE_CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)"
 export MACHINE_MEM="$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
