@@ -167,8 +167,9 @@ impl LocalStore {
         }
     }
 
-    /// Runs `update` on the current object inside the committer and
-    /// returns its result once it is durable. `update` returning `Err`
+    /// Runs `update` on the current object inside the committer (or, for
+    /// a buffered write while no batch is running, inline on this thread)
+    /// and returns its result once it is durable. `update` returning `Err`
     /// writes nothing.
     /// `n`: the bucket's replica count, which names the Merkle tree the
     /// new version's digest goes to.
@@ -191,7 +192,7 @@ impl LocalStore {
             raw_key: raw_key.clone(),
             digest: None,
         };
-        self.committer.submit(
+        self.committer.run_or_submit(
             Space::Data(partition),
             raw_key,
             storage_durability(durability),
@@ -251,7 +252,7 @@ impl LocalStore {
             usage: self.hints.clone(),
             delta: (0, 0),
         };
-        self.committer.submit(
+        self.committer.run_or_submit(
             Space::Hints(partition),
             raw_key,
             storage_durability(durability),

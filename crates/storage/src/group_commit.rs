@@ -14,14 +14,21 @@
 //!    it, else `Buffered`;
 //! 4. call every job's [`Job::done`] with the outcome.
 //!
+//!
+//! A `Buffered` job submitted with [`GroupCommitter::run_or_submit`] while
+//! no batch is running runs the same steps as a batch of one on the
+//! caller's thread instead: read-modify-writes stay one at a time (they
+//! hold the same lock as the thread's batches), and a buffered write,
+//! which waits for no sync, costs no thread hand-off.
+//!
 //! The loop is the only writer this module coordinates: writes made to the
 //! same storage around the committer are not serialized with its jobs.
 //! It does not retry failed writes; each job sees the error.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -192,6 +199,9 @@ struct Shared {
     sender: Option<SyncSender<Submission>>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+    /// Whoever holds it runs read-modify-writes: the thread for a batch,
+    /// or a caller of `run_or_submit` for one buffered job.
+    committer: Arc<Mutex<Committer>>,
 }
 
 impl Drop for Shared {
@@ -234,25 +244,58 @@ impl GroupCommitter {
         );
         let (sender, receiver) = mpsc::sync_channel(options.queue_capacity);
         let counters = Arc::new(Counters::default());
-        let committer = Committer {
+        let committer = Arc::new(Mutex::new(Committer {
             storage,
-            max_batch_jobs: options.max_batch_jobs,
             counters: Arc::clone(&counters),
             unsynced: false,
-            sync_interval: options.sync_interval,
             last_sync: Instant::now(),
+        }));
+        let thread = {
+            let committer = Arc::clone(&committer);
+            let (max_batch_jobs, sync_interval) = (options.max_batch_jobs, options.sync_interval);
+            thread::Builder::new()
+                .name(options.thread_name)
+                .spawn(move || run(&committer, &receiver, max_batch_jobs, sync_interval))
+                .expect("spawn the group commit thread")
         };
-        let thread = thread::Builder::new()
-            .name(options.thread_name)
-            .spawn(move || committer.run(receiver))
-            .expect("spawn the group commit thread");
         GroupCommitter {
             shared: Arc::new(Shared {
                 sender: Some(sender),
                 thread: Some(thread),
                 counters,
+                committer,
             }),
         }
+    }
+
+    /// Runs a `Buffered` job at once on the calling thread when no batch
+    /// is being committed (no queueing, no thread hand-off: a buffered
+    /// write costs no sync, so the hand-off would be most of its cost);
+    /// otherwise, and for `Sync` jobs, queues it like [`submit`].
+    /// Either way the job's `done` is called exactly once; when this
+    /// returns `Ok` after running inline, it has been called already.
+    ///
+    /// [`submit`]: GroupCommitter::submit
+    pub fn run_or_submit(
+        &self,
+        space: Space,
+        key: Vec<u8>,
+        durability: Durability,
+        job: Box<dyn Job>,
+    ) -> Result<(), SubmitError> {
+        if durability == Durability::Buffered
+            && let Ok(mut committer) = self.shared.committer.try_lock()
+        {
+            let mut batch = vec![Submission {
+                space,
+                key,
+                durability,
+                job: PendingJob { job: Some(job) },
+            }];
+            committer.commit(&mut batch);
+            return Ok(());
+        }
+        self.submit(space, key, durability, job)
     }
 
     /// Queues `job` for `key` in `space`. Never blocks. On error the job is
@@ -320,63 +363,76 @@ struct OverlayEntry {
     changed: bool,
 }
 
-/// The state of the committer thread.
+/// The read-modify-write state, behind the mutex in [`Shared`].
 struct Committer {
     storage: Arc<dyn Storage>,
-    max_batch_jobs: usize,
     counters: Arc<Counters>,
-    /// A Buffered commit of ours has not been made durable yet.
+    /// A Buffered commit has not been made durable yet.
     unsynced: bool,
-    sync_interval: Option<Duration>,
     last_sync: Instant,
 }
 
-impl Committer {
-    fn run(mut self, receiver: Receiver<Submission>) {
-        let _panic_report = PanicReport;
-        let mut batch = Vec::with_capacity(self.max_batch_jobs);
-        // `recv` keeps returning queued jobs after the last handle is gone
-        // and fails only once the queue is empty.
-        loop {
-            let first = match (self.unsynced, self.sync_interval) {
-                (true, Some(interval)) => {
-                    let wait = interval.saturating_sub(self.last_sync.elapsed());
-                    match receiver.recv_timeout(wait) {
-                        Ok(submission) => submission,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.background_sync();
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                _ => match receiver.recv() {
+fn lock(committer: &Mutex<Committer>) -> MutexGuard<'_, Committer> {
+    // A job that panicked while the lock was held left no half-written
+    // state behind (writes are atomic batches): go on with the next.
+    committer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The committer thread: batches of queued jobs, and the bounded interval
+/// of buffered writes.
+fn run(
+    committer: &Mutex<Committer>,
+    receiver: &Receiver<Submission>,
+    max_batch_jobs: usize,
+    sync_interval: Option<Duration>,
+) {
+    let _panic_report = PanicReport;
+    let mut batch = Vec::with_capacity(max_batch_jobs);
+    // `recv` keeps returning queued jobs after the last handle is gone
+    // and fails only once the queue is empty.
+    loop {
+        let (unsynced, last_sync) = {
+            let state = lock(committer);
+            (state.unsynced, state.last_sync)
+        };
+        let first = match (unsynced, sync_interval) {
+            (true, Some(interval)) => {
+                let wait = interval.saturating_sub(last_sync.elapsed());
+                match receiver.recv_timeout(wait) {
                     Ok(submission) => submission,
-                    Err(_) => break,
-                },
-            };
-            batch.push(first);
-            while batch.len() < self.max_batch_jobs {
-                match receiver.try_recv() {
-                    Ok(submission) => batch.push(submission),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        lock(committer).background_sync();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
-            self.commit(&mut batch);
-            if self.unsynced
-                && self
-                    .sync_interval
-                    .is_some_and(|i| self.last_sync.elapsed() >= i)
-            {
-                self.background_sync();
+            _ => match receiver.recv() {
+                Ok(submission) => submission,
+                Err(_) => break,
+            },
+        };
+        batch.push(first);
+        let mut state = lock(committer);
+        while batch.len() < max_batch_jobs {
+            match receiver.try_recv() {
+                Ok(submission) => batch.push(submission),
+                Err(_) => break,
             }
         }
-        // A clean stop leaves nothing unsynced.
-        if self.unsynced {
-            self.background_sync();
+        state.commit(&mut batch);
+        if state.unsynced && sync_interval.is_some_and(|i| state.last_sync.elapsed() >= i) {
+            state.background_sync();
         }
     }
+    // A clean stop leaves nothing unsynced.
+    let mut state = lock(committer);
+    if state.unsynced {
+        state.background_sync();
+    }
+}
 
+impl Committer {
     /// Makes earlier Buffered commits durable (the bounded interval of
     /// buffered durability). A failure is logged; the next interval retries.
     fn background_sync(&mut self) {

@@ -3,7 +3,9 @@
 //! `fdatasync`, and the engine sees big, rare commits.
 //!
 //! A write is appended to the newest log file (and, for `Sync`, the log is
-//! synced), then applied to the *active memtable*, an ordered map that
+//! synced; `Buffered` records wait in a small in-memory buffer until the
+//! next sync, so they cost no system call: like the engine's unsynced
+//! pages, a crash may lose them), then applied to the *active memtable*, an ordered map that
 //! reads consult before the engine. A background *flusher* thread freezes
 //! the active memtable (it becomes the *immutable* one, still read) at the
 //! same moment as it starts a new log file, writes it to the engine in one
@@ -71,6 +73,8 @@ const FRAME_HEADER_BYTES: usize = 4 + 8;
 const REPLAY_BATCH_OPS: usize = 4096;
 /// Memory charged per memtable entry beyond its key and value.
 const ENTRY_OVERHEAD_BYTES: u64 = 64;
+/// Buffered records kept in memory before they are written to the file.
+const LOG_BUFFER_BYTES: usize = 256 << 10;
 /// Wait between attempts after a failed flush.
 const FLUSH_RETRY: Duration = Duration::from_millis(200);
 
@@ -146,7 +150,12 @@ impl Memtables {
 struct Log {
     dir: Box<dyn LogDir>,
     generation: u64,
+    /// Bytes written to the current file.
     bytes: u64,
+    /// Records of `Buffered` writes not yet written to the file: written
+    /// out (one system call) by the next `Sync` write, `sync()`, flush, or
+    /// once `LOG_BUFFER_BYTES` are waiting.
+    buffer: Vec<u8>,
     /// Appended since the last log sync.
     unsynced: bool,
     /// Older generations, to be removed once a flush covers them.
@@ -167,6 +176,38 @@ enum Stop {
     /// Stop at once, as a crash would (tests).
     #[cfg_attr(not(test), allow(dead_code))]
     Halt,
+}
+
+impl Log {
+    /// Writes the buffered records to the file. If that fails, buffered
+    /// writes that readers already see may be lost: stop taking writes.
+    fn write_out(&mut self) -> Result<(), StorageError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.dir.append(self.generation, &self.buffer) {
+            let error = log_error("appending to the log", error);
+            self.failed = Some(error.clone());
+            return Err(error);
+        }
+        self.bytes += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Makes every record appended so far durable.
+    fn sync_file(&mut self) -> Result<(), StorageError> {
+        self.write_out()?;
+        if self.unsynced {
+            if let Err(error) = self.dir.sync(self.generation) {
+                let error = log_error("syncing the log", error);
+                self.failed = Some(error.clone());
+                return Err(error);
+            }
+            self.unsynced = false;
+        }
+        Ok(())
+    }
 }
 
 struct Shared {
@@ -235,6 +276,7 @@ impl LoggedStorage {
                 dir,
                 generation,
                 bytes: 0,
+                buffer: Vec::new(),
                 unsynced: false,
                 retired: Vec::new(),
                 active_bytes: 0,
@@ -375,12 +417,7 @@ impl Shared {
                 // The frozen memtable holds exactly the records of the log
                 // files up to this one: close it and start the next.
                 let generation = log.generation;
-                if let Err(error) = log.dir.sync(generation) {
-                    let error = log_error("syncing the log", error);
-                    log.failed = Some(error.clone());
-                    return Err(error);
-                }
-                log.unsynced = false;
+                log.sync_file()?;
                 log.dir
                     .create(generation + 1)
                     .map_err(|e| log_error("creating a log file", e))?;
@@ -475,26 +512,35 @@ impl Storage for LoggedStorage {
         if let Some(error) = &log.failed {
             return Err(error.clone());
         }
-        let generation = log.generation;
-        if let Err(error) = log.dir.append(generation, &record) {
-            let error = log_error("appending to the log", error);
-            // Cut the partial record off, or later records would sit
-            // behind it and be dropped by replay.
-            let len = log.bytes;
-            if log.dir.truncate(generation, len).is_err() {
-                log.failed = Some(error.clone());
+        match durability {
+            Durability::Sync if log.buffer.is_empty() => {
+                let generation = log.generation;
+                if let Err(error) = log.dir.append(generation, &record) {
+                    let error = log_error("appending to the log", error);
+                    // Cut the partial record off, or later records would
+                    // sit behind it and be dropped by replay.
+                    let len = log.bytes;
+                    if log.dir.truncate(generation, len).is_err() {
+                        log.failed = Some(error.clone());
+                    }
+                    return Err(error);
+                }
+                log.bytes += record.len() as u64;
+                log.unsynced = true;
+                log.sync_file()?;
             }
-            return Err(error);
-        }
-        log.bytes += record.len() as u64;
-        log.unsynced = true;
-        if durability == Durability::Sync {
-            if let Err(error) = log.dir.sync(generation) {
-                let error = log_error("syncing the log", error);
-                log.failed = Some(error.clone());
-                return Err(error);
+            Durability::Sync => {
+                log.buffer.extend_from_slice(&record);
+                log.unsynced = true;
+                log.sync_file()?;
             }
-            log.unsynced = false;
+            Durability::Buffered => {
+                log.buffer.extend_from_slice(&record);
+                log.unsynced = true;
+                if log.buffer.len() >= LOG_BUFFER_BYTES {
+                    log.write_out()?;
+                }
+            }
         }
         let mut added = 0;
         {
@@ -519,16 +565,7 @@ impl Storage for LoggedStorage {
         if let Some(error) = &log.failed {
             return Err(error.clone());
         }
-        if log.unsynced {
-            let generation = log.generation;
-            if let Err(error) = log.dir.sync(generation) {
-                let error = log_error("syncing the log", error);
-                log.failed = Some(error.clone());
-                return Err(error);
-            }
-            log.unsynced = false;
-        }
-        Ok(())
+        log.sync_file()
     }
 
     fn scan(

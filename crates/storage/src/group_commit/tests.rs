@@ -185,6 +185,17 @@ fn increment(
 
 #[test]
 fn concurrent_increments_are_never_lost_and_share_commits() {
+    concurrent_increments(false);
+}
+
+/// Buffered jobs run inline on their callers' threads whenever no batch is
+/// being committed, interleaved with queued Sync batches on the same keys.
+#[test]
+fn increments_run_inline_and_queued_are_never_lost() {
+    concurrent_increments(true);
+}
+
+fn concurrent_increments(inline: bool) {
     const THREADS: usize = 16;
     const JOBS_PER_THREAD: usize = 200;
     const KEYS: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
@@ -213,9 +224,12 @@ fn concurrent_increments_are_never_lost_and_share_commits() {
                     let key = KEYS[(thread_index + job_index) % KEYS.len()];
                     let name = format!("{thread_index}/{job_index}/{durability:?}");
                     let job = increment(&name, key, &memory, &reports);
-                    committer
-                        .submit(Space::Data(1), key.to_vec(), durability, job)
-                        .expect("the queue holds every job of this test");
+                    let submitted = if inline {
+                        committer.run_or_submit(Space::Data(1), key.to_vec(), durability, job)
+                    } else {
+                        committer.submit(Space::Data(1), key.to_vec(), durability, job)
+                    };
+                    submitted.expect("the queue holds every job of this test");
                 }
             })
         })
@@ -625,4 +639,55 @@ fn without_an_interval_buffered_writes_wait_for_a_sync_job() {
     std::thread::sleep(Duration::from_millis(50));
     memory.crash();
     assert_eq!(memory.get(Space::Data(1), b"k").unwrap(), None);
+}
+
+#[test]
+fn a_buffered_job_runs_inline_when_no_batch_is_running() {
+    let memory = MemoryStorage::new();
+    let committer = GroupCommitter::start(Arc::new(memory.clone()), GroupCommitOptions::default());
+    let (reports, report_receiver) = sync_channel(4);
+    let on_this_thread = thread::current().id();
+    let ran_on = Arc::new(Mutex::new(None));
+    let job = {
+        let ran_on = Arc::clone(&ran_on);
+        job_fn(
+            move |_| {
+                *ran_on.lock().unwrap() = Some(thread::current().id());
+                Change::Put(b"v".to_vec())
+            },
+            move |result| reports.send(result).unwrap(),
+        )
+    };
+    committer
+        .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
+        .unwrap();
+    // `done` was called before `run_or_submit` returned.
+    assert!(report_receiver.try_recv().unwrap().is_ok());
+    assert_eq!(*ran_on.lock().unwrap(), Some(on_this_thread));
+    assert_eq!(
+        memory.get(Space::Data(1), b"k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    // A Sync job goes to the committer thread.
+    let (reports, report_receiver) = sync_channel(4);
+    let ran_on = Arc::new(Mutex::new(None));
+    let job = {
+        let ran_on = Arc::clone(&ran_on);
+        job_fn(
+            move |_| {
+                *ran_on.lock().unwrap() = Some(thread::current().id());
+                Change::Put(b"w".to_vec())
+            },
+            move |result| reports.send(result).unwrap(),
+        )
+    };
+    committer
+        .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Sync, job)
+        .unwrap();
+    assert!(recv(&report_receiver).is_ok());
+    assert_ne!(*ran_on.lock().unwrap(), Some(on_this_thread));
+    assert_eq!(
+        memory.get_durable(Space::Data(1), b"k").unwrap().as_deref(),
+        Some(&b"w"[..])
+    );
 }
