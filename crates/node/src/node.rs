@@ -373,16 +373,19 @@ impl Node {
             value,
             content_type,
             context,
-            w,
-            pw,
+            w: w_asked,
+            pw: pw_asked,
             timeout_ms,
-        } = op.clone()
+        } = op
         else {
             unreachable!("coordinate_put is called with puts only");
         };
         let layout = self.layout();
         let effective = self.effective(&bucket, &layout);
-        let (w, pw) = match (effective.quorum("w", w), effective.strict_quorum("pw", pw)) {
+        let (w, pw) = match (
+            effective.quorum("w", w_asked),
+            effective.strict_quorum("pw", pw_asked),
+        ) {
             (Ok(w), Ok(pw)) => (w.max(pw), pw),
             (Err(e), _) | (_, Err(e)) => return ClientReply::Failed(e),
         };
@@ -392,6 +395,16 @@ impl Node {
         let timeout = Duration::from_millis(timeout_ms);
         if mine.is_none() && may_forward {
             let candidates: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
+            let op = ClientOp::Put {
+                bucket,
+                key,
+                value,
+                content_type,
+                context,
+                w: w_asked,
+                pw: pw_asked,
+                timeout_ms,
+            };
             return self.forward(&layout, &candidates, op, w, timeout).await;
         }
         let durability = effective.durability;
