@@ -177,6 +177,10 @@ def target_rounds():
                 rows = list(csv.DictReader(f))
             if rows:
                 out.setdefault((system, test), {})[int(rnd)] = float(rows[0]["rps"])
+        elif name.endswith(".steal"):
+            system, workload, rnd = name[: -len(".steal")].rsplit(".", 2)
+            with open(path) as f:
+                out.setdefault((system, workload + ".steal"), {})[int(rnd)] = int(f.read().strip() or 0)
         elif name.endswith(".json"):
             system, workload, rnd = name[: -len(".json")].rsplit(".", 2)
             with open(path) as f:
@@ -314,13 +318,15 @@ if opens:
         "is measured (no coordinated omission). One row per run of the side-by-side phase."
     )
     w("")
-    w("| system | run | offered ops/s | done ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | not started in time |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| system | run | offered ops/s | done ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | not started in time | CPU stolen by the hypervisor |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    steals = rounds.get(("ringkv-3-http-open", "b.steal"), {})
     for i, op in enumerate(opens, 1):
         lat = op["latency_us"]["total"]
+        steal = f"{steals[i]}%" if i in steals else "—"
         w(
             f"| {label('ringkv-3-http')[0]} | {i} | {op['target_rate_ops_s']:,.0f} | {op['throughput_ops_s']:,.0f} | {ms(lat['p50_us'])} | {ms(lat['p99_us'])} | "
-            f"{ms(lat['p999_us'])} | {ms(lat['max_us'])} | {op['errors']} | {op['late_unsent']} |"
+            f"{ms(lat['p999_us'])} | {ms(lat['max_us'])} | {op['errors']} | {op['late_unsent']} | {steal} |"
         )
     w("")
 

@@ -130,6 +130,10 @@ struct ServerArgs {
     durability: Option<DurabilityMode>,
     #[arg(long)]
     buffered_sync_interval_ms: Option<u64>,
+    /// Longest time a write waits in the write-ahead log and memtable before
+    /// the background flush writes it to the redb file (bounds replay at start).
+    #[arg(long)]
+    memtable_flush_interval_ms: Option<u64>,
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
     #[arg(long)]
@@ -181,6 +185,7 @@ impl ServerArgs {
             max_connections,
             durability,
             buffered_sync_interval_ms,
+            memtable_flush_interval_ms,
             heartbeat_interval_ms,
             hints_max,
             hints_max_bytes,

@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// A bucket's `durability` property overrides it.
     pub durability: DurabilityMode,
     pub buffered_sync_interval_ms: u64,
+    /// Longest time a write stays only in the write-ahead log and the
+    /// memtable before the flusher writes it to redb (it also flushes at
+    /// 16 MiB). Bounds the log replayed at start, not durability.
+    pub memtable_flush_interval_ms: u64,
     /// Failure-detector heartbeats to every member.
     pub heartbeat_interval_ms: u64,
     /// Most hint records a node holds for other nodes (sloppy quorum).
@@ -73,6 +77,7 @@ impl Default for NodeConfig {
             max_connections: 4096,
             durability: DurabilityMode::Sync,
             buffered_sync_interval_ms: 1000,
+            memtable_flush_interval_ms: 5000,
             heartbeat_interval_ms: 500,
             hints_max: 1_000_000,
             hints_max_bytes: 1024 * 1024 * 1024,
@@ -116,6 +121,9 @@ impl NodeConfig {
         }
         if self.buffered_sync_interval_ms == 0 || self.buffered_sync_interval_ms > 60_000 {
             return Err("buffered-sync-interval-ms must be between 1 and 60000".into());
+        }
+        if self.memtable_flush_interval_ms == 0 || self.memtable_flush_interval_ms > 3_600_000 {
+            return Err("memtable-flush-interval-ms must be between 1 and 3600000".into());
         }
         if self.aae_interval_ms == 0 || self.aae_max_segments == 0 {
             return Err("aae-interval-ms and aae-max-segments must be positive".into());

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use ringkv_core::NodeId;
 use ringkv_core::bucket::BucketRegistry;
 use ringkv_core::message::{PeerRequest, PeerResponse};
@@ -74,7 +75,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("while creating data dir {}", config.data_dir.display()))?;
-    let storage = open_data_dir(&config.data_dir, LogOptions::default())
+    let log_options = LogOptions {
+        flush_interval: Duration::from_millis(config.memtable_flush_interval_ms),
+        ..LogOptions::default()
+    };
+    let storage = open_data_dir(&config.data_dir, log_options)
         .with_context(|| format!("while opening the store in {}", config.data_dir.display()))?;
     let replay = storage.replay_report();
     if replay.records > 0 {
@@ -192,6 +197,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         connections.clone(),
     ));
     let app = http::router(node.clone());
+    // Replies are small and written whole: never hold one back for Nagle
+    // (with the client's delayed ACK that costs up to 40 ms).
+    let http_listener = http_listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");

@@ -407,27 +407,38 @@ impl Shared {
     fn flush_once(&self) -> Result<(), StorageError> {
         let _one_at_a_time = self.flushing.lock().expect("flush lock poisoned");
         let frozen = {
+            // Writers insert into the memtable while holding the log lock,
+            // so holding it keeps the memtable still; readers are kept out
+            // only for the swap itself, never during the log sync.
             let mut log = self.lock_log();
-            let mut tables = self.tables.write().expect("memtable lock poisoned");
-            if tables.immutable.is_none() {
-                if tables.active.is_empty() {
+            let (pending, empty) = {
+                let tables = self.tables.read().expect("memtable lock poisoned");
+                (tables.immutable.clone(), tables.active.is_empty())
+            };
+            match pending {
+                Some(frozen) => frozen,
+                None if empty => {
                     log.last_flush = Instant::now();
                     return Ok(());
                 }
-                // The frozen memtable holds exactly the records of the log
-                // files up to this one: close it and start the next.
-                let generation = log.generation;
-                log.sync_file()?;
-                log.dir
-                    .create(generation + 1)
-                    .map_err(|e| log_error("creating a log file", e))?;
-                log.retired.push(generation);
-                log.generation = generation + 1;
-                log.bytes = 0;
-                log.active_bytes = 0;
-                tables.immutable = Some(Arc::new(std::mem::take(&mut tables.active)));
+                None => {
+                    // The frozen memtable holds exactly the records of the
+                    // log files up to this one: close it and start the next.
+                    let generation = log.generation;
+                    log.sync_file()?;
+                    log.dir
+                        .create(generation + 1)
+                        .map_err(|e| log_error("creating a log file", e))?;
+                    log.retired.push(generation);
+                    log.generation = generation + 1;
+                    log.bytes = 0;
+                    log.active_bytes = 0;
+                    let mut tables = self.tables.write().expect("memtable lock poisoned");
+                    let frozen = Arc::new(std::mem::take(&mut tables.active));
+                    tables.immutable = Some(Arc::clone(&frozen));
+                    frozen
+                }
             }
-            Arc::clone(tables.immutable.as_ref().expect("frozen above"))
         };
         let mut batch = WriteBatch::new();
         for (engine_key, value) in frozen.iter() {
