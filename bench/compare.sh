@@ -227,7 +227,7 @@ start_etcd_cluster() {
     ETCD_URLS+="${ETCD_URLS:+,}http://127.0.0.1:${ETCD_CLIENT[$i]}"
   done
   for i in 1 2 3; do
-    start "$prefix$i" etcd --name "e$i" --data-dir "$WORK/$prefix$i" \
+    start "$prefix$i" env GOMAXPROCS=1 etcd --name "e$i" --data-dir "$WORK/$prefix$i" \
       --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT[$i]}" \
       --listen-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER[$i]}" \
       --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "ringkv-bench-$prefix" \
@@ -292,14 +292,16 @@ if [ "$HAS_BUFFERED" = 1 ]; then
 fi
 
 # start_ringkv_cluster PREFIX: starts 3 nodes (N=3 R=2 W=2 lww buckets `bench`
-# and `redis`); sets R3_URLS and R1_RESP.
+# and `redis`); sets R3_URLS and R1_RESP. The three members of each cluster
+# share this machine's cores, so each serves with one thread: ringkv
+# --worker-threads 1 here, GOMAXPROCS=1 for etcd (start_etcd_cluster).
 start_ringkv_cluster() {
   local prefix=$1 r1_http r1_peer r2_http r3_http
-  start_ringkv "$prefix-node1"
+  start_ringkv "$prefix-node1" --worker-threads 1
   r1_http=$RK_HTTP; r1_peer=$RK_PEER; R1_RESP=$RK_RESP
-  start_ringkv "$prefix-node2" --join "$r1_peer"
+  start_ringkv "$prefix-node2" --worker-threads 1 --join "$r1_peer"
   r2_http=$RK_HTTP
-  start_ringkv "$prefix-node3" --join "$r1_peer"
+  start_ringkv "$prefix-node3" --worker-threads 1 --join "$r1_peer"
   r3_http=$RK_HTTP
   wait_until 60 "the 3 ringkv nodes to agree on the layout" agreed "http://$r1_http" "http://$r2_http" "http://$r3_http"
   set_bucket "http://$r1_http" bench '{"n":3,"r":2,"w":2,"conflict":"lww"}'

@@ -134,6 +134,10 @@ struct ServerArgs {
     /// the background flush writes it to the redb file (bounds replay at start).
     #[arg(long)]
     memtable_flush_interval_ms: Option<u64>,
+    /// Threads serving requests; 0 (default): one per core. Nodes that
+    /// share a machine should split its cores between them.
+    #[arg(long)]
+    worker_threads: Option<usize>,
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
     #[arg(long)]
@@ -186,6 +190,7 @@ impl ServerArgs {
             durability,
             buffered_sync_interval_ms,
             memtable_flush_interval_ms,
+            worker_threads,
             heartbeat_interval_ms,
             hints_max,
             hints_max_bytes,
@@ -207,7 +212,14 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => {
             init_logging();
             let config = (*args).into_config()?;
-            let runtime = tokio::runtime::Runtime::new().context("while starting the runtime")?;
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if config.worker_threads > 0 {
+                builder.worker_threads(config.worker_threads);
+            }
+            let runtime = builder
+                .enable_all()
+                .build()
+                .context("while starting the runtime")?;
             runtime.block_on(async {
                 let running = ringkv_node::start(config).await?;
                 tracing::info!(http = %running.http_addr, resp = %running.resp_addr, "ringkv node ready");

@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// memtable before the flusher writes it to redb (it also flushes at
     /// 16 MiB). Bounds the log replayed at start, not durability.
     pub memtable_flush_interval_ms: u64,
+    /// Threads serving requests (tokio workers); 0: one per core. Several
+    /// nodes sharing one machine should split its cores between them.
+    pub worker_threads: usize,
     /// Failure-detector heartbeats to every member.
     pub heartbeat_interval_ms: u64,
     /// Most hint records a node holds for other nodes (sloppy quorum).
@@ -78,6 +81,7 @@ impl Default for NodeConfig {
             durability: DurabilityMode::Sync,
             buffered_sync_interval_ms: 1000,
             memtable_flush_interval_ms: 5000,
+            worker_threads: 0,
             heartbeat_interval_ms: 500,
             hints_max: 1_000_000,
             hints_max_bytes: 1024 * 1024 * 1024,
@@ -124,6 +128,9 @@ impl NodeConfig {
         }
         if self.memtable_flush_interval_ms == 0 || self.memtable_flush_interval_ms > 3_600_000 {
             return Err("memtable-flush-interval-ms must be between 1 and 3600000".into());
+        }
+        if self.worker_threads > 1024 {
+            return Err("worker-threads must be at most 1024 (0: one per core)".into());
         }
         if self.aae_interval_ms == 0 || self.aae_max_segments == 0 {
             return Err("aae-interval-ms and aae-max-segments must be positive".into());
