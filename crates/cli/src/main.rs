@@ -11,6 +11,11 @@ use ringkv_client::{Client, GetResult};
 use ringkv_node::NodeConfig;
 use ringkv_node::config::DurabilityMode;
 
+/// mimalloc instead of glibc's malloc: allocation and free were ~9% of the
+/// server's CPU under redis-benchmark SET (docs/DECISIONS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ringkv",
