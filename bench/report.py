@@ -266,7 +266,8 @@ if opens and closed:
 w("")
 w(
     f"Measured side by side: each pair of systems was up at the same time and measured alternately, {env.get('ROUNDS', '1')} round(s), "
-    "the order flipped every round; the ratio is the median of the per-round ratios. "
+    "the order flipped every round, after one untimed warm-up round of redis-benchmark per 1-node server; "
+    "the ratio is the median of the per-round ratios. "
     f"CPU time stolen by the hypervisor during the whole run: {env.get('CPU_STEAL_PCT', '?')}%."
 )
 w("")

@@ -888,13 +888,17 @@ impl FsLogDir {
             next_spare,
         };
         if dir.spares.is_empty() {
-            let zeros = vec![0; SPARE_LOG_BYTES];
             for _ in 0..SPARE_LOG_FILES {
                 let spare = dir.spare_path();
-                let mut file = File::create(&spare)?;
-                file.write_all(&zeros)?;
-                file.sync_all()?;
-                dir.spares.push(spare);
+                match zero_fill(&spare, SPARE_LOG_BYTES) {
+                    Ok(()) => dir.spares.push(spare),
+                    Err(error) => {
+                        // Only slower syncs without it (a full disk, say).
+                        tracing::warn!(%error, "could not prepare a spare log file");
+                        let _ = fs::remove_file(&spare);
+                        break;
+                    }
+                }
             }
             dir.sync_dir()?;
         }
@@ -928,6 +932,13 @@ impl FsLogDir {
         let (_, file, offset) = self.open.as_mut().expect("opened above");
         Ok((file, offset))
     }
+}
+
+/// Creates a file of `len` zero bytes, synced.
+fn zero_fill(path: &Path, len: usize) -> io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(&vec![0; len])?;
+    file.sync_all()
 }
 
 impl LogDir for FsLogDir {
