@@ -47,7 +47,9 @@
 //! up to [`SPARE_LOG_FILES`] removed files as spares (and zero-fills that
 //! many at first start), and a new generation takes a spare's place and
 //! overwrites it from the start. Old records left in it do not replay:
-//! every checksum is seeded with the file's generation.
+//! every checksum is seeded with the file's generation, and a new
+//! generation is newer than every log file and spare (spares are named by
+//! the generation they last had), so it is never one whose records remain.
 //!
 //! Limits: the active memtable is frozen at `flush_bytes` or after
 //! `flush_interval`; writers wait (up to `stall_timeout`, then fail) while
@@ -114,7 +116,12 @@ pub trait LogDir: Send + 'static {
     /// Makes the file's contents durable.
     fn sync(&mut self, generation: u64) -> io::Result<()>;
     /// Removes the file; it stays removed across a crash once this returns.
+    /// Its space may be kept for reuse by a later `create`.
     fn remove(&mut self, generation: u64) -> io::Result<()>;
+    /// The newest generation whose space is kept for reuse, if any. A new
+    /// generation must be newer, or old records in the reused space could
+    /// check out as its own.
+    fn newest_spare(&self) -> Option<u64>;
 }
 
 /// When memtables are flushed to the engine, and how much they may hold.
@@ -292,7 +299,11 @@ impl LoggedStorage {
             dir.remove(old)
                 .map_err(|e| log_error("removing a replayed log file", e))?;
         }
-        let generation = generations.last().map_or(1, |g| g + 1);
+        let generation = generations
+            .last()
+            .copied()
+            .max(dir.newest_spare())
+            .map_or(1, |g| g + 1);
         dir.create(generation)
             .map_err(|e| log_error("creating a log file", e))?;
         let shared = Arc::new(Shared {
@@ -852,15 +863,17 @@ fn replay_file(
 }
 
 /// Log files in a directory: `<generation as 16 hex digits>.log`, and up
-/// to [`SPARE_LOG_FILES`] spares, `<number as 16 hex digits>.spare`: removed
-/// log files kept so that new ones overwrite blocks the file system has
-/// already allocated (see the module documentation).
+/// to [`SPARE_LOG_FILES`] spares: removed log files kept so that new ones
+/// overwrite blocks the file system has already allocated (see the module
+/// documentation), named `<generation they last had>.spare` (so that
+/// generations stay unique across restarts), or `fresh-N.spare` when
+/// zero-filled.
 pub struct FsLogDir {
     path: PathBuf,
     /// The file appends go to, kept open, and where the next append goes.
     open: Option<(u64, File, u64)>,
-    spares: Vec<PathBuf>,
-    next_spare: u64,
+    /// Spare files and the generation each last had.
+    spares: Vec<(PathBuf, Option<u64>)>,
 }
 
 impl FsLogDir {
@@ -869,29 +882,25 @@ impl FsLogDir {
     pub fn new(path: &Path) -> io::Result<Self> {
         fs::create_dir_all(path)?;
         let mut spares = Vec::new();
-        let mut next_spare = 0;
         for entry in fs::read_dir(path)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".spare")) else {
                 continue;
             };
-            if let Ok(number) = u64::from_str_radix(stem, 16) {
-                next_spare = next_spare.max(number + 1);
-            }
-            spares.push(entry.path());
+            let generation = u64::from_str_radix(stem, 16).ok();
+            spares.push((entry.path(), generation));
         }
         let mut dir = FsLogDir {
             path: path.to_path_buf(),
             open: None,
             spares,
-            next_spare,
         };
         if dir.spares.is_empty() {
-            for _ in 0..SPARE_LOG_FILES {
-                let spare = dir.spare_path();
+            for number in 0..SPARE_LOG_FILES {
+                let spare = dir.path.join(format!("fresh-{number}.spare"));
                 match zero_fill(&spare, SPARE_LOG_BYTES) {
-                    Ok(()) => dir.spares.push(spare),
+                    Ok(()) => dir.spares.push((spare, None)),
                     Err(error) => {
                         // Only slower syncs without it (a full disk, say).
                         tracing::warn!(%error, "could not prepare a spare log file");
@@ -907,12 +916,6 @@ impl FsLogDir {
 
     fn file_path(&self, generation: u64) -> PathBuf {
         self.path.join(format!("{generation:016x}.log"))
-    }
-
-    fn spare_path(&mut self) -> PathBuf {
-        self.next_spare += 1;
-        self.path
-            .join(format!("{:016x}.spare", self.next_spare - 1))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -966,7 +969,7 @@ impl LogDir for FsLogDir {
     fn create(&mut self, generation: u64) -> io::Result<()> {
         let path = self.file_path(generation);
         let file = match self.spares.last() {
-            Some(spare) => {
+            Some((spare, _)) => {
                 if path.try_exists()? {
                     return Err(io::Error::new(
                         io::ErrorKind::AlreadyExists,
@@ -1009,13 +1012,17 @@ impl LogDir for FsLogDir {
         }
         let path = self.file_path(generation);
         if self.spares.len() < SPARE_LOG_FILES {
-            let spare = self.spare_path();
+            let spare = self.path.join(format!("{generation:016x}.spare"));
             fs::rename(&path, &spare)?;
-            self.spares.push(spare);
+            self.spares.push((spare, Some(generation)));
         } else {
             fs::remove_file(path)?;
         }
         self.sync_dir()
+    }
+
+    fn newest_spare(&self) -> Option<u64> {
+        self.spares.iter().filter_map(|(_, g)| *g).max()
     }
 }
 
@@ -1034,8 +1041,9 @@ struct MemoryFile {
 #[derive(Default)]
 struct MemoryLogState {
     files: BTreeMap<u64, MemoryFile>,
-    /// Bytes of removed files, reused by `create` as [`FsLogDir`] does.
-    spares: Vec<Vec<u8>>,
+    /// Removed files (generation, bytes), reused by `create` as
+    /// [`FsLogDir`] does.
+    spares: Vec<(u64, Vec<u8>)>,
     fail_appends: bool,
     fail_syncs: bool,
 }
@@ -1128,7 +1136,11 @@ impl LogDir for MemoryLogDir {
                 format!("log file {generation:016x} exists"),
             ));
         }
-        let old = state.spares.pop().unwrap_or_default();
+        let old = state
+            .spares
+            .pop()
+            .map(|(_, bytes)| bytes)
+            .unwrap_or_default();
         state.files.insert(
             generation,
             MemoryFile {
@@ -1193,9 +1205,13 @@ impl LogDir for MemoryLogDir {
             .remove(&generation)
             .ok_or_else(|| Self::missing(generation))?;
         if state.spares.len() < SPARE_LOG_FILES {
-            state.spares.push(file.bytes);
+            state.spares.push((generation, file.bytes));
         }
         Ok(())
+    }
+
+    fn newest_spare(&self) -> Option<u64> {
+        self.lock().spares.iter().map(|(g, _)| *g).max()
     }
 }
 
