@@ -285,13 +285,6 @@ impl LoggedStorage {
             replay_file(inner.as_ref(), generation, &bytes, newest, &mut replay)?;
             replay.files += 1;
         }
-        if replay.records > 0 {
-            tracing::info!(
-                files = replay.files,
-                records = replay.records,
-                "replayed the write-ahead log"
-            );
-        }
         inner.sync()?;
         // Removed before the next file exists, so that a crash in between
         // never leaves an unsealed file behind a newer one.
