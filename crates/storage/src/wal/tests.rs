@@ -18,6 +18,17 @@ fn open_memory(inner: &MemoryStorage, log: &MemoryLogDir, options: LogOptions) -
     LoggedStorage::open(Arc::new(inner.clone()), Box::new(log.clone()), options).unwrap()
 }
 
+/// A logged storage with its log in real files under `path`.
+fn open_files(path: &std::path::Path, inner: &MemoryStorage) -> LoggedStorage {
+    let log = FsLogDir::new(path).unwrap();
+    LoggedStorage::open(
+        Arc::new(inner.clone()),
+        Box::new(log),
+        LogOptions::default(),
+    )
+    .unwrap()
+}
+
 fn put(storage: &dyn Storage, key: &[u8], value: &[u8], durability: Durability) {
     let mut batch = WriteBatch::new();
     batch.put(Space::Data(3), key.to_vec(), value.to_vec());
@@ -156,15 +167,7 @@ fn a_synced_write_is_only_in_the_log_until_a_flush() {
 fn replays_the_log_from_real_files_after_a_crash() {
     let directory = tempfile::tempdir().unwrap();
     let inner = MemoryStorage::new();
-    let open = || {
-        let log = FsLogDir::new(directory.path()).unwrap();
-        LoggedStorage::open(
-            Arc::new(inner.clone()),
-            Box::new(log),
-            LogOptions::default(),
-        )
-        .unwrap()
-    };
+    let open = || open_files(directory.path(), &inner);
     let storage = open();
     for i in 0..200u32 {
         put(
@@ -205,15 +208,7 @@ fn replays_the_log_from_real_files_after_a_crash() {
 fn a_torn_tail_is_dropped_and_the_rest_replayed() {
     let directory = tempfile::tempdir().unwrap();
     let inner = MemoryStorage::new();
-    let open = || {
-        let log = FsLogDir::new(directory.path()).unwrap();
-        LoggedStorage::open(
-            Arc::new(inner.clone()),
-            Box::new(log),
-            LogOptions::default(),
-        )
-        .unwrap()
-    };
+    let open = || open_files(directory.path(), &inner);
     let storage = open();
     put(&storage, b"a", b"1", Durability::Sync);
     put(&storage, b"b", b"2", Durability::Sync);
@@ -500,15 +495,7 @@ fn writes_wait_for_a_full_memtable_then_fail_if_flushing_fails() {
 fn a_reused_file_replays_only_its_own_records() {
     let directory = tempfile::tempdir().unwrap();
     let inner = MemoryStorage::new();
-    let open = || {
-        let log = FsLogDir::new(directory.path()).unwrap();
-        LoggedStorage::open(
-            Arc::new(inner.clone()),
-            Box::new(log),
-            LogOptions::default(),
-        )
-        .unwrap()
-    };
+    let open = || open_files(directory.path(), &inner);
     let storage = open();
     // Many records, then deleted: the files they were in become spares.
     for i in 0..300u32 {
