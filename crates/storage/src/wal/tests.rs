@@ -39,6 +39,17 @@ fn get(storage: &dyn Storage, key: &[u8]) -> Option<Vec<u8>> {
     storage.get(Space::Data(3), key).unwrap()
 }
 
+fn assert_open_finds_corruption(log: MemoryLogDir) {
+    let error = LoggedStorage::open(
+        Arc::new(MemoryStorage::new()),
+        Box::new(log),
+        LogOptions::default(),
+    )
+    .err()
+    .expect("open must fail");
+    assert!(matches!(error, StorageError::Corruption { .. }), "{error}");
+}
+
 /// A log record of `batch` (a seal if empty) for the file of `generation`.
 fn record(batch: &WriteBatch, generation: u64) -> Vec<u8> {
     let mut record = encode_record(batch);
@@ -257,14 +268,7 @@ fn a_bad_record_in_an_older_file_is_corruption() {
     dir.append(1, &record(&WriteBatch::new(), 1)).unwrap();
     dir.create(2).unwrap();
     dir.append(2, &record(&batch, 2)).unwrap();
-    let error = LoggedStorage::open(
-        Arc::new(MemoryStorage::new()),
-        Box::new(log),
-        LogOptions::default(),
-    )
-    .err()
-    .expect("open must fail");
-    assert!(matches!(error, StorageError::Corruption { .. }), "{error}");
+    assert_open_finds_corruption(log);
 }
 
 #[test]
@@ -544,14 +548,7 @@ fn a_file_without_its_seal_behind_a_newer_one_is_corruption() {
     dir.append(1, &record(&one_put(b"a", b"1"), 1)).unwrap();
     dir.create(2).unwrap();
     dir.append(2, &record(&one_put(b"b", b"2"), 2)).unwrap();
-    let error = LoggedStorage::open(
-        Arc::new(MemoryStorage::new()),
-        Box::new(log),
-        LogOptions::default(),
-    )
-    .err()
-    .expect("open must fail");
-    assert!(matches!(error, StorageError::Corruption { .. }), "{error}");
+    assert_open_finds_corruption(log);
 }
 
 #[test]
