@@ -109,7 +109,8 @@ pub trait LogDir: Send + 'static {
     /// of a removed file, old bytes included. It exists across a crash
     /// once this returns.
     fn create(&mut self, generation: u64) -> io::Result<()>;
-    /// Writes `bytes` after those appended since `create`.
+    /// Writes `bytes` after those appended since `create`. Only the file
+    /// created last is written to (appended, truncated, synced).
     fn append(&mut self, generation: u64, bytes: &[u8]) -> io::Result<()>;
     /// Cuts the file back to `len` bytes (undoes a failed append).
     fn truncate(&mut self, generation: u64, len: u64) -> io::Result<()>;
@@ -915,18 +916,15 @@ impl FsLogDir {
         File::open(&self.path)?.sync_all()
     }
 
-    /// The open file of `generation` and its append offset; a file opened
-    /// anew is appended to at its end.
+    /// The file of `generation`, which must be the one `create` opened
+    /// last (the only one written to), and its append offset.
     fn file(&mut self, generation: u64) -> io::Result<(&File, &mut u64)> {
-        if self.open.as_ref().map(|(g, _, _)| *g) != Some(generation) {
-            let file = File::options()
-                .write(true)
-                .open(self.file_path(generation))?;
-            let end = file.metadata()?.len();
-            self.open = Some((generation, file, end));
+        match &mut self.open {
+            Some((open, file, offset)) if *open == generation => Ok((file, offset)),
+            _ => Err(io::Error::other(format!(
+                "log file {generation:016x} is not the one being written"
+            ))),
         }
-        let (_, file, offset) = self.open.as_mut().expect("opened above");
-        Ok((file, offset))
     }
 }
 
