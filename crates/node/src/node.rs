@@ -55,7 +55,8 @@ pub struct Node {
     layout: RwLock<Arc<Layout>>,
     buckets: RwLock<Arc<BucketRegistry>>,
     membership: tokio::sync::Mutex<()>,
-    /// Random per process start: the actor of buffered writes.
+    /// Random per process start: the actor of the writes this node
+    /// coordinates as a primary.
     incarnation: NodeId,
     detector: Mutex<FailureDetector>,
     pub metrics: Metrics,
@@ -412,14 +413,14 @@ impl Node {
         // twice, and a coordinator derives its counter from its local copy
         // of the key, so the actor changes whenever that copy may miss dots
         // the actor already issued (found by the simulator):
-        // - a primary with synced writes: the node id (its copy is durable);
-        // - buffered durability: this process's incarnation id (a crash can
-        //   lose the buffered copy that others already hold);
+        // - a primary: this process's incarnation id (the new version goes
+        //   out to the other replicas before its local sync, and with
+        //   buffered durability without one, so a crash can lose the local
+        //   copy that others already hold);
         // - a fallback or a node outside the plan: a fresh id per write (its
         //   hint copy is deleted once handed off).
-        let actor = match (mine.map(|m| m.role()), durability) {
-            (Some(Role::Primary), DurabilityMode::Sync) => self.id,
-            (Some(Role::Primary), DurabilityMode::Buffered) => self.incarnation,
+        let actor = match mine.map(|m| m.role()) {
+            Some(Role::Primary) => self.incarnation,
             _ => rand::random::<u64>().max(1),
         };
         let (id, mode, max_siblings, now) = (
@@ -456,37 +457,38 @@ impl Node {
         let stored = match local_hint_for {
             // A fallback coordinating for a primary that is down: the
             // write lives in the hint store until it is handed off.
-            Some(hint_for) => {
-                self.store
-                    .update_hint(
-                        partition,
-                        object_key(&bucket, &key),
-                        durability,
-                        move |current| {
-                            let is_new = current.is_none();
-                            match update(current.as_ref().map(|h| &h.object)) {
-                                Ok(object) if hint_store_full => (current, (Ok(object), false)),
-                                Ok(object) => {
-                                    let mut targets =
-                                        current.map(|h| h.targets).unwrap_or_default();
-                                    targets.insert(hint_for);
-                                    (
-                                        Some(Hint {
-                                            targets,
-                                            object: object.clone(),
-                                        }),
-                                        (Ok(object), is_new),
-                                    )
-                                }
-                                Err(e) => (current, (Err(e), false)),
+            Some(hint_for) => self
+                .store
+                .update_hint(
+                    partition,
+                    object_key(&bucket, &key),
+                    durability,
+                    move |current| {
+                        let is_new = current.is_none();
+                        match update(current.as_ref().map(|h| &h.object)) {
+                            Ok(object) if hint_store_full => (current, (Ok(object), false)),
+                            Ok(object) => {
+                                let mut targets = current.map(|h| h.targets).unwrap_or_default();
+                                targets.insert(hint_for);
+                                (
+                                    Some(Hint {
+                                        targets,
+                                        object: object.clone(),
+                                    }),
+                                    (Ok(object), is_new),
+                                )
                             }
-                        },
-                    )
-                    .await
-            }
+                            Err(e) => (current, (Err(e), false)),
+                        }
+                    },
+                )
+                .await
+                .map(|(result, new_hint)| (result, new_hint, None)),
+            // A replica's copy: sent to the other replicas as soon as it is
+            // written, and counted once its sync is done.
             None => self
                 .store
-                .update(
+                .update_written(
                     partition,
                     &bucket,
                     &key,
@@ -495,22 +497,22 @@ impl Node {
                     move |current| update(current.as_ref()),
                 )
                 .await
-                .map(|result| (result, false)),
+                .map(|(result, durable)| (result, false, Some(durable))),
         };
-        let object = match stored {
-            Ok((Ok(object), new_hint)) => {
+        let (object, local_durable) = match stored {
+            Ok((Ok(object), new_hint, durable)) => {
                 if new_hint {
                     self.hint_stored();
                 }
-                object
+                (object, durable)
             }
-            Ok((Err(UpdateError::TooManySiblings { count, max }), _)) => {
+            Ok((Err(UpdateError::TooManySiblings { count, max }), _, _)) => {
                 return ClientReply::Failed(OpError::TooManySiblings {
                     count: count as u32,
                     max: max as u32,
                 });
             }
-            Ok((Err(e), _)) => {
+            Ok((Err(e), _, _)) => {
                 return ClientReply::Failed(OpError::BadRequest {
                     message: e.to_string(),
                 });
@@ -519,10 +521,41 @@ impl Node {
         };
         let remotes: Vec<PlannedReplica> =
             plan.iter().filter(|r| r.node != self.id).copied().collect();
-        let roles: Vec<Role> = remotes.iter().map(|r| r.role()).collect();
+        let mut roles: Vec<Role> = remotes.iter().map(|r| r.role()).collect();
         let local_role = mine.map(|m| m.role()).filter(|_| !hint_store_full);
-        let mut round = PutRound::with_roles(w, pw, local_role, &roles);
-        let (acks_tx, mut acks) = mpsc::channel(remotes.len().max(1));
+        // The local copy's sync runs alongside the remote writes when there
+        // are any and it has one to wait for; otherwise it is awaited here.
+        let local_sync = match local_durable {
+            Some(durable) if durability == DurabilityMode::Sync && !remotes.is_empty() => {
+                Some(durable)
+            }
+            Some(durable) => {
+                if let Err(e) = durable.wait().await {
+                    return ClientReply::Failed(self.store_failure(e));
+                }
+                None
+            }
+            None => None,
+        };
+        let local_acked = local_role.filter(|_| local_sync.is_none());
+        if let (Some(role), Some(_)) = (local_role, &local_sync) {
+            roles.push(role);
+        }
+        let mut round = PutRound::with_roles(w, pw, local_acked, &roles);
+        let (acks_tx, mut acks) = mpsc::channel(roles.len().max(1));
+        if let (Some(role), Some(durable)) = (local_role, local_sync) {
+            let (node, acks_tx) = (self.clone(), acks_tx.clone());
+            tokio::spawn(async move {
+                let ok = match durable.wait().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        node.store_failure(e);
+                        false
+                    }
+                };
+                let _ = acks_tx.send((role, ok)).await;
+            });
+        }
         let encoded = object.encode();
         for replica in remotes {
             let Some(addr) = Self::peer_addr(&layout, replica.node) else {
@@ -562,8 +595,8 @@ impl Node {
         tokio::pin!(deadline);
         let mut decision = round.start();
         let (mut acked, mut primaries_acked) = (
-            local_role.is_some() as u32,
-            (local_role == Some(Role::Primary)) as u32,
+            local_acked.is_some() as u32,
+            (local_acked == Some(Role::Primary)) as u32,
         );
         while decision.is_none() {
             decision = tokio::select! {

@@ -182,12 +182,34 @@ impl LocalStore {
         durability: DurabilityMode,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
     ) -> Result<Result<Object, E>, StoreError> {
-        let (tx, rx) = oneshot::channel();
+        let (outcome, durable) = self
+            .update_written(partition, bucket, key, n, durability, update)
+            .await?;
+        durable.wait().await?;
+        Ok(outcome)
+    }
+
+    /// As [`update`](Self::update), but returns as soon as the new object
+    /// is written and visible to reads, before it is synced: the
+    /// coordinator sends it to the other replicas while the sync runs.
+    /// [`Durable::wait`] then tells whether it became durable.
+    pub async fn update_written<E: Send + 'static>(
+        &self,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+        n: u32,
+        durability: DurabilityMode,
+        update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
+    ) -> Result<(Result<Object, E>, Durable), StoreError> {
+        let (written_tx, written_rx) = oneshot::channel();
+        let (durable_tx, durable_rx) = oneshot::channel();
         let raw_key = object_key(bucket, key);
         let job = UpdateJob {
             update: Some(Box::new(update)),
             outcome: None,
-            reply: tx,
+            written: Some(written_tx),
+            durable: durable_tx,
             tree: self.trees.tree(partition, n),
             raw_key: raw_key.clone(),
             digest: None,
@@ -198,7 +220,8 @@ impl LocalStore {
             storage_durability(durability),
             Box::new(job),
         )?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let outcome = written_rx.await.map_err(|_| StoreError::Closed)??;
+        Ok((outcome, Durable(durable_rx)))
     }
 
     pub fn stats(&self) -> ringkv_storage::GroupCommitStats {
@@ -275,10 +298,23 @@ impl LocalStore {
 
 type UpdateFn<E> = Box<dyn FnOnce(Option<Object>) -> Result<Object, E> + Send>;
 
+/// Whether a written update became durable (see
+/// [`LocalStore::update_written`]).
+pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
+
+impl Durable {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 struct UpdateJob<E> {
     update: Option<UpdateFn<E>>,
     outcome: Option<Result<Result<Object, E>, StoreError>>,
-    reply: oneshot::Sender<Result<Result<Object, E>, StoreError>>,
+    /// Told the outcome once the batch is written (or, if it never is, of
+    /// the failure).
+    written: Option<oneshot::Sender<Result<Result<Object, E>, StoreError>>>,
+    durable: oneshot::Sender<Result<(), StoreError>>,
     tree: Arc<Mutex<MerkleTree>>,
     raw_key: Vec<u8>,
     /// Digest of the bytes written, recorded in the tree once durable.
@@ -311,21 +347,32 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
         }
     }
 
-    fn done(self: Box<Self>, result: Result<(), StorageError>) {
-        let outcome = match result {
-            Err(e) => Err(StoreError::Storage(e)),
-            Ok(()) => {
-                if let Some(digest) = self.digest {
-                    self.tree
-                        .lock()
-                        .expect("tree lock")
-                        .insert(&self.raw_key, digest);
-                }
-                self.outcome.unwrap_or(Err(StoreError::Closed))
-            }
-        };
-        // The requester may have given up (timeout); nothing to do then.
-        let _ = self.reply.send(outcome);
+    fn written(&mut self) {
+        if let Some(written) = self.written.take() {
+            let outcome = self.outcome.take().unwrap_or(Err(StoreError::Closed));
+            // The requester may have given up (timeout); nothing to do then.
+            let _ = written.send(outcome);
+        }
+    }
+
+    fn done(mut self: Box<Self>, result: Result<(), StorageError>) {
+        if let Some(written) = self.written.take() {
+            // Never written: the outcome is the failure.
+            let outcome = match &result {
+                Err(e) => Err(StoreError::Storage(e.clone())),
+                Ok(()) => self.outcome.take().unwrap_or(Err(StoreError::Closed)),
+            };
+            let _ = written.send(outcome);
+        }
+        if result.is_ok()
+            && let Some(digest) = self.digest
+        {
+            self.tree
+                .lock()
+                .expect("tree lock")
+                .insert(&self.raw_key, digest);
+        }
+        let _ = self.durable.send(result.map_err(StoreError::Storage));
     }
 }
 

@@ -27,10 +27,12 @@ pub enum PlantedBug {
     /// off and deleted, its next write of the key reissues a dot the
     /// primaries already hold, and they drop one of the two writes.
     ReuseFallbackActor,
-    /// A primary stamps buffered writes with its node id instead of a
-    /// per-process incarnation id (the node before a56b069): a crash that
-    /// loses a buffered write lets the restarted node reissue its dot.
-    BufferedActorIsNodeId,
+    /// A primary stamps its writes with its node id instead of a
+    /// per-process incarnation id (the node before a56b069 for buffered
+    /// writes, and for synced ones once they went out before their local
+    /// sync): a crash that loses the coordinator's unsynced copy, which
+    /// other replicas already hold, lets the restarted node reissue its dot.
+    PrimaryActorIsNodeId,
     /// A write answers with the object's whole clock as its context (the
     /// node before a56b069), which also covers concurrent siblings the
     /// client never saw: a write passing that context drops them.

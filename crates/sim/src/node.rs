@@ -31,7 +31,7 @@ use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError, Vers
 use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role, written_context};
 use ringkv_core::membership::FailureDetector;
 use ringkv_core::message::{ClientOp, ClientReply, OpError, PeerRequest, PeerResponse};
-use ringkv_storage::{Durability, MemoryStorage, Space, Storage, WriteBatch};
+use ringkv_storage::{Durability, MemoryStorage, Space, Storage, StorageError, WriteBatch};
 
 use crate::cluster::Cluster;
 use crate::config::PlantedBug;
@@ -98,6 +98,9 @@ pub enum Effect {
     },
     /// Jobs wait in the commit queue; commit them soon.
     CommitNeeded,
+    /// A batch is written and waits for its sync; finish it (`synced`)
+    /// once the disk has synced.
+    SyncNeeded,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -368,6 +371,16 @@ enum AfterCommit {
         /// context returned to the client is computed.
         context_in: VersionVector,
         actor: NodeId,
+        /// The coordinator's copy is a data record (not a hint): as the
+        /// node's `update_written`, it goes out once written, before its
+        /// sync, when it has one and there are other replicas.
+        data: bool,
+    },
+    /// The coordinator's own copy of a put round's object is synced (or
+    /// the sync failed): it counts toward W (PW as a primary).
+    LocalSynced {
+        round: u64,
+        role: Role,
     },
     Reply(Option<ReplyTo>, ClientReply),
     Ack {
@@ -387,6 +400,13 @@ enum AfterCommit {
         ok: bool,
     },
     Nothing,
+}
+
+/// A written batch waiting for its sync: what runs once it is durable.
+struct Syncing {
+    steps: Vec<AfterCommit>,
+    /// (partition, raw key, digest) of each data write, for the trees.
+    digests: Vec<(u32, Vec<u8>, u64)>,
 }
 
 struct PutState {
@@ -464,7 +484,7 @@ enum Pending {
 pub struct SimNode {
     pub id: NodeId,
     /// Random per process start (the node's `incarnation`): the actor of
-    /// writes this node coordinates as a primary with buffered durability.
+    /// writes this node coordinates as a primary.
     pub incarnation_actor: NodeId,
     /// This process's random ids (the node's `rand::random`), forked from
     /// the run's seed at each start.
@@ -472,6 +492,9 @@ pub struct SimNode {
     storage: MemoryStorage,
     next_id: u64,
     commit_queue: Vec<CommitJob>,
+    /// The batch written and waiting for its sync (the committer thread
+    /// commits nothing else meanwhile).
+    syncing: Option<Syncing>,
     /// Virtual time of the first Buffered commit not made durable yet.
     unsynced_since_ms: Option<u64>,
     /// Virtual time of the last sync (or of the start).
@@ -524,6 +547,7 @@ impl SimNode {
             storage,
             next_id: incarnation << 40,
             commit_queue: Vec::new(),
+            syncing: None,
             unsynced_since_ms: None,
             last_sync_ms: now_ms,
             detector: FailureDetector::new(cluster.detector),
@@ -551,20 +575,14 @@ impl SimNode {
     /// `coordinate_put` in the node). A dot must never be issued twice, and
     /// a coordinator counts on from its local copy of the key, so the actor
     /// changes whenever that copy may miss dots the actor already issued:
-    /// the node id for a primary with synced writes; the incarnation id for
-    /// buffered writes (a crash can lose the buffered copy others hold); a
-    /// fresh id per write for a fallback or a node outside the plan (its
-    /// hint copy is deleted once handed off).
+    /// the incarnation id for a primary (its copy goes out before its sync,
+    /// or has none with buffered durability, so a crash can lose the copy
+    /// others hold); a fresh id per write for a fallback or a node outside
+    /// the plan (its hint copy is deleted once handed off).
     fn write_actor(&mut self, cluster: &Cluster, role: Option<Role>) -> NodeId {
-        match (role, cluster.durability) {
-            (Some(Role::Primary), DurabilityMode::Sync) => self.id,
-            (Some(Role::Primary), DurabilityMode::Buffered) => {
-                if cluster.bug == Some(PlantedBug::BufferedActorIsNodeId) {
-                    self.id
-                } else {
-                    self.incarnation_actor
-                }
-            }
+        match role {
+            Some(Role::Primary) if cluster.bug == Some(PlantedBug::PrimaryActorIsNodeId) => self.id,
+            Some(Role::Primary) => self.incarnation_actor,
             _ if cluster.bug == Some(PlantedBug::ReuseFallbackActor) => self.id,
             _ => self.rng.next_u64().max(1),
         }
@@ -1128,10 +1146,17 @@ impl SimNode {
         self.last_sync_ms = now_ms;
     }
 
-    /// One group commit (`now_ms`: virtual time): runs every queued job in
-    /// order against the stored records, writes the batch (`Sync` if any
-    /// job asked for it, else `Buffered`), then sends what waited for it.
+    /// One group commit (`now_ms`: virtual time), as the node's group
+    /// committer: runs every queued job in order against the stored
+    /// records and writes the batch, visible to reads but unsynced. Then,
+    /// as `Job::written`, a coordinator's data write goes out to the other
+    /// replicas; the rest waits for the sync (`synced`, after
+    /// `Effect::SyncNeeded`) when a job asked for one, else runs now.
     pub fn commit(&mut self, cluster: &Cluster, now_ms: u64, out: &mut Vec<Effect>) {
+        if self.syncing.is_some() {
+            // The committer is busy with a sync; `synced` asks again.
+            return;
+        }
         let jobs = std::mem::take(&mut self.commit_queue);
         if jobs.is_empty() {
             return;
@@ -1141,7 +1166,8 @@ impl SimNode {
         let mut durability = Durability::Buffered;
         // Data writes in commit order: for the Merkle trees (the node's
         // `UpdateJob::done`) and for the clock check.
-        let mut data_writes: Vec<(AppliedWrite, u64)> = Vec::new();
+        let mut digests: Vec<(u32, Vec<u8>, u64)> = Vec::new();
+        let mut applied_writes = Vec::new();
         for job in jobs {
             if storage_durability(job.durability()) == Durability::Sync {
                 durability = Durability::Sync;
@@ -1153,7 +1179,7 @@ impl SimNode {
                         overlay.insert(location.clone(), (value, false));
                     }
                     Err(e) => {
-                        after.push(job.failed(e.to_string()));
+                        after.push((job.failed(e.to_string()), false));
                         continue;
                     }
                 }
@@ -1168,20 +1194,20 @@ impl SimNode {
                     .as_deref()
                     .and_then(|bytes| Object::decode(bytes).ok())
                     .map(|object| object.clock().clone());
-                let applied = AppliedWrite {
+                applied_writes.push(AppliedWrite {
                     partition,
                     raw_key: location.1.clone(),
                     before,
                     after: written.clock().clone(),
-                };
-                data_writes.push((applied, written.digest()));
+                });
+                digests.push((partition, location.1.clone(), written.digest()));
             }
             match change {
                 Change::Put(value) => *entry = (Some(value), true),
                 Change::Delete => *entry = (None, true),
                 Change::Unchanged => {}
             }
-            after.push(next);
+            after.push((next, true));
         }
         let mut batch = WriteBatch::new();
         for ((space, key), (value, changed)) in overlay {
@@ -1192,35 +1218,90 @@ impl SimNode {
                 }
             }
         }
-        // As the group committer: a batch without changes still syncs when
-        // a job asked for Sync and buffered writes are pending.
-        let written = if !batch.is_empty() {
-            self.storage.write(&batch, durability)
-        } else if durability == Durability::Sync && self.unsynced_since_ms.is_some() {
+        if !batch.is_empty() {
+            if let Err(e) = self.storage.write(&batch, Durability::Buffered) {
+                for (step, _) in after {
+                    self.after_failed_commit(cluster, step, &e.to_string(), out);
+                }
+                return;
+            }
+            self.unsynced_since_ms.get_or_insert(now_ms);
+        }
+        self.applied_writes.extend(applied_writes);
+        let sync = durability == Durability::Sync;
+        let mut steps = Vec::with_capacity(after.len());
+        for (step, was_run) in after {
+            match step {
+                AfterCommit::StartPut {
+                    put,
+                    object,
+                    new_hint,
+                    context_in,
+                    actor,
+                    data: true,
+                } if sync && put.plan.iter().any(|r| r.node != self.id) => {
+                    let role = put.mine.map(|m| m.role());
+                    let round = self
+                        .start_put(cluster, put, object, new_hint, context_in, actor, true, out);
+                    if let Some(role) = role {
+                        steps.push(AfterCommit::LocalSynced { round, role });
+                    }
+                }
+                // An answer that waits for nothing (the node's
+                // `update_written` returns the update's error at once).
+                step @ AfterCommit::Reply(..) if was_run => self.after_commit(cluster, step, out),
+                step => steps.push(step),
+            }
+        }
+        let syncing = Syncing { steps, digests };
+        if sync {
+            self.syncing = Some(syncing);
+            out.push(Effect::SyncNeeded);
+        } else {
+            self.finish_batch(cluster, syncing, Ok(()), out);
+        }
+    }
+
+    /// The sync of the batch `commit` wrote is done (`now_ms`: virtual
+    /// time): as the group committer, syncs if anything is unsynced, then
+    /// runs what waited for it, and takes the next batch.
+    pub fn synced(&mut self, cluster: &Cluster, now_ms: u64, out: &mut Vec<Effect>) {
+        let Some(syncing) = self.syncing.take() else {
+            return;
+        };
+        let result = if self.unsynced_since_ms.is_some() {
             self.storage.sync()
         } else {
             Ok(())
         };
-        if written.is_ok() {
-            match durability {
-                Durability::Sync => {
-                    self.unsynced_since_ms = None;
-                    self.last_sync_ms = now_ms;
-                }
-                Durability::Buffered if !batch.is_empty() => {
-                    self.unsynced_since_ms.get_or_insert(now_ms);
-                }
-                Durability::Buffered => {}
-            }
-            for (applied, digest) in data_writes {
+        if result.is_ok() {
+            self.unsynced_since_ms = None;
+            self.last_sync_ms = now_ms;
+        }
+        self.finish_batch(cluster, syncing, result, out);
+        if !self.commit_queue.is_empty() {
+            out.push(Effect::CommitNeeded);
+        }
+    }
+
+    /// The end of a batch (as the jobs' `done`): trees learn the digests
+    /// of what is durable, and what waited for the batch runs.
+    fn finish_batch(
+        &mut self,
+        cluster: &Cluster,
+        syncing: Syncing,
+        result: Result<(), StorageError>,
+        out: &mut Vec<Effect>,
+    ) {
+        if result.is_ok() {
+            for (partition, raw_key, digest) in syncing.digests {
                 self.anti_entropy
-                    .tree(applied.partition, self.tree_n)
-                    .insert(&applied.raw_key, digest);
-                self.applied_writes.push(applied);
+                    .tree(partition, self.tree_n)
+                    .insert(&raw_key, digest);
             }
         }
-        for step in after {
-            match &written {
+        for step in syncing.steps {
+            match &result {
                 Ok(()) => self.after_commit(cluster, step, out),
                 Err(e) => self.after_failed_commit(cluster, step, &e.to_string(), out),
             }
@@ -1284,6 +1365,7 @@ impl SimNode {
                             new_hint,
                             context_in: context,
                             actor,
+                            data: hint_for.is_none(),
                         };
                         (Change::Put(value), next)
                     }
@@ -1399,26 +1481,13 @@ impl SimNode {
                 new_hint,
                 context_in,
                 actor,
+                ..
             } => {
-                if new_hint {
-                    self.hints_pending += 1;
-                }
-                if put.mine.is_none_or(|m| m.hint_for.is_some()) {
-                    self.stats.fallback_writes += 1;
-                    let location = (put.target.partition, put.target.raw_key());
-                    if self.deleted_hints.contains(&location) {
-                        self.stats.fallback_writes_after_hint_deletion += 1;
-                    }
-                }
-                // The context handed back covers the client's context and
-                // this write, not concurrent siblings the client never saw.
-                let context = if cluster.bug == Some(PlantedBug::WholeClockContext) {
-                    object.clock().clone()
-                } else {
-                    written_context(&object, context_in, actor)
-                };
-                self.start_put_round(put, object, context, out);
+                self.start_put(
+                    cluster, put, object, new_hint, context_in, actor, false, out,
+                );
             }
+            AfterCommit::LocalSynced { round, role } => self.put_answered(round, role, true, out),
             AfterCommit::Reply(reply_to, reply) => reply_with(reply_to, reply, out),
             AfterCommit::Ack { ack, new_hint } => {
                 if new_hint {
@@ -1457,6 +1526,7 @@ impl SimNode {
         match step {
             AfterCommit::AntiEntropyStored { .. } => self.anti_entropy_stored(cluster, false, out),
             AfterCommit::StartPut { put, .. } => reply_with(put.reply_to, internal(error), out),
+            AfterCommit::LocalSynced { round, role } => self.put_answered(round, role, false, out),
             AfterCommit::Reply(reply_to, reply) => reply_with(reply_to, reply, out),
             AfterCommit::Ack { ack, .. } | AfterCommit::Refuse(ack, _) => {
                 self.refuse(ack, error, out)
@@ -1480,24 +1550,65 @@ impl SimNode {
         }
     }
 
-    /// The coordinator's own copy is stored: sends the object to the other
+    /// The coordinator's own copy is written: counts a fallback write and
+    /// starts the put round with the context handed back to the client.
+    /// Returns the round's id.
+    #[allow(clippy::too_many_arguments)]
+    fn start_put(
+        &mut self,
+        cluster: &Cluster,
+        put: PutPlan,
+        object: Object,
+        new_hint: bool,
+        context_in: VersionVector,
+        actor: NodeId,
+        local_pending: bool,
+        out: &mut Vec<Effect>,
+    ) -> u64 {
+        if new_hint {
+            self.hints_pending += 1;
+        }
+        if put.mine.is_none_or(|m| m.hint_for.is_some()) {
+            self.stats.fallback_writes += 1;
+            let location = (put.target.partition, put.target.raw_key());
+            if self.deleted_hints.contains(&location) {
+                self.stats.fallback_writes_after_hint_deletion += 1;
+            }
+        }
+        // The context handed back covers the client's context and this
+        // write, not concurrent siblings the client never saw.
+        let context = if cluster.bug == Some(PlantedBug::WholeClockContext) {
+            object.clock().clone()
+        } else {
+            written_context(&object, context_in, actor)
+        };
+        self.start_put_round(put, object, context, local_pending, out)
+    }
+
+    /// The coordinator's own copy is written: sends the object to the other
     /// replicas of the plan (`ReplicaPut` to primaries, `HintPut` to
-    /// fallbacks) and starts the quorum round.
+    /// fallbacks) and starts the quorum round. `local_pending`: that copy
+    /// counts only once synced (`AfterCommit::LocalSynced`); otherwise it
+    /// already is. Returns the round's id.
     fn start_put_round(
         &mut self,
         put: PutPlan,
         object: Object,
         context: VersionVector,
+        local_pending: bool,
         out: &mut Vec<Effect>,
-    ) {
+    ) -> u64 {
         let remotes: Vec<PlannedReplica> = put
             .plan
             .iter()
             .copied()
             .filter(|r| r.node != self.id)
             .collect();
-        let roles: Vec<Role> = remotes.iter().map(PlannedReplica::role).collect();
-        let local = put.mine.map(|m| m.role());
+        let mut roles: Vec<Role> = remotes.iter().map(PlannedReplica::role).collect();
+        let mut local = put.mine.map(|m| m.role());
+        if local_pending && let Some(role) = local.take() {
+            roles.push(role);
+        }
         let mut round = PutRound::with_roles(put.w, put.pw, local, &roles);
         let round_id = self.fresh_id();
         let encoded = object.encode();
@@ -1542,7 +1653,7 @@ impl SimNode {
                 context,
                 w: put.w,
                 pw: put.pw,
-                outstanding: remotes.len(),
+                outstanding: roles.len(),
                 acked: u32::from(local.is_some()),
                 primaries_acked: u32::from(local == Some(Role::Primary)),
                 unreachable: false,
@@ -1555,6 +1666,7 @@ impl SimNode {
         if let Some(decision) = decision {
             self.finish_put(round_id, decision, out);
         }
+        round_id
     }
 
     /// Acts on a put round's decision. An unreachable quorum is answered

@@ -132,6 +132,11 @@ enum Event {
         node: usize,
         incarnation: u64,
     },
+    /// The disk finished syncing the batch the node wrote.
+    Synced {
+        node: usize,
+        incarnation: u64,
+    },
     /// One of the node's periodic loops ticks.
     Tick {
         node: usize,
@@ -672,6 +677,7 @@ impl Sim {
                 Some(*node).filter(|&n| self.up[n] && self.paused[n])
             }
             Event::Commit { node, incarnation }
+            | Event::Synced { node, incarnation }
             | Event::BackgroundSync { node, incarnation }
             | Event::Tick {
                 node, incarnation, ..
@@ -747,6 +753,17 @@ impl Sim {
                 let mut out = Vec::new();
                 self.nodes[node].commit(&self.cluster, self.now_ms, &mut out);
                 self.check_applied_writes(node);
+                self.apply(node, out);
+                self.schedule_background_sync(node);
+            }
+            Event::Synced { node, incarnation } => {
+                if !self.is_current(node, incarnation) {
+                    return;
+                }
+                self.trace
+                    .record(format!("{} n{node} batch synced", self.now_ms));
+                let mut out = Vec::new();
+                self.nodes[node].synced(&self.cluster, self.now_ms, &mut out);
                 self.apply(node, out);
                 self.schedule_background_sync(node);
             }
@@ -1097,6 +1114,12 @@ impl Sim {
                         let incarnation = self.incarnation[node];
                         self.push(at, Event::Commit { node, incarnation });
                     }
+                }
+                Effect::SyncNeeded => {
+                    let (low, high) = self.config.disk_commit_ms;
+                    let at = self.now_ms + self.rng.between(low, high);
+                    let incarnation = self.incarnation[node];
+                    self.push(at, Event::Synced { node, incarnation });
                 }
             }
         }

@@ -220,15 +220,34 @@ fn buffered_scenario(seed: u64, bug: Option<PlantedBug>) -> Run {
 #[test]
 fn checker_catches_buffered_dot_reuse_after_a_crash() {
     let (seed, Run { report, .. }, _) = first_caught(
-        "BufferedActorIsNodeId",
+        "PrimaryActorIsNodeId",
         ViolationKind::LostWrite,
-        with_bug(buffered_scenario, PlantedBug::BufferedActorIsNodeId),
+        with_bug(buffered_scenario, PlantedBug::PrimaryActorIsNodeId),
     );
     assert!(
         report.has(ViolationKind::LostWrite),
         "seed {seed}: expected a lost write:\n{report}"
     );
-    println!("BufferedActorIsNodeId caught on seed {seed}:\n{report}");
+    println!("PrimaryActorIsNodeId caught on seed {seed}:\n{report}");
+}
+
+/// The same bug with synced writes: a coordinator sends a write to the
+/// other replicas before its own sync, so a crash in between loses its
+/// copy while they keep it, and the restarted node, counting on from what
+/// it still has, reissues the dot (the crash scenario, where no
+/// acknowledged write may be lost, catches it).
+#[test]
+fn checker_catches_synced_dot_reuse_after_a_crash_before_the_local_sync() {
+    let (seed, Run { report, .. }, _) = first_caught(
+        "PrimaryActorIsNodeId",
+        ViolationKind::LostWrite,
+        with_bug(crash_scenario, PlantedBug::PrimaryActorIsNodeId),
+    );
+    assert!(
+        report.has(ViolationKind::LostWrite),
+        "seed {seed}: expected a lost write:\n{report}"
+    );
+    println!("PrimaryActorIsNodeId (sync) caught on seed {seed}:\n{report}");
 }
 
 /// Check (b), nothing resurrected: a replica whose merge keeps its own

@@ -10,9 +10,14 @@
 //!    value — the value written by an earlier job of the same batch, else
 //!    the one in storage — so concurrent updates of one key never
 //!    overwrite each other;
-//! 3. write all changes as one [`WriteBatch`], `Sync` if any job asked for
-//!    it, else `Buffered`;
-//! 4. call every job's [`Job::done`] with the outcome.
+//! 3. write all changes as one [`WriteBatch`], visible to reads from then
+//!    on, and call every job's [`Job::written`];
+//! 4. sync, if any job asked for `Sync`;
+//! 5. call every job's [`Job::done`] with the outcome.
+//!
+//! Step 3 comes before the sync so that a job's owner can act on the
+//! written value while the sync runs (a coordinator sends the new version
+//! to the other replicas), and hears `done` once it is durable.
 //!
 //!
 //! A `Buffered` job submitted with [`GroupCommitter::run_or_submit`] while
@@ -54,6 +59,12 @@ pub trait Job: Send + 'static {
     /// Called once, in the committer thread, with the key's current value
     /// (including the changes of earlier jobs of the same batch).
     fn apply(&mut self, current: Option<&[u8]>) -> Change;
+
+    /// Called once the batch holding this job is written and visible to
+    /// reads, before it is synced; not called if the write (or the job's
+    /// read) failed. `done` follows. Runs in the committer thread, like
+    /// `done`. A crash before the sync can still lose the change.
+    fn written(&mut self) {}
 
     /// Called once the batch holding this job is durable (or failed).
     /// Never called before the data is synced when the job asked for
@@ -165,6 +176,12 @@ impl PendingJob {
             .as_mut()
             .expect("a pending job is present until reported")
             .apply(current)
+    }
+
+    fn written(&mut self) {
+        if let Some(job) = self.job.as_mut() {
+            job.written();
+        }
     }
 
     fn finish(mut self, result: Result<(), StorageError>) {
@@ -505,7 +522,17 @@ impl Committer {
             }
         }
 
-        let result = self.write(&write_batch, durability);
+        let mut result = self.write(&write_batch);
+        if result.is_ok() {
+            for (submission, read_error) in batch.iter_mut().zip(&read_errors) {
+                if read_error.is_none() {
+                    submission.job.written();
+                }
+            }
+            if durability == Durability::Sync {
+                result = self.sync(write_batch.is_empty());
+            }
+        }
         for (submission, read_error) in batch.drain(..).zip(read_errors) {
             let job_result = match read_error {
                 Some(error) => Err(error),
@@ -517,27 +544,41 @@ impl Committer {
         }
     }
 
-    /// Writes the batch's changes. A batch with no changes still syncs if
-    /// a job asked for `Sync` and an earlier Buffered commit is pending, so
-    /// that what the job read is durable before it is told so.
-    fn write(&mut self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
-        let result = if !batch.is_empty() {
-            self.storage.write(batch, durability)
-        } else if durability == Durability::Sync && self.unsynced {
-            self.storage.sync()
-        } else {
+    /// Writes the batch's changes, unsynced (`sync` follows for a batch
+    /// with a `Sync` job).
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        if batch.is_empty() {
             return Ok(());
-        };
+        }
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        let result = self.storage.write(batch, Durability::Buffered);
         match &result {
-            Ok(()) => match durability {
-                Durability::Sync => {
-                    self.unsynced = false;
-                    self.last_sync = Instant::now();
-                    self.counters.synced_batches.fetch_add(1, Ordering::Relaxed);
-                }
-                Durability::Buffered => self.unsynced = true,
-            },
+            Ok(()) => self.unsynced = true,
+            Err(_) => {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Makes every earlier write durable, for a batch with a `Sync` job. A
+    /// batch with no changes still syncs if an earlier Buffered commit is
+    /// pending, so that what the job read is durable before it is told so;
+    /// that sync alone counts as the batch's commit (`counts_as_commit`).
+    fn sync(&mut self, counts_as_commit: bool) -> Result<(), StorageError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if counts_as_commit {
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        let result = self.storage.sync();
+        match &result {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                self.counters.synced_batches.fetch_add(1, Ordering::Relaxed);
+            }
             Err(_) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             }

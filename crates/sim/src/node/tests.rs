@@ -62,10 +62,23 @@ fn ack(id: RequestId) -> Payload {
     }
 }
 
-/// A coordinator (the key's first primary) that committed `key` and sent
-/// it to the other primaries; returns the node, the replica requests and
-/// the round's timer.
+/// A coordinator (the key's first primary) that committed and synced
+/// `key` and sent it to the other primaries; returns the node, the replica
+/// requests and the round's timer.
 fn coordinated_put(
+    cluster: &Cluster,
+    key: &str,
+) -> (SimNode, Vec<(NodeId, RequestId, PeerRequest)>, Timer) {
+    let (mut node, sent, timer) = written_put(cluster, key);
+    let mut out = Vec::new();
+    node.synced(cluster, 1, &mut out);
+    assert!(client_replies(&out).is_empty(), "{out:?}");
+    (node, sent, timer)
+}
+
+/// As `coordinated_put`, but the coordinator's own copy is written and
+/// not synced yet.
+fn written_put(
     cluster: &Cluster,
     key: &str,
 ) -> (SimNode, Vec<(NodeId, RequestId, PeerRequest)>, Timer) {
@@ -87,8 +100,16 @@ fn coordinated_put(
     assert!(matches!(out[..], [Effect::CommitNeeded]));
     out.clear();
     node.commit(cluster, 1, &mut out);
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::SyncNeeded)),
+        "the batch waits for its sync: {out:?}"
+    );
     let sent = requests(&out);
-    assert_eq!(sent.len(), 2, "the other two primaries get the object");
+    assert_eq!(
+        sent.len(),
+        2,
+        "the other two primaries get the object before the sync"
+    );
     assert!(
         sent.iter()
             .all(|(_, _, r)| matches!(r, PeerRequest::ReplicaPut { .. }))
@@ -122,6 +143,56 @@ fn a_put_is_answered_after_w_acks_and_a_duplicate_ack_counts_once() {
         client_replies(&out)[..],
         [ClientReply::Written { .. }]
     ));
+}
+
+#[test]
+fn the_coordinators_own_copy_counts_once_synced() {
+    let cluster = cluster(3, 2);
+    let (mut node, sent, _) = written_put(&cluster, "k");
+    let mut out = Vec::new();
+    node.receive(&cluster, 2, sent[0].0, ack(sent[0].1), &mut out);
+    assert!(
+        client_replies(&out).is_empty(),
+        "one replica synced, the coordinator's copy is not yet: {out:?}"
+    );
+    node.synced(&cluster, 3, &mut out);
+    assert!(matches!(
+        client_replies(&out)[..],
+        [ClientReply::Written { .. }]
+    ));
+}
+
+#[test]
+fn a_crash_before_the_sync_gives_the_restarted_coordinator_a_new_actor() {
+    let cluster = cluster(3, 2);
+    let storage = MemoryStorage::new();
+    let coordinator = cluster.primaries(SIM_BUCKET, b"k")[0];
+    let mut node = SimNode::new(coordinator, storage.clone(), 0, 0, &cluster, SimRng::new(1));
+    let mut out = Vec::new();
+    node.execute(&cluster, 1, put("k"), ReplyTo::Client(0), true, &mut out);
+    out.clear();
+    node.commit(&cluster, 1, &mut out);
+    let dot_of = |request: &PeerRequest| match request {
+        PeerRequest::ReplicaPut { object, .. } => Object::decode(object).unwrap().siblings()[0].dot,
+        other => panic!("not a replica put: {other:?}"),
+    };
+    let first = dot_of(&requests(&out)[0].2);
+    // The process dies before its sync: its copy is gone, the others
+    // hold the write.
+    storage.crash();
+    let partition = cluster.partition(SIM_BUCKET, b"k");
+    assert_eq!(
+        read_object(&storage, partition, SIM_BUCKET, b"k").unwrap(),
+        None
+    );
+    let mut node = SimNode::new(coordinator, storage, 1, 2, &cluster, SimRng::new(2));
+    out.clear();
+    node.execute(&cluster, 3, put("k"), ReplyTo::Client(1), true, &mut out);
+    out.clear();
+    node.commit(&cluster, 3, &mut out);
+    let second = dot_of(&requests(&out)[0].2);
+    assert_ne!(second, first, "a dot is never issued twice");
+    assert_ne!(second.replica, coordinator);
 }
 
 #[test]
@@ -229,6 +300,11 @@ fn run_until_quiet(cluster: &Cluster, nodes: &mut [SimNode], from: NodeId, effec
             Effect::CommitNeeded => {
                 let node = nodes.iter_mut().find(|n| n.id == at).expect("a member");
                 node.commit(cluster, 1, &mut out);
+                at
+            }
+            Effect::SyncNeeded => {
+                let node = nodes.iter_mut().find(|n| n.id == at).expect("a member");
+                node.synced(cluster, 1, &mut out);
                 at
             }
             Effect::Timer { .. } | Effect::ReplyToClient { .. } => continue,

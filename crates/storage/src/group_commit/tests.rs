@@ -51,9 +51,10 @@ impl Storage for SlowStorage {
     }
 }
 
-/// Delegates to a [`MemoryStorage`]; every `write` and `sync` first reports
-/// on `entered`, then waits for one message on `release`. Reads of the key
-/// `unreadable` fail.
+/// Delegates to a [`MemoryStorage`]; every `write` first reports on
+/// `entered`, then waits for one message on `release` (a batch's sync
+/// follows its write, so the gate holds the committer either way). Reads
+/// of the key `unreadable` fail.
 struct GatedStorage {
     inner: MemoryStorage,
     entered: SyncSender<()>,
@@ -109,7 +110,6 @@ impl Storage for GatedStorage {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        self.pass_gate();
         self.inner.sync()
     }
 
@@ -690,4 +690,63 @@ fn a_buffered_job_runs_inline_when_no_batch_is_running() {
         memory.get_durable(Space::Data(1), b"k").unwrap().as_deref(),
         Some(&b"w"[..])
     );
+}
+
+/// A step of a job, with the key's value then (readable, durable).
+type Step = (&'static str, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Reports what storage held when `written` and `done` ran.
+struct StepsJob {
+    storage: MemoryStorage,
+    steps: SyncSender<Step>,
+}
+
+impl StepsJob {
+    fn report(&self, step: &'static str) {
+        let live = self.storage.get(Space::Meta, b"k").unwrap();
+        let durable = self.storage.get_durable(Space::Meta, b"k").unwrap();
+        self.steps.send((step, live, durable)).unwrap();
+    }
+}
+
+impl Job for StepsJob {
+    fn apply(&mut self, _current: Option<&[u8]>) -> Change {
+        Change::Put(b"v".to_vec())
+    }
+
+    fn written(&mut self) {
+        self.report("written");
+    }
+
+    fn done(self: Box<Self>, result: Result<(), StorageError>) {
+        self.report(if result.is_ok() { "done" } else { "failed" });
+    }
+}
+
+#[test]
+fn a_sync_job_hears_written_before_the_sync_and_done_after_it() {
+    let memory = MemoryStorage::new();
+    let committer = GroupCommitter::start(Arc::new(memory.clone()), GroupCommitOptions::default());
+    let (steps, step_receiver) = sync_channel(4);
+    let job = Box::new(StepsJob {
+        storage: memory.clone(),
+        steps: steps.clone(),
+    });
+    committer
+        .submit(Space::Meta, b"k".to_vec(), Durability::Sync, job)
+        .unwrap();
+    let v = Some(b"v".to_vec());
+    assert_eq!(recv(&step_receiver), ("written", v.clone(), None));
+    assert_eq!(recv(&step_receiver), ("done", v.clone(), v.clone()));
+
+    // A failed write is never reported as written.
+    memory.fail_writes(true);
+    let job = Box::new(StepsJob {
+        storage: memory.clone(),
+        steps,
+    });
+    committer
+        .submit(Space::Meta, b"k2".to_vec(), Durability::Sync, job)
+        .unwrap();
+    assert_eq!(recv(&step_receiver).0, "failed");
 }
