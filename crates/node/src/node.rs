@@ -454,6 +454,8 @@ impl Node {
         // stamps and sends the write, but does not count as a replica.
         // (An object's encoding adds its clock and metadata to the value.)
         let hint_store_full = local_hint_for.is_some() && self.hint_store_full(value_bytes + 64);
+        let remotes: Vec<PlannedReplica> =
+            plan.iter().filter(|r| r.node != self.id).copied().collect();
         let stored = match local_hint_for {
             // A fallback coordinating for a primary that is down: the
             // write lives in the hint store until it is handed off.
@@ -484,9 +486,10 @@ impl Node {
                 )
                 .await
                 .map(|(result, new_hint)| (result, new_hint, None)),
-            // A replica's copy: sent to the other replicas as soon as it is
-            // written, and counted once its sync is done.
-            None => self
+            // A replica's copy with a sync to wait for, and other replicas
+            // to send to: sent as soon as it is written, and counted once
+            // its sync is done.
+            None if durability == DurabilityMode::Sync && !remotes.is_empty() => self
                 .store
                 .update_written(
                     partition,
@@ -498,8 +501,20 @@ impl Node {
                 )
                 .await
                 .map(|(result, durable)| (result, false, Some(durable))),
+            None => self
+                .store
+                .update(
+                    partition,
+                    &bucket,
+                    &key,
+                    effective.n as u32,
+                    durability,
+                    move |current| update(current.as_ref()),
+                )
+                .await
+                .map(|result| (result, false, None)),
         };
-        let (object, local_durable) = match stored {
+        let (object, local_sync) = match stored {
             Ok((Ok(object), new_hint, durable)) => {
                 if new_hint {
                     self.hint_stored();
@@ -519,24 +534,8 @@ impl Node {
             }
             Err(e) => return ClientReply::Failed(self.store_failure(e)),
         };
-        let remotes: Vec<PlannedReplica> =
-            plan.iter().filter(|r| r.node != self.id).copied().collect();
         let mut roles: Vec<Role> = remotes.iter().map(|r| r.role()).collect();
         let local_role = mine.map(|m| m.role()).filter(|_| !hint_store_full);
-        // The local copy's sync runs alongside the remote writes when there
-        // are any and it has one to wait for; otherwise it is awaited here.
-        let local_sync = match local_durable {
-            Some(durable) if durability == DurabilityMode::Sync && !remotes.is_empty() => {
-                Some(durable)
-            }
-            Some(durable) => {
-                if let Err(e) = durable.wait().await {
-                    return ClientReply::Failed(self.store_failure(e));
-                }
-                None
-            }
-            None => None,
-        };
         let local_acked = local_role.filter(|_| local_sync.is_none());
         if let (Some(role), Some(_)) = (local_role, &local_sync) {
             roles.push(role);

@@ -182,11 +182,17 @@ impl LocalStore {
         durability: DurabilityMode,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
     ) -> Result<Result<Object, E>, StoreError> {
-        let (outcome, durable) = self
-            .update_written(partition, bucket, key, n, durability, update)
-            .await?;
-        durable.wait().await?;
-        Ok(outcome)
+        let (tx, rx) = oneshot::channel();
+        self.submit_update(
+            partition,
+            bucket,
+            key,
+            n,
+            durability,
+            update,
+            Reply::Done(tx),
+        )?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// As [`update`](Self::update), but returns as soon as the new object
@@ -204,24 +210,41 @@ impl LocalStore {
     ) -> Result<(Result<Object, E>, Durable), StoreError> {
         let (written_tx, written_rx) = oneshot::channel();
         let (durable_tx, durable_rx) = oneshot::channel();
+        let reply = Reply::Staged {
+            written: Some(written_tx),
+            durable: durable_tx,
+        };
+        self.submit_update(partition, bucket, key, n, durability, update, reply)?;
+        let outcome = written_rx.await.map_err(|_| StoreError::Closed)??;
+        Ok((outcome, Durable(durable_rx)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit_update<E: Send + 'static>(
+        &self,
+        partition: u32,
+        bucket: &str,
+        key: &[u8],
+        n: u32,
+        durability: DurabilityMode,
+        update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
+        reply: Reply<E>,
+    ) -> Result<(), StoreError> {
         let raw_key = object_key(bucket, key);
         let job = UpdateJob {
             update: Some(Box::new(update)),
             outcome: None,
-            written: Some(written_tx),
-            durable: durable_tx,
+            reply,
             tree: self.trees.tree(partition, n),
             raw_key: raw_key.clone(),
             digest: None,
         };
-        self.committer.run_or_submit(
+        Ok(self.committer.run_or_submit(
             Space::Data(partition),
             raw_key,
             storage_durability(durability),
             Box::new(job),
-        )?;
-        let outcome = written_rx.await.map_err(|_| StoreError::Closed)??;
-        Ok((outcome, Durable(durable_rx)))
+        )?)
     }
 
     pub fn stats(&self) -> ringkv_storage::GroupCommitStats {
@@ -308,13 +331,24 @@ impl Durable {
     }
 }
 
+type Outcome<E> = Result<Result<Object, E>, StoreError>;
+
+/// Where an update's outcome goes.
+enum Reply<E> {
+    /// All of it once durable (or failed).
+    Done(oneshot::Sender<Outcome<E>>),
+    /// The outcome once the batch is written (or, if it never is, the
+    /// failure), then whether it became durable.
+    Staged {
+        written: Option<oneshot::Sender<Outcome<E>>>,
+        durable: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
 struct UpdateJob<E> {
     update: Option<UpdateFn<E>>,
-    outcome: Option<Result<Result<Object, E>, StoreError>>,
-    /// Told the outcome once the batch is written (or, if it never is, of
-    /// the failure).
-    written: Option<oneshot::Sender<Result<Result<Object, E>, StoreError>>>,
-    durable: oneshot::Sender<Result<(), StoreError>>,
+    outcome: Option<Outcome<E>>,
+    reply: Reply<E>,
     tree: Arc<Mutex<MerkleTree>>,
     raw_key: Vec<u8>,
     /// Digest of the bytes written, recorded in the tree once durable.
@@ -348,7 +382,9 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
     }
 
     fn written(&mut self) {
-        if let Some(written) = self.written.take() {
+        if let Reply::Staged { written, .. } = &mut self.reply
+            && let Some(written) = written.take()
+        {
             let outcome = self.outcome.take().unwrap_or(Err(StoreError::Closed));
             // The requester may have given up (timeout); nothing to do then.
             let _ = written.send(outcome);
@@ -356,14 +392,6 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
     }
 
     fn done(mut self: Box<Self>, result: Result<(), StorageError>) {
-        if let Some(written) = self.written.take() {
-            // Never written: the outcome is the failure.
-            let outcome = match &result {
-                Err(e) => Err(StoreError::Storage(e.clone())),
-                Ok(()) => self.outcome.take().unwrap_or(Err(StoreError::Closed)),
-            };
-            let _ = written.send(outcome);
-        }
         if result.is_ok()
             && let Some(digest) = self.digest
         {
@@ -372,7 +400,22 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
                 .expect("tree lock")
                 .insert(&self.raw_key, digest);
         }
-        let _ = self.durable.send(result.map_err(StoreError::Storage));
+        let outcome = match &result {
+            Err(e) => Err(StoreError::Storage(e.clone())),
+            Ok(()) => self.outcome.take().unwrap_or(Err(StoreError::Closed)),
+        };
+        match self.reply {
+            Reply::Done(reply) => {
+                let _ = reply.send(outcome);
+            }
+            Reply::Staged { written, durable } => {
+                // Never written: the outcome is the failure.
+                if let Some(written) = written {
+                    let _ = written.send(outcome);
+                }
+                let _ = durable.send(result.map_err(StoreError::Storage));
+            }
+        }
     }
 }
 
