@@ -293,7 +293,7 @@ pub async fn run_http(
         let issued = match source.next(Instant::now()) {
             Next::Stop => break,
             Next::Wait(at) => {
-                tokio::time::sleep_until(at.into()).await;
+                settings.pacer.sleep_until(at).await;
                 continue;
             }
             Next::Issue(issued) => issued,

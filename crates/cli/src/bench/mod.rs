@@ -9,6 +9,7 @@
 //! `slot`, `stats`, `resp_reply`. I/O: `http_conn`, `resp_conn`, and `run` here.
 
 mod http_conn;
+mod pacer;
 mod report;
 mod resp_conn;
 mod resp_reply;
@@ -208,6 +209,8 @@ pub struct Settings {
     pub completed: AtomicU64,
     /// Of which recorded.
     pub recorded: AtomicU64,
+    /// Wakes open-loop slots at their intended start times.
+    pub pacer: pacer::Pacer,
 }
 
 impl Settings {
@@ -268,6 +271,7 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
         timeout,
         completed: AtomicU64::new(0),
         recorded: AtomicU64::new(0),
+        pacer: pacer::Pacer::start().context("while starting the pacing thread")?,
     });
 
     let preload = if args.preload {

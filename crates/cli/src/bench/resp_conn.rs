@@ -150,7 +150,7 @@ impl Connection<'_> {
                 tokio::select! {
                     result = reader.read_buf(&mut self.read_buffer), if !self.in_flight.is_empty() => Event::Read(result),
                     result = writer.write_buf(&mut self.write_buffer), if !self.write_buffer.is_empty() => Event::Wrote(result),
-                    () = sleep_until(wake), if wake.is_some() => Event::Wake,
+                    () = self.settings.pacer.sleep_until(wake.unwrap_or(now)), if wake.is_some() => Event::Wake,
                     () = sleep_until(expires), if expires.is_some() => Event::Expired,
                     else => Event::Wake,
                 }
