@@ -225,13 +225,22 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("while starting the runtime")?;
-            runtime.block_on(async {
+            let node = runtime.block_on(async {
                 let running = ringkv_node::start(config).await?;
                 tracing::info!(http = %running.http_addr, resp = %running.resp_addr, "ringkv node ready");
                 shutdown_signal().await;
                 tracing::info!("shutting down");
-                anyhow::Ok(())
-            })
+                anyhow::Ok(running.node)
+            })?;
+            // Every task stops (requests in flight are dropped, as a client
+            // disconnect would); then the queued writes finish and are synced.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            if ringkv_node::stop_cleanly(node) {
+                tracing::info!("stopped cleanly");
+            } else {
+                tracing::warn!("not stopped cleanly: the next start takes a new write actor");
+            }
+            Ok(())
         }
         Command::DevCluster(args) => {
             init_logging();

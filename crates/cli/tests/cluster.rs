@@ -556,3 +556,51 @@ fn metrics_and_cluster_view() {
         },
     );
 }
+
+/// The (actor, counter) entries of a context token.
+fn entries(context: &str) -> Vec<(u64, u64)> {
+    ringkv_core::causality::decode_context(context)
+        .unwrap()
+        .iter()
+        .collect()
+}
+
+/// A primary stamps writes with an actor that survives a clean stop
+/// (SIGTERM) but not a kill -9: a crash may have lost writes the node had
+/// sent to other replicas before syncing them, and the restarted node must
+/// not issue their dots again.
+#[test]
+fn the_write_actor_survives_a_clean_stop_and_changes_after_a_crash() {
+    let mut cluster = Cluster::start(1);
+    let node = &mut cluster.nodes[0];
+    let put = |node: &support::TestNode, value: &[u8], context: Option<&str>| {
+        node.client()
+            .put("actors", b"k", value, "text/plain", context, None)
+            .unwrap()
+    };
+    let first = put(node, b"1", None);
+    let [(actor, 1)] = entries(&first)[..] else {
+        panic!("one actor, counter 1: {:?}", entries(&first));
+    };
+
+    node.stop();
+    assert!(node.log().contains("stopped cleanly"), "{}", node.log());
+    node.start(None);
+    let second = put(node, b"2", Some(&first));
+    assert_eq!(entries(&second), [(actor, 2)], "the same actor counts on");
+
+    node.kill9();
+    node.start(None);
+    let third = put(node, b"3", Some(&second));
+    let after_crash = entries(&third);
+    assert_eq!(after_crash.len(), 2, "{after_crash:?}");
+    assert!(after_crash.contains(&(actor, 2)), "{after_crash:?}");
+    assert!(
+        after_crash.iter().any(|&(a, n)| a != actor && n == 1),
+        "a new actor after the crash: {after_crash:?}"
+    );
+    match node.client().get("actors", b"k", None).unwrap() {
+        GetResult::Found { value, .. } => assert_eq!(value, b"3"),
+        other => panic!("expected one value, got {other:?}"),
+    }
+}

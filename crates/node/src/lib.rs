@@ -30,7 +30,7 @@ use tracing::{info, warn};
 pub use config::NodeConfig;
 pub use node::Node;
 
-use crate::node::{META_BUCKETS, META_IDENTITY, META_LAYOUT};
+use crate::node::{META_ACTOR, META_BUCKETS, META_IDENTITY, META_LAYOUT};
 use crate::store::LocalStore;
 use crate::transport::Peers;
 
@@ -41,6 +41,20 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(60);
 struct Identity {
     id: NodeId,
     name: String,
+}
+
+/// The actor id that stamps the writes this node coordinates as a primary,
+/// and whether the process that used it last stopped cleanly. A primary
+/// sends a write to the other replicas before its own copy is synced (and
+/// with buffered durability acknowledges before), so a crash can lose a
+/// copy that other replicas hold: a restarted node counting on from what
+/// it kept would issue that dot again. Hence a new actor after every stop
+/// that was not clean; a clean stop first syncs every write, so its actor
+/// lives on.
+#[derive(Serialize, Deserialize)]
+struct ActorRecord {
+    actor: NodeId,
+    clean_stop: bool,
 }
 
 const META_FORMAT: u8 = 1;
@@ -124,6 +138,31 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     };
 
+    let actor = match store.meta_get(META_ACTOR)? {
+        Some(bytes) => {
+            let record: ActorRecord = decode_meta("actor", &bytes)?;
+            record.clean_stop.then_some(record.actor)
+        }
+        None => None,
+    };
+    let actor = match actor {
+        Some(actor) => actor,
+        None => {
+            let actor = rand::random::<u64>().max(1);
+            info!(
+                actor = format!("{actor:016x}"),
+                "new write actor (first start or unclean stop)"
+            );
+            actor
+        }
+    };
+    // From here on a crash is an unclean stop.
+    let record = ActorRecord {
+        actor,
+        clean_stop: false,
+    };
+    store.meta_put_sync(META_ACTOR, encode_meta(&record))?;
+
     let bind = |addr: &str, what: &str| {
         let addr = addr.to_string();
         let what = what.to_string();
@@ -173,6 +212,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let node = Node::new(
         config.clone(),
         identity.id,
+        actor,
         me.clone(),
         store,
         peers,
@@ -233,6 +273,41 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         http_addr,
         resp_addr,
     })
+}
+
+/// After the runtime that served `node` has shut down (no task holds it any
+/// more): finishes the queued writes, syncs, and records a clean stop, so
+/// that the next start keeps this node's write actor. Returns `false`, and
+/// records nothing, if something still holds the node or the sync failed;
+/// the next start then takes a new actor, which is always safe.
+pub fn stop_cleanly(node: Arc<Node>) -> bool {
+    let Ok(node) = Arc::try_unwrap(node) else {
+        return false;
+    };
+    let actor = node.actor();
+    let Some(storage) = node.into_store().close() else {
+        return false;
+    };
+    let record = ActorRecord {
+        actor,
+        clean_stop: true,
+    };
+    let mut batch = ringkv_storage::WriteBatch::default();
+    batch.put(
+        ringkv_storage::Space::Meta,
+        META_ACTOR.as_bytes().to_vec(),
+        encode_meta(&record),
+    );
+    match storage
+        .sync()
+        .and_then(|()| storage.write(&batch, ringkv_storage::Durability::Sync))
+    {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "could not record a clean stop");
+            false
+        }
+    }
 }
 
 async fn join(peers: &Peers, seeds: &[String], me: &Member) -> anyhow::Result<Layout> {

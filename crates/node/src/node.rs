@@ -35,6 +35,7 @@ pub(crate) use ringkv_core::hint::split_object_key;
 pub const META_IDENTITY: &str = "identity";
 pub const META_LAYOUT: &str = "layout";
 pub const META_BUCKETS: &str = "buckets";
+pub const META_ACTOR: &str = "actor";
 
 /// Extra time a forwarding node waits beyond the operation's own timeout.
 const FORWARD_GRACE: Duration = Duration::from_millis(500);
@@ -55,9 +56,9 @@ pub struct Node {
     layout: RwLock<Arc<Layout>>,
     buckets: RwLock<Arc<BucketRegistry>>,
     membership: tokio::sync::Mutex<()>,
-    /// Random per process start: the actor of the writes this node
-    /// coordinates as a primary.
-    incarnation: NodeId,
+    /// The actor of the writes this node coordinates as a primary: kept
+    /// across clean stops, new after any other (see `start`).
+    actor: NodeId,
     detector: Mutex<FailureDetector>,
     pub metrics: Metrics,
 }
@@ -111,9 +112,11 @@ fn bad_request(e: InvalidInput) -> OpError {
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: NodeConfig,
         id: NodeId,
+        actor: NodeId,
         me: Member,
         store: LocalStore,
         peers: Arc<Peers>,
@@ -131,10 +134,20 @@ impl Node {
             layout: RwLock::new(Arc::new(layout)),
             buckets: RwLock::new(Arc::new(buckets)),
             membership: tokio::sync::Mutex::new(()),
-            incarnation: rand::random::<u64>().max(1),
+            actor,
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             metrics,
         })
+    }
+
+    /// The actor of the writes this node coordinates as a primary.
+    pub fn actor(&self) -> NodeId {
+        self.actor
+    }
+
+    /// The node's store, the rest dropped (for a clean stop).
+    pub(crate) fn into_store(self) -> LocalStore {
+        self.store
     }
 
     pub fn layout(&self) -> Arc<Layout> {
@@ -413,14 +426,14 @@ impl Node {
         // twice, and a coordinator derives its counter from its local copy
         // of the key, so the actor changes whenever that copy may miss dots
         // the actor already issued (found by the simulator):
-        // - a primary: this process's incarnation id (the new version goes
-        //   out to the other replicas before its local sync, and with
-        //   buffered durability without one, so a crash can lose the local
-        //   copy that others already hold);
+        // - a primary: its actor id, new after every unclean stop (the new
+        //   version goes out to the other replicas before its local sync,
+        //   and with buffered durability without one, so a crash can lose
+        //   the local copy that others already hold);
         // - a fallback or a node outside the plan: a fresh id per write (its
         //   hint copy is deleted once handed off).
         let actor = match mine.map(|m| m.role()) {
-            Some(Role::Primary) => self.incarnation,
+            Some(Role::Primary) => self.actor,
             _ => rand::random::<u64>().max(1),
         };
         let (id, mode, max_siblings, now) = (

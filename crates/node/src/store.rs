@@ -307,6 +307,19 @@ impl LocalStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Finishes the queued writes and stops the committer: the storage
+    /// then holds every write made through this store, synced. `None` if
+    /// other handles to the store still exist (nothing was stopped).
+    pub fn close(self) -> Option<Arc<dyn Storage>> {
+        let LocalStore {
+            storage, committer, ..
+        } = self;
+        if !committer.close() {
+            return None;
+        }
+        Some(storage)
+    }
+
     pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.storage.get(Space::Meta, name.as_bytes())?)
     }

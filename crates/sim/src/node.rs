@@ -483,8 +483,9 @@ enum Pending {
 
 pub struct SimNode {
     pub id: NodeId,
-    /// Random per process start (the node's `incarnation`): the actor of
-    /// writes this node coordinates as a primary.
+    /// Random per process start: the actor of writes this node
+    /// coordinates as a primary (the node's `actor`, which it keeps across
+    /// clean stops; the simulator's restarts all follow crashes).
     pub incarnation_actor: NodeId,
     /// This process's random ids (the node's `rand::random`), forked from
     /// the run's seed at each start.
@@ -575,7 +576,7 @@ impl SimNode {
     /// `coordinate_put` in the node). A dot must never be issued twice, and
     /// a coordinator counts on from its local copy of the key, so the actor
     /// changes whenever that copy may miss dots the actor already issued:
-    /// the incarnation id for a primary (its copy goes out before its sync,
+    /// the incarnation actor for a primary (its copy goes out before its sync,
     /// or has none with buffered durability, so a crash can lose the copy
     /// others hold); a fresh id per write for a fallback or a node outside
     /// the plan (its hint copy is deleted once handed off).

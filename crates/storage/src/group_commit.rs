@@ -348,6 +348,19 @@ impl GroupCommitter {
         }
     }
 
+    /// Stops the committer thread once it has finished the queued jobs,
+    /// and waits for it; `false` (nothing stopped) if other handles still
+    /// exist.
+    pub fn close(self) -> bool {
+        match Arc::try_unwrap(self.shared) {
+            Ok(shared) => {
+                drop(shared);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     pub fn stats(&self) -> GroupCommitStats {
         let counters = &self.shared.counters;
         GroupCommitStats {

@@ -115,6 +115,17 @@ impl TestNode {
         }
     }
 
+    /// SIGTERM, then waits for the process to exit; it must exit with 0.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(status.success(), "kill -TERM {pid}");
+            let exited = child.wait().unwrap();
+            assert!(exited.success(), "{} exited with {exited}", self.name);
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
