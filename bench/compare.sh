@@ -136,6 +136,20 @@ HAS_BUFFERED=0
 if "$BIN" server --help 2>/dev/null | grep -q -- '--durability'; then HAS_BUFFERED=1; fi
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# Scheduling noise of the host while nothing of ours runs: how late a thread
+# that sleeps 1 ms wakes up (5 s of samples). Tail latencies here cannot be
+# lower than a few of these added up.
+say "measuring wake-up lateness of an idle thread (5 s)"
+WAKE_LATE=$(python3 -c '
+import time
+late = []
+end = time.monotonic() + 5
+while time.monotonic() < end:
+    t = time.perf_counter(); time.sleep(0.001); late.append(time.perf_counter() - t - 0.001)
+late.sort()
+q = lambda p: "%.2f" % (1000 * late[min(len(late) - 1, int(p * len(late)))])
+print("p50 %s ms, p99 %s ms, p99.9 %s ms, max %s ms (%d samples)" % (q(.5), q(.99), q(.999), q(1), len(late)))
+')
 # CPU time stolen by the hypervisor (other guests on the host) over the run.
 cpu_jiffies() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
 read -r CPU_TOTAL_START CPU_STEAL_START < <(cpu_jiffies)
@@ -406,7 +420,7 @@ read -r CPU_TOTAL_END CPU_STEAL_END < <(cpu_jiffies)
 CPU_STEAL_PCT=$(python3 -c "t=$CPU_TOTAL_END-$CPU_TOTAL_START; print(round(100*($CPU_STEAL_END-$CPU_STEAL_START)/t) if t else 0)")
 TOTAL_S=$(elapsed)
 say "writing $OUT"
-export RESULTS WORK OUT QUICK DURATION_S WARMUP_S CONNECTIONS VALUE_BYTES KEYS DISTRIBUTION RB_REQUESTS HAS_BUFFERED LOAD_START LOAD_END TOTAL_S ROUNDS ROUND_DURATION_S CPU_STEAL_PCT
+export WAKE_LATE RESULTS WORK OUT QUICK DURATION_S WARMUP_S CONNECTIONS VALUE_BYTES KEYS DISTRIBUTION RB_REQUESTS HAS_BUFFERED LOAD_START LOAD_END TOTAL_S ROUNDS ROUND_DURATION_S CPU_STEAL_PCT
 export MACHINE_NPROC="$(nproc)" MACHINE_KERNEL="$(uname -r)" MACHINE_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
 export MACHINE_CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)"
 export MACHINE_MEM="$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
