@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::Settings;
+use super::pacer::Pacer;
 use super::slot::{Next, SlotSource};
 use super::stats::{Outcome, Stats};
 use super::workload::{Op, OpKind, key_name};
@@ -289,11 +290,12 @@ pub async fn run_http(
     settings: &Settings,
 ) -> Stats {
     let mut stats = Stats::default();
+    let mut pacer = Pacer::new();
     loop {
         let issued = match source.next(Instant::now()) {
             Next::Stop => break,
             Next::Wait(at) => {
-                settings.pacer.sleep_until(at).await;
+                pacer.sleep_until(at).await;
                 continue;
             }
             Next::Issue(issued) => issued,

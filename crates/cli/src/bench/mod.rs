@@ -209,8 +209,6 @@ pub struct Settings {
     pub completed: AtomicU64,
     /// Of which recorded.
     pub recorded: AtomicU64,
-    /// Wakes open-loop slots at their intended start times.
-    pub pacer: pacer::Pacer,
 }
 
 impl Settings {
@@ -271,7 +269,6 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
         timeout,
         completed: AtomicU64::new(0),
         recorded: AtomicU64::new(0),
-        pacer: pacer::Pacer::start().context("while starting the pacing thread")?,
     });
 
     let preload = if args.preload {

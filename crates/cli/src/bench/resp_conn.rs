@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Settings;
+use super::pacer::Pacer;
 use super::resp_reply::{Reply, parse_reply};
 use super::slot::{Issued, Next, SlotSource};
 use super::stats::{Outcome, Stats};
@@ -59,6 +60,8 @@ struct Connection<'a> {
     read_buffer: BytesMut,
     write_buffer: BytesMut,
     key_buffer: String,
+    /// Wakes the connection when a waiting slot's start has come.
+    pacer: Pacer,
     stats: Stats,
 }
 
@@ -84,6 +87,7 @@ pub async fn run_resp(addr: &str, sources: Vec<SlotSource>, settings: &Settings)
         read_buffer: BytesMut::with_capacity(64 * 1024),
         write_buffer: BytesMut::with_capacity(16 * 1024),
         key_buffer: String::new(),
+        pacer: Pacer::new(),
         stats: Stats::default(),
     };
     connection.run(addr).await;
@@ -150,7 +154,7 @@ impl Connection<'_> {
                 tokio::select! {
                     result = reader.read_buf(&mut self.read_buffer), if !self.in_flight.is_empty() => Event::Read(result),
                     result = writer.write_buf(&mut self.write_buffer), if !self.write_buffer.is_empty() => Event::Wrote(result),
-                    () = self.settings.pacer.sleep_until(wake.unwrap_or(now)), if wake.is_some() => Event::Wake,
+                    () = self.pacer.sleep_until(wake.unwrap_or(now)), if wake.is_some() => Event::Wake,
                     () = sleep_until(expires), if expires.is_some() => Event::Expired,
                     else => Event::Wake,
                 }
