@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ringkv_client::{Client, GetResult};
-use support::{BIN, eventually, free_port};
+use support::{BIN, eventually, free_ports};
 
 #[test]
 fn server_without_flags_is_a_usable_single_node_store() {
@@ -88,19 +88,7 @@ fn cli_put_get_delete_and_cluster_status() {
 #[test]
 fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = |n: usize| {
-        // Three consecutive free ports, probed.
-        loop {
-            let base = free_port();
-            if base < 60000
-                && (0..n as u16)
-                    .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-            {
-                return base;
-            }
-        }
-    };
-    let (http, resp, peer) = (ports(3), ports(3), ports(3));
+    let (http, resp, peer) = (free_ports(3), free_ports(3), free_ports(3));
     let mut child = Command::new(BIN)
         .args(["dev-cluster", "--nodes", "3"])
         .arg("--data-dir")

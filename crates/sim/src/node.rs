@@ -1240,7 +1240,9 @@ impl SimNode {
                     context_in,
                     actor,
                     data: true,
-                } if sync && put.plan.iter().any(|r| r.node != self.id) => {
+                } if put.durability == DurabilityMode::Sync
+                    && put.plan.iter().any(|r| r.node != self.id) =>
+                {
                     let role = put.mine.map(|m| m.role());
                     let round = self
                         .start_put(cluster, put, object, new_hint, context_in, actor, true, out);

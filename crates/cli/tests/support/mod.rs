@@ -8,18 +8,41 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ringkv_client::Client;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
 
+/// A port for a server started by this test process. Taken below the
+/// kernel's ephemeral range (32768-60999 by default), so that no outgoing
+/// connection of a concurrent test gets it as its local port before the
+/// server binds it; never handed out twice by this process; free when
+/// picked. (Port 0 gave both races: a server failed to start with "address
+/// already in use".)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports, each as [`free_port`].
+pub fn free_ports(n: u16) -> u16 {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(u32::from(n), Ordering::Relaxed);
+        let base = LOW + (start + offset) % SPAN;
+        if base + u32::from(n) > LOW + SPAN {
+            continue;
+        }
+        let base = base as u16;
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} free ports in {LOW}..{}", LOW + SPAN);
 }
 
 /// Polls `check` until it returns Some or the deadline passes.
