@@ -466,18 +466,9 @@ impl Committer {
     /// Makes earlier Buffered commits durable (the bounded interval of
     /// buffered durability). A failure is logged; the next interval retries.
     fn background_sync(&mut self) {
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
-        match self.storage.sync() {
-            Ok(()) => {
-                self.unsynced = false;
-                self.last_sync = Instant::now();
-                self.counters.synced_batches.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => {
-                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-                self.last_sync = Instant::now();
-                tracing::error!(%error, "background sync of buffered writes failed");
-            }
+        if let Err(error) = self.sync(true) {
+            self.last_sync = Instant::now();
+            tracing::error!(%error, "background sync of buffered writes failed");
         }
     }
 
