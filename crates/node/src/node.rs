@@ -499,33 +499,24 @@ impl Node {
                 )
                 .await
                 .map(|(result, new_hint)| (result, new_hint, None)),
-            // A replica's copy with a sync to wait for, and other replicas
-            // to send to: sent as soon as it is written, and counted once
+            // A replica's copy with a sync to wait for and other replicas
+            // to send to goes out as soon as it is written, and counts once
             // its sync is done.
-            None if durability == DurabilityMode::Sync && !remotes.is_empty() => self
-                .store
-                .update_written(
-                    partition,
-                    &bucket,
-                    &key,
-                    effective.n as u32,
-                    durability,
-                    move |current| update(current.as_ref()),
-                )
-                .await
-                .map(|(result, durable)| (result, false, Some(durable))),
-            None => self
-                .store
-                .update(
-                    partition,
-                    &bucket,
-                    &key,
-                    effective.n as u32,
-                    durability,
-                    move |current| update(current.as_ref()),
-                )
-                .await
-                .map(|result| (result, false, None)),
+            None => {
+                let early = durability == DurabilityMode::Sync && !remotes.is_empty();
+                self.store
+                    .update_staged(
+                        partition,
+                        &bucket,
+                        &key,
+                        effective.n as u32,
+                        durability,
+                        early,
+                        move |current| update(current.as_ref()),
+                    )
+                    .await
+                    .map(|(result, durable)| (result, false, durable))
+            }
         };
         let (object, local_sync) = match stored {
             Ok((Ok(object), new_hint, durable)) => {

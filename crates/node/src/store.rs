@@ -182,54 +182,36 @@ impl LocalStore {
         durability: DurabilityMode,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
     ) -> Result<Result<Object, E>, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.submit_update(
-            partition,
-            bucket,
-            key,
-            n,
-            durability,
-            update,
-            Reply::Done(tx),
-        )?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let staged = self.update_staged(partition, bucket, key, n, durability, false, update);
+        Ok(staged.await?.0)
     }
 
-    /// As [`update`](Self::update), but returns as soon as the new object
-    /// is written and visible to reads, before it is synced: the
-    /// coordinator sends it to the other replicas while the sync runs.
+    /// As [`update`](Self::update); with `early`, returns as soon as the
+    /// new object is written and visible to reads, before its sync (the
+    /// coordinator sends it to the other replicas while the sync runs), and
     /// [`Durable::wait`] then tells whether it became durable.
-    pub async fn update_written<E: Send + 'static>(
-        &self,
-        partition: u32,
-        bucket: &str,
-        key: &[u8],
-        n: u32,
-        durability: DurabilityMode,
-        update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
-    ) -> Result<(Result<Object, E>, Durable), StoreError> {
-        let (written_tx, written_rx) = oneshot::channel();
-        let (durable_tx, durable_rx) = oneshot::channel();
-        let reply = Reply::Staged {
-            written: Some(written_tx),
-            durable: durable_tx,
-        };
-        self.submit_update(partition, bucket, key, n, durability, update, reply)?;
-        let outcome = written_rx.await.map_err(|_| StoreError::Closed)??;
-        Ok((outcome, Durable(durable_rx)))
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn submit_update<E: Send + 'static>(
+    pub async fn update_staged<E: Send + 'static>(
         &self,
         partition: u32,
         bucket: &str,
         key: &[u8],
         n: u32,
         durability: DurabilityMode,
+        early: bool,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
-        reply: Reply<E>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(Result<Object, E>, Option<Durable>), StoreError> {
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        let (reply, durable) = if early {
+            let (durable_tx, durable_rx) = oneshot::channel();
+            let reply = Reply::Staged {
+                written: Some(outcome_tx),
+                durable: durable_tx,
+            };
+            (reply, Some(Durable(durable_rx)))
+        } else {
+            (Reply::Done(outcome_tx), None)
+        };
         let raw_key = object_key(bucket, key);
         let job = UpdateJob {
             update: Some(Box::new(update)),
@@ -239,12 +221,14 @@ impl LocalStore {
             raw_key: raw_key.clone(),
             digest: None,
         };
-        Ok(self.committer.run_or_submit(
+        self.committer.run_or_submit(
             Space::Data(partition),
             raw_key,
             storage_durability(durability),
             Box::new(job),
-        )?)
+        )?;
+        let outcome = outcome_rx.await.map_err(|_| StoreError::Closed)??;
+        Ok((outcome, durable))
     }
 
     pub fn stats(&self) -> ringkv_storage::GroupCommitStats {
@@ -335,7 +319,7 @@ impl LocalStore {
 type UpdateFn<E> = Box<dyn FnOnce(Option<Object>) -> Result<Object, E> + Send>;
 
 /// Whether a written update became durable (see
-/// [`LocalStore::update_written`]).
+/// [`LocalStore::update_staged`]).
 pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
 
 impl Durable {

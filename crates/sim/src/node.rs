@@ -372,7 +372,7 @@ enum AfterCommit {
         context_in: VersionVector,
         actor: NodeId,
         /// The coordinator's copy is a data record (not a hint): as the
-        /// node's `update_written`, it goes out once written, before its
+        /// node's `update_staged`, it goes out once written, before its
         /// sync, when it has one and there are other replicas.
         data: bool,
     },
@@ -1251,7 +1251,7 @@ impl SimNode {
                     }
                 }
                 // An answer that waits for nothing (the node's
-                // `update_written` returns the update's error at once).
+                // `update_staged` returns the update's error at once).
                 step @ AfterCommit::Reply(..) if was_run => self.after_commit(cluster, step, out),
                 step => steps.push(step),
             }
