@@ -547,12 +547,12 @@ impl Node {
         let mut round = PutRound::with_roles(w, pw, local_acked, &roles);
         let (acks_tx, mut acks) = mpsc::channel(roles.len().max(1));
         if let (Some(role), Some(durable)) = (local_role, local_sync) {
-            let (node, acks_tx) = (self.clone(), acks_tx.clone());
+            let acks_tx = acks_tx.clone();
             tokio::spawn(async move {
                 let ok = match durable.wait().await {
                     Ok(()) => true,
                     Err(e) => {
-                        node.store_failure(e);
+                        error!(error = %e, "the local copy of a put did not sync");
                         false
                     }
                 };
