@@ -16,7 +16,7 @@ use ringkv_core::NodeId;
 use ringkv_core::bucket::{
     BucketProps, BucketRegistry, DurabilityMode, InvalidInput, validate_bucket_name, validate_key,
 };
-use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError};
+use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError, VersionVector};
 use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role, written_context};
 use ringkv_core::membership::{DetectorConfig, FailureDetector, Liveness, PeerView};
 use ringkv_core::message::{
@@ -101,6 +101,34 @@ impl PlannedReplica {
             Role::Fallback
         } else {
             Role::Primary
+        }
+    }
+}
+
+/// The client's answer to a put, from its quorum's decision and the acks
+/// counted: `(acked, primaries_acked)` against `(w, pw)`.
+fn put_reply(
+    decision: Quorum<()>,
+    (acked, primaries_acked): (u32, u32),
+    (w, pw): (usize, usize),
+    object: &Object,
+    context_in: VersionVector,
+    actor: NodeId,
+) -> ClientReply {
+    match decision {
+        Quorum::Reached(()) => ClientReply::Written {
+            context: written_context(object, context_in, actor),
+        },
+        Quorum::Unreachable { .. } => {
+            let (got, needed) = if (acked as usize) < w {
+                (acked, w as u32)
+            } else {
+                (primaries_acked, pw as u32)
+            };
+            ClientReply::Failed(OpError::Unavailable { got, needed })
+        }
+        Quorum::TimedOut { got, needed } => {
+            ClientReply::Failed(OpError::Unavailable { got, needed })
         }
     }
 }
@@ -545,7 +573,28 @@ impl Node {
             roles.push(role);
         }
         let mut round = PutRound::with_roles(w, pw, local_acked, &roles);
-        let (acks_tx, mut acks) = mpsc::channel(roles.len().max(1));
+        let (mut acked, mut primaries_acked) = (
+            local_acked.is_some() as u32,
+            (local_acked == Some(Role::Primary)) as u32,
+        );
+        if roles.is_empty() {
+            // Nothing to send or wait for (N=1, or no other replica in the
+            // plan): the local copy decides, with no channel, timer or
+            // encoding.
+            let decision = round
+                .start()
+                .or_else(|| round.timed_out())
+                .expect("an undecided round decides when it times out");
+            return put_reply(
+                decision,
+                (acked, primaries_acked),
+                (w, pw),
+                &object,
+                context_in,
+                actor,
+            );
+        }
+        let (acks_tx, mut acks) = mpsc::channel(roles.len());
         if let (Some(role), Some(durable)) = (local_role, local_sync) {
             let acks_tx = acks_tx.clone();
             tokio::spawn(async move {
@@ -597,10 +646,6 @@ impl Node {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut decision = round.start();
-        let (mut acked, mut primaries_acked) = (
-            local_acked.is_some() as u32,
-            (local_acked == Some(Role::Primary)) as u32,
-        );
         while decision.is_none() {
             decision = tokio::select! {
                 ack = acks.recv() => match ack {
@@ -615,37 +660,32 @@ impl Node {
                 () = &mut deadline => round.timed_out(),
             };
         }
-        match decision.expect("loop ends with a decision") {
-            Quorum::Reached(()) => ClientReply::Written {
-                context: written_context(&object, context_in, actor),
-            },
-            Quorum::Unreachable { .. } => {
-                // Tell the client how many replicas really hold the write:
-                // wait (within the deadline) for the answers still out.
-                loop {
-                    tokio::select! {
-                        ack = acks.recv() => match ack {
-                            Some((role, true)) => {
-                                acked += 1;
-                                primaries_acked += (role == Role::Primary) as u32;
-                            }
-                            Some((_, false)) => {}
-                            None => break,
-                        },
-                        () = &mut deadline => break,
-                    }
+        let decision = decision.expect("loop ends with a decision");
+        if let Quorum::Unreachable { .. } = decision {
+            // Tell the client how many replicas really hold the write:
+            // wait (within the deadline) for the answers still out.
+            loop {
+                tokio::select! {
+                    ack = acks.recv() => match ack {
+                        Some((role, true)) => {
+                            acked += 1;
+                            primaries_acked += (role == Role::Primary) as u32;
+                        }
+                        Some((_, false)) => {}
+                        None => break,
+                    },
+                    () = &mut deadline => break,
                 }
-                let (got, needed) = if (acked as usize) < w {
-                    (acked, w as u32)
-                } else {
-                    (primaries_acked, pw as u32)
-                };
-                ClientReply::Failed(OpError::Unavailable { got, needed })
-            }
-            Quorum::TimedOut { got, needed } => {
-                ClientReply::Failed(OpError::Unavailable { got, needed })
             }
         }
+        put_reply(
+            decision,
+            (acked, primaries_acked),
+            (w, pw),
+            &object,
+            context_in,
+            actor,
+        )
     }
 
     /// Sends a put to the first primary that answers.
