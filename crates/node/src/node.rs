@@ -482,14 +482,14 @@ impl Node {
         };
         // Not a replica by this node's view (a forwarded request, views
         // differ): keep the write as a hint for the key's first primary.
-        let first_primary = layout
-            .preference_list(partition, 1)
-            .primaries
-            .first()
-            .copied();
         let local_hint_for = match mine {
             Some(m) => m.hint_for,
-            None => first_primary.filter(|p| *p != self.id),
+            None => layout
+                .preference_list(partition, 1)
+                .primaries
+                .first()
+                .copied()
+                .filter(|p| *p != self.id),
         };
         // A full hint store keeps nothing more: the coordinator then still
         // stamps and sends the write, but does not count as a replica.
