@@ -8,7 +8,8 @@
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [TEST] [-- server flags...]
 #
-# TEST is a redis-benchmark test (set, get; default set). Needs
+# TEST is a redis-benchmark test (set, get; default set); REQUESTS (env,
+# default 100000) is the request count of each measurement. Needs
 # redis-benchmark (Debian: redis-tools). Starts and stops only its own two
 # servers, by pid; each round is bounded by redis-benchmark's request count.
 set -euo pipefail
