@@ -620,3 +620,94 @@ fn a_new_generation_is_newer_than_any_kept_space() {
     assert_eq!(get(&storage, b"a").as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&storage, b"b"), None, "an old record was replayed");
 }
+
+/// Delegates to a [`MemoryStorage`]; writes after the first `ok` fail.
+struct FailsAfter {
+    inner: MemoryStorage,
+    ok: usize,
+    writes: Mutex<usize>,
+}
+
+impl Storage for FailsAfter {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(space, key)
+    }
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        let mut writes = self.writes.lock().unwrap();
+        *writes += 1;
+        if *writes > self.ok {
+            return Err(StorageError::Engine {
+                message: "write failure injected by FailsAfter".to_string(),
+            });
+        }
+        self.inner.write(batch, durability)
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        self.inner.sync()
+    }
+    fn scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        self.inner.scan(space, after, limit)
+    }
+}
+
+#[test]
+fn a_flush_cut_short_between_its_commits_is_replayed_whole() {
+    let (inner, log) = (MemoryStorage::new(), MemoryLogDir::new());
+    let engine = Arc::new(FailsAfter {
+        inner: inner.clone(),
+        ok: 1,
+        writes: Mutex::new(0),
+    });
+    let options = LogOptions {
+        flush_interval: Duration::from_secs(3600),
+        ..LogOptions::default()
+    };
+    let storage = LoggedStorage::open(engine, Box::new(log.clone()), options.clone()).unwrap();
+    let keys = 2 * FLUSH_CHUNK_ENTRIES + 10;
+    let key = |i: usize| format!("k{i:05}").into_bytes();
+    for i in 0..keys {
+        put(&storage, &key(i), b"old", Durability::Buffered);
+    }
+    for i in 0..keys {
+        put(&storage, &key(i), b"new", Durability::Sync);
+    }
+    // The first chunk's commit lands, the second fails: the engine holds
+    // part of the memtable, durably, and the log all of it.
+    assert!(storage.flush().is_err());
+    let in_engine = (0..keys)
+        .filter(|&i| {
+            inner
+                .get_durable(Space::Data(3), &key(i))
+                .unwrap()
+                .is_some()
+        })
+        .count();
+    assert_eq!(in_engine, FLUSH_CHUNK_ENTRIES);
+    storage.halt();
+    inner.crash();
+    log.crash(0);
+
+    let reopened = open_memory(&inner, &log, options);
+    for i in 0..keys {
+        assert_eq!(
+            get(&reopened, &key(i)).as_deref(),
+            Some(&b"new"[..]),
+            "key {i}"
+        );
+    }
+    reopened.flush().unwrap();
+    for i in 0..keys {
+        assert_eq!(
+            inner
+                .get_durable(Space::Data(3), &key(i))
+                .unwrap()
+                .as_deref(),
+            Some(&b"new"[..])
+        );
+    }
+}
