@@ -425,19 +425,29 @@ fn run(
             let state = lock(committer);
             (state.unsynced, state.last_sync)
         };
-        let first = match (unsynced, sync_interval) {
-            (true, Some(interval)) => {
-                let wait = interval.saturating_sub(last_sync.elapsed());
+        let first = match sync_interval {
+            // Wakes at least once per interval even with nothing unsynced
+            // now: a buffered job run inline by `run_or_submit` while this
+            // thread waits makes a write unsynced without waking it.
+            Some(interval) => {
+                let wait = if unsynced {
+                    interval.saturating_sub(last_sync.elapsed())
+                } else {
+                    interval
+                };
                 match receiver.recv_timeout(wait) {
                     Ok(submission) => submission,
                     Err(RecvTimeoutError::Timeout) => {
-                        lock(committer).background_sync();
+                        let mut state = lock(committer);
+                        if state.unsynced && state.last_sync.elapsed() >= interval {
+                            state.background_sync();
+                        }
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
-            _ => match receiver.recv() {
+            None => match receiver.recv() {
                 Ok(submission) => submission,
                 Err(_) => break,
             },

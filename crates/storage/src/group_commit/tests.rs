@@ -750,3 +750,33 @@ fn a_sync_job_hears_written_before_the_sync_and_done_after_it() {
         .unwrap();
     assert_eq!(recv(&step_receiver).0, "failed");
 }
+
+#[test]
+fn a_buffered_job_run_inline_is_synced_within_the_interval() {
+    let memory = MemoryStorage::new();
+    let options = GroupCommitOptions {
+        sync_interval: Some(Duration::from_millis(20)),
+        ..GroupCommitOptions::default()
+    };
+    let committer = GroupCommitter::start(Arc::new(memory.clone()), options);
+    // Long enough for the committer thread to be idle, waiting for a job.
+    thread::sleep(Duration::from_millis(100));
+    let (reports, report_receiver) = sync_channel(1);
+    let job = job_fn(
+        |_| Change::Put(b"v".to_vec()),
+        move |result| reports.send(result).unwrap(),
+    );
+    committer
+        .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
+        .unwrap();
+    // Run inline: acknowledged at once, and nothing else is submitted.
+    report_receiver.try_recv().unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while memory.get_durable(Space::Data(1), b"k").unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a buffered write run inline was never synced"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
