@@ -512,7 +512,8 @@ impl Shared {
     /// engine's write-back reaches the disk in small bursts with room
     /// between them for log syncs, here and in any process sharing the
     /// disk, instead of one burst that holds them all up. No rest while
-    /// the active memtable is half full: writers would soon wait for room.
+    /// the active memtable is half full (writers would soon wait for room)
+    /// or once the storage is closing.
     fn write_paced(&self, frozen: &Memtable) -> Result<(), StorageError> {
         let mut entries = frozen.iter().peekable();
         while entries.peek().is_some() {
@@ -526,8 +527,11 @@ impl Shared {
                 }
             }
             self.inner.write(&batch, Durability::Sync)?;
-            let pressed = self.lock_log().active_bytes >= self.options.max_memtable_bytes / 2;
-            if entries.peek().is_some() && !pressed {
+            let rest = {
+                let log = self.lock_log();
+                log.stop == Stop::Running && log.active_bytes < self.options.max_memtable_bytes / 2
+            };
+            if entries.peek().is_some() && rest {
                 thread::sleep(started.elapsed().min(FLUSH_MAX_REST));
             }
         }
