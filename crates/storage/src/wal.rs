@@ -503,9 +503,7 @@ impl Shared {
         }
         Ok(())
     }
-}
 
-impl Shared {
     /// Writes a frozen memtable to the engine as durable commits of up to
     /// [`FLUSH_CHUNK_ENTRIES`] consecutive keys each, resting after each
     /// for as long as it took (at most [`FLUSH_MAX_REST`]), so that the
