@@ -9,7 +9,10 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [TEST] [-- server flags...]
 #
 # TEST is a redis-benchmark test (set, get; default set); REQUESTS (env,
-# default 100000) is the request count of each measurement. Needs
+# default 100000) is the request count of each measurement; KEYSPACE (env,
+# default unset: one key, as compare.sh measures) spreads the keys over
+# that many random ones (redis-benchmark -r), which makes the memtable,
+# the Merkle trees and the flushes work. Needs
 # redis-benchmark (Debian: redis-tools). Starts and stops only its own two
 # servers, by pid; each round is bounded by redis-benchmark's request count.
 set -euo pipefail
@@ -25,6 +28,8 @@ if [ $# -gt 0 ] && [ "$1" != -- ]; then TEST=$1; shift; fi
 if [ $# -gt 0 ] && [ "$1" = -- ]; then shift; fi
 SERVER_FLAGS=("$@")
 REQUESTS=${REQUESTS:-100000}
+KEYS_ARG=()
+if [ -n "${KEYSPACE:-}" ]; then KEYS_ARG=(-r "$KEYSPACE"); fi
 command -v redis-benchmark >/dev/null || { echo "ab.sh: redis-benchmark not found (apt-get install redis-tools)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/ringkv-ab.XXXXXX)
@@ -61,12 +66,12 @@ start new "$NEW"; NEW_PORT=$PORT NEW_PID=$PID
 measure() {
   local before after ops
   before=$(awk '{print $14 + $15}' "/proc/$2/stat")
-  ops=$(redis-benchmark -p "$1" -t "$TEST" -n "$REQUESTS" -c 50 -d 100 -q --csv 2>/dev/null | tail -n1 | cut -d, -f2 | tr -d '"')
+  ops=$(redis-benchmark -p "$1" -t "$TEST" -n "$REQUESTS" -c 50 -d 100 ${KEYS_ARG[@]+"${KEYS_ARG[@]}"} -q --csv 2>/dev/null | tail -n1 | cut -d, -f2 | tr -d '"')
   after=$(awk '{print $14 + $15}' "/proc/$2/stat")
   python3 -c "print('$ops', round(($after - $before) * 1e6 / $(getconf CLK_TCK) / $REQUESTS, 1))"
 }
 
-echo "redis-benchmark -t $TEST -n $REQUESTS -c 50 -d 100, $ROUNDS rounds; old=$OLD new=$NEW"
+echo "redis-benchmark -t $TEST -n $REQUESTS -c 50 -d 100 ${KEYS_ARG[*]}, $ROUNDS rounds; old=$OLD new=$NEW"
 for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then
     old=$(measure "$OLD_PORT" "$OLD_PID"); new=$(measure "$NEW_PORT" "$NEW_PID")
