@@ -587,6 +587,19 @@ fn a_panicking_job_stops_the_committer_and_pending_jobs_hear_closed() {
 
 #[test]
 fn buffered_writes_are_synced_within_the_interval() {
+    buffered_write_synced_within_the_interval(false);
+}
+
+#[test]
+fn a_buffered_job_run_inline_is_synced_within_the_interval() {
+    buffered_write_synced_within_the_interval(true);
+}
+
+/// A buffered job is acknowledged from memory, then made durable by the
+/// committer thread once the interval has passed, with nothing else
+/// submitted: queued, or run `inline` while the thread waits idle (which
+/// does not wake it).
+fn buffered_write_synced_within_the_interval(inline: bool) {
     let memory = MemoryStorage::new();
     let options = GroupCommitOptions {
         sync_interval: Some(Duration::from_millis(20)),
@@ -598,18 +611,24 @@ fn buffered_writes_are_synced_within_the_interval() {
         |_| Change::Put(b"v".to_vec()),
         move |result| reports.send(result).unwrap(),
     );
-    committer
-        .submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
-        .unwrap();
-    recv(&report_receiver).unwrap();
-    // Acknowledged from memory first; durable once the interval passed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    if inline {
+        // Long enough for the committer thread to be idle, waiting.
+        thread::sleep(Duration::from_millis(100));
+        committer
+            .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
+            .unwrap();
+        // Run inline: `done` was called before `run_or_submit` returned.
+        report_receiver.try_recv().unwrap().unwrap();
+    } else {
+        committer
+            .submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
+            .unwrap();
+        recv(&report_receiver).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
     while memory.get_durable(Space::Data(1), b"k").unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "buffered write never synced"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(Instant::now() < deadline, "buffered write never synced");
+        thread::sleep(Duration::from_millis(5));
     }
     assert!(committer.stats().synced_batches >= 1);
     memory.crash();
@@ -749,34 +768,4 @@ fn a_sync_job_hears_written_before_the_sync_and_done_after_it() {
         .submit(Space::Meta, b"k2".to_vec(), Durability::Sync, job)
         .unwrap();
     assert_eq!(recv(&step_receiver).0, "failed");
-}
-
-#[test]
-fn a_buffered_job_run_inline_is_synced_within_the_interval() {
-    let memory = MemoryStorage::new();
-    let options = GroupCommitOptions {
-        sync_interval: Some(Duration::from_millis(20)),
-        ..GroupCommitOptions::default()
-    };
-    let committer = GroupCommitter::start(Arc::new(memory.clone()), options);
-    // Long enough for the committer thread to be idle, waiting for a job.
-    thread::sleep(Duration::from_millis(100));
-    let (reports, report_receiver) = sync_channel(1);
-    let job = job_fn(
-        |_| Change::Put(b"v".to_vec()),
-        move |result| reports.send(result).unwrap(),
-    );
-    committer
-        .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
-        .unwrap();
-    // Run inline: acknowledged at once, and nothing else is submitted.
-    report_receiver.try_recv().unwrap().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while memory.get_durable(Space::Data(1), b"k").unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "a buffered write run inline was never synced"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
 }

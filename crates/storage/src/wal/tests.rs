@@ -615,59 +615,21 @@ fn a_new_generation_is_newer_than_any_kept_space() {
     put(&storage, b"a", b"2", Durability::Sync);
     storage.halt();
     inner.crash();
+    inner.fail_writes(false);
     log.crash(0);
     let storage = open_memory(&inner, &log, LogOptions::default());
     assert_eq!(get(&storage, b"a").as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&storage, b"b"), None, "an old record was replayed");
 }
 
-/// Delegates to a [`MemoryStorage`]; writes after the first `ok` fail.
-struct FailsAfter {
-    inner: MemoryStorage,
-    ok: usize,
-    writes: Mutex<usize>,
-}
-
-impl Storage for FailsAfter {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(space, key)
-    }
-    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
-        let mut writes = self.writes.lock().unwrap();
-        *writes += 1;
-        if *writes > self.ok {
-            return Err(StorageError::Engine {
-                message: "write failure injected by FailsAfter".to_string(),
-            });
-        }
-        self.inner.write(batch, durability)
-    }
-    fn sync(&self) -> Result<(), StorageError> {
-        self.inner.sync()
-    }
-    fn scan(
-        &self,
-        space: Space,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
-        self.inner.scan(space, after, limit)
-    }
-}
-
 #[test]
 fn a_flush_cut_short_between_its_commits_is_replayed_whole() {
     let (inner, log) = (MemoryStorage::new(), MemoryLogDir::new());
-    let engine = Arc::new(FailsAfter {
-        inner: inner.clone(),
-        ok: 1,
-        writes: Mutex::new(0),
-    });
     let options = LogOptions {
         flush_interval: Duration::from_secs(3600),
         ..LogOptions::default()
     };
-    let storage = LoggedStorage::open(engine, Box::new(log.clone()), options.clone()).unwrap();
+    let storage = open_memory(&inner, &log, options.clone());
     let keys = 2 * FLUSH_CHUNK_ENTRIES + 10;
     let key = |i: usize| format!("k{i:05}").into_bytes();
     for i in 0..keys {
@@ -678,6 +640,7 @@ fn a_flush_cut_short_between_its_commits_is_replayed_whole() {
     }
     // The first chunk's commit lands, the second fails: the engine holds
     // part of the memtable, durably, and the log all of it.
+    inner.fail_writes_after(1);
     assert!(storage.flush().is_err());
     let in_engine = (0..keys)
         .filter(|&i| {
@@ -690,6 +653,7 @@ fn a_flush_cut_short_between_its_commits_is_replayed_whole() {
     assert_eq!(in_engine, FLUSH_CHUNK_ENTRIES);
     storage.halt();
     inner.crash();
+    inner.fail_writes(false);
     log.crash(0);
 
     let reopened = open_memory(&inner, &log, options);
