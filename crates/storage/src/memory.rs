@@ -5,7 +5,7 @@
 //! `sync()` or a `Sync` write moves them, then the new batch, to `durable`
 //! — so, like a log or a copy-on-write tree, a crash keeps a prefix of the
 //! writes and never a later write without an earlier one. `crash()` resets
-//! `live` to `durable`. Write errors can be injected with `fail_writes` (or `fail_writes_after` a number of writes).
+//! `live` to `durable`. Write errors can be injected with `fail_writes`.
 //!
 //! It stores the same encoded keys and checksummed values as the on-disk
 //! engines ([`crate::record`]). It does not model torn writes or bit rot
@@ -27,9 +27,7 @@ struct State {
     live: Image,
     durable: Image,
     unsynced: Vec<EncodedBatch>,
-    /// Writes that succeed before writes (and syncs) fail; `None`: no
-    /// failures injected.
-    writes_left: Option<usize>,
+    fail_writes: bool,
 }
 
 impl State {
@@ -80,13 +78,7 @@ impl MemoryStorage {
     /// While `on`, `write` and `sync` fail with [`StorageError::Io`] and
     /// change nothing. Reads keep working.
     pub fn fail_writes(&self, on: bool) {
-        self.lock().writes_left = on.then_some(0);
-    }
-
-    /// The next `writes` writes succeed, then every `write` and `sync`
-    /// fails as with [`fail_writes`](MemoryStorage::fail_writes).
-    pub fn fail_writes_after(&self, writes: usize) {
-        self.lock().writes_left = Some(writes);
+        self.lock().fail_writes = on;
     }
 
     /// The value a crash right now would leave under `key`: what `get`
@@ -136,10 +128,8 @@ impl Storage for MemoryStorage {
             })
             .collect();
         let mut state = self.lock();
-        match &mut state.writes_left {
-            Some(0) => return Err(Self::injected_failure("writing a batch")),
-            Some(left) => *left -= 1,
-            None => {}
+        if state.fail_writes {
+            return Err(Self::injected_failure("writing a batch"));
         }
         apply(&mut state.live, &encoded);
         match durability {
@@ -154,7 +144,7 @@ impl Storage for MemoryStorage {
 
     fn sync(&self) -> Result<(), StorageError> {
         let mut state = self.lock();
-        if state.writes_left == Some(0) {
+        if state.fail_writes {
             return Err(Self::injected_failure("syncing"));
         }
         state.make_durable();

@@ -9,8 +9,7 @@
 //! reads consult before the engine. A background *flusher* thread freezes
 //! the active memtable (it becomes the *immutable* one, still read) at the
 //! same moment as it starts a new log file, writes it to the engine in one
-//! durable commit per chunk of keys (paced: see `Shared::write_paced`),
-//! then drops it and removes the log files it covered.
+//! durable commit, then drops it and removes the log files it covered.
 //! A redb `Immediate` commit rewrites and syncs a copy-on-write path of
 //! 4 KiB pages per changed leaf, twice (data, then header); a flush pays
 //! that once for seconds of writes, and repeated writes of a hot key
@@ -25,12 +24,10 @@
 //! - the engine is written only by flushes (and by replay at open), each
 //!   covering exactly the log files older than the one started at the
 //!   freeze, so its durable image is always "everything up to the end of
-//!   some log file", plus, after a crash in the middle of a flush, some
-//!   of the keys of the next files (a flush commits a frozen memtable in
-//!   several chunks, see below);
+//!   some log file";
 //! - log records are absolute (a put carries the whole value), so replaying
-//!   a log over an image that already holds some of its records (or the
-//!   final value of some of its keys) ends in the same state;
+//!   a log over an image that already holds some of its records ends in the
+//!   same state;
 //! - a log file is removed only after the flush that covered it is durable,
 //!   oldest first, each removal synced.
 //!
@@ -93,10 +90,6 @@ const REPLAY_BATCH_OPS: usize = 4096;
 const ENTRY_OVERHEAD_BYTES: u64 = 64;
 /// Buffered records kept in memory before they are written to the file.
 const LOG_BUFFER_BYTES: usize = 256 << 10;
-/// Keys per engine commit of a flush (see `Shared::write_paced`).
-const FLUSH_CHUNK_ENTRIES: usize = 256;
-/// Longest rest between two commits of a flush.
-const FLUSH_MAX_REST: Duration = Duration::from_millis(20);
 /// Wait between attempts after a failed flush.
 const FLUSH_RETRY: Duration = Duration::from_millis(200);
 /// Removed log files [`FsLogDir`] keeps for reuse.
@@ -487,7 +480,15 @@ impl Shared {
                 }
             }
         };
-        self.write_paced(&frozen)?;
+        let mut batch = WriteBatch::new();
+        for (engine_key, value) in frozen.iter() {
+            let (space, key) = decode_key(engine_key).expect("memtable keys are engine keys");
+            match value {
+                Some(value) => batch.put(space, key.to_vec(), value.clone()),
+                None => batch.delete(space, key.to_vec()),
+            }
+        }
+        self.inner.write(&batch, Durability::Sync)?;
         let mut log = self.lock_log();
         self.tables
             .write()
@@ -500,38 +501,6 @@ impl Shared {
                 .remove(oldest)
                 .map_err(|e| log_error("removing a flushed log file", e))?;
             log.retired.remove(0);
-        }
-        Ok(())
-    }
-
-    /// Writes a frozen memtable to the engine as durable commits of up to
-    /// [`FLUSH_CHUNK_ENTRIES`] consecutive keys each, resting after each
-    /// for as long as it took (at most [`FLUSH_MAX_REST`]), so that the
-    /// engine's write-back reaches the disk in small bursts with room
-    /// between them for log syncs, here and in any process sharing the
-    /// disk, instead of one burst that holds them all up. No rest while
-    /// the active memtable is half full (writers would soon wait for room)
-    /// or once the storage is closing.
-    fn write_paced(&self, frozen: &Memtable) -> Result<(), StorageError> {
-        let mut entries = frozen.iter().peekable();
-        while entries.peek().is_some() {
-            let started = Instant::now();
-            let mut batch = WriteBatch::new();
-            for (engine_key, value) in entries.by_ref().take(FLUSH_CHUNK_ENTRIES) {
-                let (space, key) = decode_key(engine_key).expect("memtable keys are engine keys");
-                match value {
-                    Some(value) => batch.put(space, key.to_vec(), value.clone()),
-                    None => batch.delete(space, key.to_vec()),
-                }
-            }
-            self.inner.write(&batch, Durability::Sync)?;
-            let rest = {
-                let log = self.lock_log();
-                log.stop == Stop::Running && log.active_bytes < self.options.max_memtable_bytes / 2
-            };
-            if entries.peek().is_some() && rest {
-                thread::sleep(started.elapsed().min(FLUSH_MAX_REST));
-            }
         }
         Ok(())
     }

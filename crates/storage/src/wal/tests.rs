@@ -615,63 +615,8 @@ fn a_new_generation_is_newer_than_any_kept_space() {
     put(&storage, b"a", b"2", Durability::Sync);
     storage.halt();
     inner.crash();
-    inner.fail_writes(false);
     log.crash(0);
     let storage = open_memory(&inner, &log, LogOptions::default());
     assert_eq!(get(&storage, b"a").as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&storage, b"b"), None, "an old record was replayed");
-}
-
-#[test]
-fn a_flush_cut_short_between_its_commits_is_replayed_whole() {
-    let (inner, log) = (MemoryStorage::new(), MemoryLogDir::new());
-    let options = LogOptions {
-        flush_interval: Duration::from_secs(3600),
-        ..LogOptions::default()
-    };
-    let storage = open_memory(&inner, &log, options.clone());
-    let keys = 2 * FLUSH_CHUNK_ENTRIES + 10;
-    let key = |i: usize| format!("k{i:05}").into_bytes();
-    for i in 0..keys {
-        put(&storage, &key(i), b"old", Durability::Buffered);
-    }
-    for i in 0..keys {
-        put(&storage, &key(i), b"new", Durability::Sync);
-    }
-    // The first chunk's commit lands, the second fails: the engine holds
-    // part of the memtable, durably, and the log all of it.
-    inner.fail_writes_after(1);
-    assert!(storage.flush().is_err());
-    let in_engine = (0..keys)
-        .filter(|&i| {
-            inner
-                .get_durable(Space::Data(3), &key(i))
-                .unwrap()
-                .is_some()
-        })
-        .count();
-    assert_eq!(in_engine, FLUSH_CHUNK_ENTRIES);
-    storage.halt();
-    inner.crash();
-    inner.fail_writes(false);
-    log.crash(0);
-
-    let reopened = open_memory(&inner, &log, options);
-    for i in 0..keys {
-        assert_eq!(
-            get(&reopened, &key(i)).as_deref(),
-            Some(&b"new"[..]),
-            "key {i}"
-        );
-    }
-    reopened.flush().unwrap();
-    for i in 0..keys {
-        assert_eq!(
-            inner
-                .get_durable(Space::Data(3), &key(i))
-                .unwrap()
-                .as_deref(),
-            Some(&b"new"[..])
-        );
-    }
 }
