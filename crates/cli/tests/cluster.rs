@@ -604,3 +604,36 @@ fn the_write_actor_survives_a_clean_stop_and_changes_after_a_crash() {
         other => panic!("expected one value, got {other:?}"),
     }
 }
+
+/// `--durability buffered` acknowledges from memory and syncs within
+/// `--buffered-sync-interval-ms`: a write older than that survives a
+/// kill -9, also on an idle node, where the write is applied by its own
+/// task while the commit thread waits (it used to wait on, unwoken, until
+/// the next memtable flush; that flush is put off here).
+#[test]
+fn a_buffered_write_older_than_the_sync_interval_survives_kill_9() {
+    let mut cluster = Cluster::start_with(
+        1,
+        &[
+            "--durability",
+            "buffered",
+            "--buffered-sync-interval-ms",
+            "200",
+            "--memtable-flush-interval-ms",
+            "600000",
+        ],
+    );
+    let node = &mut cluster.nodes[0];
+    // Idle long enough for the commit thread to be waiting.
+    std::thread::sleep(Duration::from_millis(500));
+    node.client()
+        .put("buffered", b"k", b"v", "text/plain", None, None)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.kill9();
+    node.start(None);
+    match node.client().get("buffered", b"k", None).unwrap() {
+        GetResult::Found { value, .. } => assert_eq!(value, b"v"),
+        other => panic!("the acknowledged buffered write was lost: {other:?}"),
+    }
+}
