@@ -421,27 +421,13 @@ fn run(
     // `recv` keeps returning queued jobs after the last handle is gone
     // and fails only once the queue is empty.
     loop {
-        let (unsynced, last_sync) = {
-            let state = lock(committer);
-            (state.unsynced, state.last_sync)
-        };
         let first = match sync_interval {
-            // Wakes at least once per interval even with nothing unsynced
-            // now: a buffered job run inline by `run_or_submit` while this
-            // thread waits makes a write unsynced without waking it.
             Some(interval) => {
-                let wait = if unsynced {
-                    interval.saturating_sub(last_sync.elapsed())
-                } else {
-                    interval
-                };
+                let wait = lock(committer).time_to_sync(interval);
                 match receiver.recv_timeout(wait) {
                     Ok(submission) => submission,
                     Err(RecvTimeoutError::Timeout) => {
-                        let mut state = lock(committer);
-                        if state.unsynced && state.last_sync.elapsed() >= interval {
-                            state.background_sync();
-                        }
+                        lock(committer).sync_if_due(interval);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -461,18 +447,36 @@ fn run(
             }
         }
         state.commit(&mut batch);
-        if state.unsynced && sync_interval.is_some_and(|i| state.last_sync.elapsed() >= i) {
-            state.background_sync();
+        if let Some(interval) = sync_interval {
+            state.sync_if_due(interval);
         }
     }
     // A clean stop leaves nothing unsynced.
-    let mut state = lock(committer);
-    if state.unsynced {
-        state.background_sync();
-    }
+    lock(committer).sync_if_due(Duration::ZERO);
 }
 
 impl Committer {
+    /// How long the thread may wait for a job before buffered writes are
+    /// due for a sync: the rest of the interval since the last sync if a
+    /// write is unsynced, else a whole interval (it wakes at least that
+    /// often, because a buffered job run inline by `run_or_submit` while it
+    /// waits makes a write unsynced without waking it).
+    fn time_to_sync(&self, interval: Duration) -> Duration {
+        if self.unsynced {
+            interval.saturating_sub(self.last_sync.elapsed())
+        } else {
+            interval
+        }
+    }
+
+    /// Syncs buffered writes once one is unsynced and `interval` has
+    /// passed since the last sync.
+    fn sync_if_due(&mut self, interval: Duration) {
+        if self.unsynced && self.last_sync.elapsed() >= interval {
+            self.background_sync();
+        }
+    }
+
     /// Makes earlier Buffered commits durable (the bounded interval of
     /// buffered durability). A failure is logged; the next interval retries.
     fn background_sync(&mut self) {
