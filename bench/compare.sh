@@ -300,9 +300,13 @@ run_ringkv_single() {
   stop_all
 }
 
-run_ringkv_single ringkv-1
+# The 1-node ringkv serves with one thread, as redis-server does: the client
+# shares this machine's 2 cores, and with one thread a node commits its own
+# durable writes before it sleeps, as Redis's event loop does (no hand-off to
+# the commit thread and back; docs/ARCHITECTURE.md "Threads").
+run_ringkv_single ringkv-1 --worker-threads 1
 if [ "$HAS_BUFFERED" = 1 ]; then
-  run_ringkv_single ringkv-1-buffered --durability buffered
+  run_ringkv_single ringkv-1-buffered --worker-threads 1 --durability buffered
 fi
 
 # start_ringkv_cluster PREFIX: starts 3 nodes (N=3 R=2 W=2 lww buckets `bench`
@@ -342,12 +346,12 @@ T_REDIS=$(free_port); T_EVERYSEC=$(free_port); T_ALWAYS=$(free_port)
 start_redis t-redis "$T_REDIS" --appendonly no
 start_redis t-redis-everysec "$T_EVERYSEC" --appendonly yes --appendfsync everysec
 start_redis t-redis-always "$T_ALWAYS" --appendonly yes --appendfsync always
-start_ringkv t-ringkv-1
+start_ringkv t-ringkv-1 --worker-threads 1
 T_RK1=${RK_RESP##*:}
 set_bucket "http://$RK_HTTP" redis '{"n":1,"r":1,"w":1,"conflict":"lww"}'
 T_RK1B=""
 if [ "$HAS_BUFFERED" = 1 ]; then
-  start_ringkv t-ringkv-1-buffered --durability buffered
+  start_ringkv t-ringkv-1-buffered --worker-threads 1 --durability buffered
   T_RK1B=${RK_RESP##*:}
   set_bucket "http://$RK_HTTP" redis '{"n":1,"r":1,"w":1,"conflict":"lww"}'
 fi

@@ -217,13 +217,7 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => {
             init_logging();
             let config = (*args).into_config()?;
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if config.worker_threads > 0 {
-                builder.worker_threads(config.worker_threads);
-            }
-            let runtime = builder
-                .enable_all()
-                .build()
+            let runtime = ringkv_node::runtime(config.worker_threads)
                 .context("while starting the runtime")?;
             let node = runtime.block_on(async {
                 let running = ringkv_node::start(config).await?;

@@ -275,12 +275,39 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     })
 }
 
+/// The runtime a node serves on, `worker_threads` as `--worker-threads`
+/// (0: one per core).
+///
+/// With one thread it is a current-thread runtime, driven by the thread
+/// that calls its `block_on` (the caller: this sets that thread up), which
+/// commits its own durable writes each time it runs out of work, the way
+/// Redis's event loop syncs before it sleeps: the writes that arrived
+/// together share one sync, with no hand-off to the commit thread and
+/// back. A write that is sent to other replicas while it syncs still goes
+/// to the commit thread, so that the sending is not held up by the sync.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads == 1 {
+        ringkv_storage::defer_commits_on_this_thread();
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(ringkv_storage::commit_deferred)
+            .build();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
+}
+
 /// After the runtime that served `node` has shut down (no task holds it any
-/// more): finishes the queued writes, syncs, and records a clean stop, so
+/// more): finishes the queued writes (those the stopping thread deferred
+/// too), syncs, and records a clean stop, so
 /// that the next start keeps this node's write actor. Returns `false`, and
 /// records nothing, if something still holds the node or the sync failed;
 /// the next start then takes a new actor, which is always safe.
 pub fn stop_cleanly(node: Arc<Node>) -> bool {
+    ringkv_storage::commit_deferred();
     let Ok(node) = Arc::try_unwrap(node) else {
         return false;
     };

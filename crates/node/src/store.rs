@@ -221,12 +221,20 @@ impl LocalStore {
             raw_key: raw_key.clone(),
             digest: None,
         };
-        self.committer.run_or_submit(
+        let (space, durability, job) = (
             Space::Data(partition),
-            raw_key,
             storage_durability(durability),
             Box::new(job),
-        )?;
+        );
+        if early {
+            // Sent to the other replicas while it syncs: an event loop that
+            // committed it itself could send nothing during the sync.
+            self.committer
+                .run_or_submit(space, raw_key, durability, job)?;
+        } else {
+            self.committer
+                .run_or_defer(space, raw_key, durability, job)?;
+        }
         let outcome = outcome_rx.await.map_err(|_| StoreError::Closed)??;
         Ok((outcome, durable))
     }

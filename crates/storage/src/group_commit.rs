@@ -26,10 +26,20 @@
 //! hold the same lock as the thread's batches), and a buffered write,
 //! which waits for no sync, costs no thread hand-off.
 //!
+//! A thread that runs a single-threaded event loop can instead commit its
+//! own `Sync` jobs, as Redis does before it sleeps: after
+//! [`defer_commits_on_this_thread`], [`GroupCommitter::run_or_defer`] on
+//! that thread keeps them in a thread-local queue, and the loop calls
+//! [`commit_deferred`] when it has nothing else to run (tokio's
+//! `on_thread_park` of a current-thread runtime). The requests that arrived
+//! together then share one sync with no thread hand-off either way; the
+//! price is that the loop does nothing else while it syncs.
+//!
 //! The loop is the only writer this module coordinates: writes made to the
 //! same storage around the committer are not serialized with its jobs.
 //! It does not retry failed writes; each job sees the error.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -217,8 +227,11 @@ struct Shared {
     thread: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
     /// Whoever holds it runs read-modify-writes: the thread for a batch,
-    /// or a caller of `run_or_submit` for one buffered job.
+    /// a caller of `run_or_submit` for one buffered job, or an event loop
+    /// for its deferred jobs.
     committer: Arc<Mutex<Committer>>,
+    max_batch_jobs: usize,
+    queue_capacity: usize,
 }
 
 impl Drop for Shared {
@@ -281,8 +294,62 @@ impl GroupCommitter {
                 thread: Some(thread),
                 counters,
                 committer,
+                max_batch_jobs: options.max_batch_jobs,
+                queue_capacity: options.queue_capacity,
             }),
         }
+    }
+
+    /// As [`run_or_submit`], except that on a thread that defers commits
+    /// (see [`defer_commits_on_this_thread`]) a `Sync` job waits in that
+    /// thread's queue for [`commit_deferred`]. Either way the job's `done`
+    /// is called exactly once. A full queue (`queue_capacity` jobs)
+    /// answers `Busy`, as `submit` does.
+    ///
+    /// [`run_or_submit`]: GroupCommitter::run_or_submit
+    pub fn run_or_defer(
+        &self,
+        space: Space,
+        key: Vec<u8>,
+        durability: Durability,
+        job: Box<dyn Job>,
+    ) -> Result<(), SubmitError> {
+        if durability == Durability::Sync {
+            let submission = Submission {
+                space,
+                key,
+                durability,
+                job: PendingJob { job: Some(job) },
+            };
+            let refused = DEFERRED.with(|deferred| {
+                let mut deferred = deferred.borrow_mut();
+                let Some(queued) = deferred.as_mut() else {
+                    return Some(Err(submission));
+                };
+                if queued.iter().map(|(_, jobs)| jobs.len()).sum::<usize>()
+                    >= self.shared.queue_capacity
+                {
+                    return Some(Ok(submission));
+                }
+                match queued
+                    .iter_mut()
+                    .find(|(committer, _)| Arc::ptr_eq(&committer.shared, &self.shared))
+                {
+                    Some((_, jobs)) => jobs.push(submission),
+                    None => queued.push((self.clone(), vec![submission])),
+                }
+                None
+            });
+            return match refused {
+                None => Ok(()),
+                Some(Ok(full)) => {
+                    full.job.discard();
+                    Err(SubmitError::Busy)
+                }
+                Some(Err(not_deferring)) => self.send(not_deferring),
+            };
+        }
+        self.run_or_submit(space, key, durability, job)
     }
 
     /// Runs a `Buffered` job at once on the calling thread when no batch
@@ -324,17 +391,20 @@ impl GroupCommitter {
         durability: Durability,
         job: Box<dyn Job>,
     ) -> Result<(), SubmitError> {
+        self.send(Submission {
+            space,
+            key,
+            durability,
+            job: PendingJob { job: Some(job) },
+        })
+    }
+
+    fn send(&self, submission: Submission) -> Result<(), SubmitError> {
         let sender = self
             .shared
             .sender
             .as_ref()
             .expect("the sender lives as long as a handle");
-        let submission = Submission {
-            space,
-            key,
-            durability,
-            job: PendingJob { job: Some(job) },
-        };
         match sender.try_send(submission) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(submission)) => {
@@ -368,6 +438,53 @@ impl GroupCommitter {
             jobs: counters.jobs.load(Ordering::Relaxed),
             synced_batches: counters.synced_batches.load(Ordering::Relaxed),
             failed_batches: counters.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// `Sync` jobs a thread queued with `run_or_defer`, per committer.
+type Deferred = Vec<(GroupCommitter, Vec<Submission>)>;
+
+thread_local! {
+    /// `None`: this thread does not defer.
+    static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
+}
+
+/// From now on, `Sync` jobs given to [`GroupCommitter::run_or_defer`] on
+/// this thread wait for [`commit_deferred`] on this thread instead of going
+/// to the committer thread. For the one thread of an event loop that calls
+/// `commit_deferred` whenever it runs out of work; other threads keep the
+/// committer thread.
+pub fn defer_commits_on_this_thread() {
+    DEFERRED.with(|deferred| {
+        deferred.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
+/// Commits, on this thread, the jobs it deferred (see
+/// [`defer_commits_on_this_thread`]): all of one committer's jobs in one
+/// batch (up to its `max_batch_jobs`), synced once, then their `done`.
+/// Waits if the committer thread is committing a batch of its own. Nothing
+/// to do (the usual case of a loop with no writes) costs a thread-local
+/// check.
+pub fn commit_deferred() {
+    loop {
+        let queued = DEFERRED.with(|deferred| match deferred.borrow_mut().as_mut() {
+            Some(queued) if !queued.is_empty() => Some(std::mem::take(queued)),
+            _ => None,
+        });
+        // Jobs' `done` may queue new jobs: go on until none are left.
+        let Some(queued) = queued else {
+            return;
+        };
+        for (committer, mut jobs) in queued {
+            let shared = &committer.shared;
+            let mut state = lock(&shared.committer);
+            while !jobs.is_empty() {
+                let rest = jobs.split_off(jobs.len().min(shared.max_batch_jobs));
+                state.commit(&mut jobs);
+                jobs = rest;
+            }
         }
     }
 }

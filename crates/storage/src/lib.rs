@@ -36,7 +36,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use group_commit::{
-    Change, GroupCommitOptions, GroupCommitStats, GroupCommitter, Job, SubmitError, job_fn,
+    Change, GroupCommitOptions, GroupCommitStats, GroupCommitter, Job, SubmitError,
+    commit_deferred, defer_commits_on_this_thread, job_fn,
 };
 pub use memory::MemoryStorage;
 pub use redb_engine::RedbStorage;

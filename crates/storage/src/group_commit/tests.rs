@@ -769,3 +769,117 @@ fn a_sync_job_hears_written_before_the_sync_and_done_after_it() {
         .unwrap();
     assert_eq!(recv(&step_receiver).0, "failed");
 }
+
+/// Runs `body` on a thread of its own: deferral is per thread.
+fn on_a_new_thread(body: impl FnOnce() + Send + 'static) {
+    thread::spawn(body).join().expect("test thread panicked");
+}
+
+#[test]
+fn sync_jobs_deferred_by_a_thread_share_one_commit_when_it_commits_them() {
+    on_a_new_thread(|| {
+        let memory = MemoryStorage::new();
+        let committer =
+            GroupCommitter::start(Arc::new(memory.clone()), GroupCommitOptions::default());
+        defer_commits_on_this_thread();
+        let (reports, report_receiver) = sync_channel(8);
+        for name in ["a", "b", "c"] {
+            committer
+                .run_or_defer(
+                    Space::Data(1),
+                    b"k".to_vec(),
+                    Durability::Sync,
+                    increment(name, b"k", &memory, &reports),
+                )
+                .unwrap();
+        }
+        // Nothing runs them until this thread commits: not the committer
+        // thread either.
+        thread::sleep(Duration::from_millis(50));
+        assert!(report_receiver.try_recv().is_err());
+        assert_eq!(memory.get(Space::Data(1), b"k").unwrap(), None);
+        assert_eq!(committer.stats().jobs, 0);
+
+        commit_deferred();
+        // All done before `commit_deferred` returned, in order, each one
+        // durable when it heard so.
+        for (name, value) in [("a", 1), ("b", 2), ("c", 3)] {
+            let report = report_receiver
+                .try_recv()
+                .expect("done during commit_deferred");
+            assert_eq!(report.name, name);
+            assert!(report.result.is_ok());
+            assert_eq!(report.written, Some(value));
+            assert_eq!(report.durable.unwrap(), Some(3));
+        }
+        let stats = committer.stats();
+        assert_eq!((stats.commits, stats.synced_batches, stats.jobs), (1, 1, 3));
+        // Nothing left: a second call commits nothing.
+        commit_deferred();
+        assert_eq!(committer.stats().commits, 1);
+    });
+}
+
+#[test]
+fn run_or_defer_uses_the_committer_thread_unless_this_thread_defers() {
+    on_a_new_thread(|| {
+        let memory = MemoryStorage::new();
+        let committer =
+            GroupCommitter::start(Arc::new(memory.clone()), GroupCommitOptions::default());
+        let (reports, report_receiver) = sync_channel(8);
+        // Not deferring: the committer thread commits it.
+        committer
+            .run_or_defer(
+                Space::Data(1),
+                b"k".to_vec(),
+                Durability::Sync,
+                increment("queued", b"k", &memory, &reports),
+            )
+            .unwrap();
+        assert!(recv(&report_receiver).result.is_ok());
+        // Deferring: a buffered job still runs at once, on this thread.
+        defer_commits_on_this_thread();
+        committer
+            .run_or_defer(
+                Space::Data(1),
+                b"k".to_vec(),
+                Durability::Buffered,
+                increment("buffered", b"k", &memory, &reports),
+            )
+            .unwrap();
+        let report = report_receiver.try_recv().expect("buffered job ran inline");
+        assert_eq!(
+            (report.name.as_str(), report.written),
+            ("buffered", Some(2))
+        );
+    });
+}
+
+#[test]
+fn a_full_deferred_queue_answers_busy() {
+    on_a_new_thread(|| {
+        let memory = MemoryStorage::new();
+        let options = GroupCommitOptions {
+            queue_capacity: 2,
+            ..GroupCommitOptions::default()
+        };
+        let committer = GroupCommitter::start(Arc::new(memory.clone()), options);
+        defer_commits_on_this_thread();
+        let (reports, report_receiver) = sync_channel(8);
+        let defer = |name: &str| {
+            committer.run_or_defer(
+                Space::Data(1),
+                b"k".to_vec(),
+                Durability::Sync,
+                increment(name, b"k", &memory, &reports),
+            )
+        };
+        assert_eq!(defer("a"), Ok(()));
+        assert_eq!(defer("b"), Ok(()));
+        assert_eq!(defer("c"), Err(SubmitError::Busy));
+        commit_deferred();
+        let names: Vec<String> = report_receiver.try_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(defer("d"), Ok(()));
+    });
+}
