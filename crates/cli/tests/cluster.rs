@@ -639,8 +639,8 @@ fn a_buffered_write_older_than_the_sync_interval_survives_kill_9() {
 }
 
 /// With `--worker-threads 1` a node's one thread commits its own durable
-/// writes (the writes of N=1 buckets, and replicas' copies) before it
-/// sleeps. Every write acknowledged by such nodes, from clients writing
+/// writes with no other replica (N=1 buckets) before it sleeps; replicas'
+/// copies (N=3) go through the commit thread. Every write acknowledged by such nodes, from clients writing
 /// concurrently, survives a kill -9 of every node.
 #[test]
 fn one_thread_nodes_lose_no_acknowledged_write_to_kill_9() {
@@ -667,7 +667,6 @@ fn one_thread_nodes_lose_no_acknowledged_write_to_kill_9() {
                 let client = node.client();
                 for i in 0..WRITES {
                     let key = format!("k-{writer}-{i}");
-                    // N=3: the replicas' copies; N=1: the coordinator's.
                     assert_eq!(
                         resp_command(&node.resp, &[b"SET", key.as_bytes(), b"v"]),
                         b"+OK\r\n"

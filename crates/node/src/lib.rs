@@ -283,8 +283,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 /// commits its own durable writes each time it runs out of work, the way
 /// Redis's event loop syncs before it sleeps: the writes that arrived
 /// together share one sync, with no hand-off to the commit thread and
-/// back. A write that is sent to other replicas while it syncs still goes
-/// to the commit thread, so that the sending is not held up by the sync.
+/// back. Only writes with no other replica are committed so (see
+/// `store::Commit`): the thread serves nothing while it syncs.
 pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if worker_threads == 1 {
         ringkv_storage::defer_commits_on_this_thread();

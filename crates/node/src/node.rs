@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::NodeConfig;
 use crate::metrics::{FailureLabels, FailureReason, Metrics, Op, OpLabels};
-use crate::store::{Hint, LocalStore, StoreError, object_key};
+use crate::store::{Commit, Hint, LocalStore, StoreError, object_key};
 use crate::transport::{PeerError, Peers};
 pub(crate) use ringkv_core::hint::split_object_key;
 
@@ -531,7 +531,13 @@ impl Node {
             // to send to goes out as soon as it is written, and counts once
             // its sync is done.
             None => {
-                let early = durability == DurabilityMode::Sync && !remotes.is_empty();
+                let commit = if remotes.is_empty() {
+                    Commit::Own
+                } else if durability == DurabilityMode::Sync {
+                    Commit::Early
+                } else {
+                    Commit::Queued
+                };
                 self.store
                     .update_staged(
                         partition,
@@ -539,7 +545,7 @@ impl Node {
                         &key,
                         effective.n as u32,
                         durability,
-                        early,
+                        commit,
                         move |current| update(current.as_ref()),
                     )
                     .await

@@ -182,14 +182,22 @@ impl LocalStore {
         durability: DurabilityMode,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
     ) -> Result<Result<Object, E>, StoreError> {
-        let staged = self.update_staged(partition, bucket, key, n, durability, false, update);
+        let staged = self.update_staged(
+            partition,
+            bucket,
+            key,
+            n,
+            durability,
+            Commit::Queued,
+            update,
+        );
         Ok(staged.await?.0)
     }
 
-    /// As [`update`](Self::update); with `early`, returns as soon as the
-    /// new object is written and visible to reads, before its sync (the
-    /// coordinator sends it to the other replicas while the sync runs), and
-    /// [`Durable::wait`] then tells whether it became durable.
+    /// As [`update`](Self::update), committed as `commit` says: with
+    /// `Commit::Early`, returns as soon as the new object is written and
+    /// visible to reads, before its sync, and [`Durable::wait`] then tells
+    /// whether it became durable.
     #[allow(clippy::too_many_arguments)]
     pub async fn update_staged<E: Send + 'static>(
         &self,
@@ -198,9 +206,10 @@ impl LocalStore {
         key: &[u8],
         n: u32,
         durability: DurabilityMode,
-        early: bool,
+        commit: Commit,
         update: impl FnOnce(Option<Object>) -> Result<Object, E> + Send + 'static,
     ) -> Result<(Result<Object, E>, Option<Durable>), StoreError> {
+        let early = commit == Commit::Early;
         let (outcome_tx, outcome_rx) = oneshot::channel();
         let (reply, durable) = if early {
             let (durable_tx, durable_rx) = oneshot::channel();
@@ -226,14 +235,12 @@ impl LocalStore {
             storage_durability(durability),
             Box::new(job),
         );
-        if early {
-            // Sent to the other replicas while it syncs: an event loop that
-            // committed it itself could send nothing during the sync.
-            self.committer
-                .run_or_submit(space, raw_key, durability, job)?;
-        } else {
+        if commit == Commit::Own {
             self.committer
                 .run_or_defer(space, raw_key, durability, job)?;
+        } else {
+            self.committer
+                .run_or_submit(space, raw_key, durability, job)?;
         }
         let outcome = outcome_rx.await.map_err(|_| StoreError::Closed)??;
         Ok((outcome, durable))
@@ -325,6 +332,24 @@ impl LocalStore {
 }
 
 type UpdateFn<E> = Box<dyn FnOnce(Option<Object>) -> Result<Object, E> + Send>;
+
+/// How an update is committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// By the commit thread; the caller hears as soon as it is written,
+    /// then whether it became durable (a coordinator sends it to the other
+    /// replicas while it syncs).
+    Early,
+    /// By the commit thread, once durable. For writes others wait on (a
+    /// replica's copy): a one-thread node that synced them itself would
+    /// serve nothing, reads included, meanwhile.
+    Queued,
+    /// Its sync is all its client waits for (a write with no other
+    /// replica): on a one-thread node, by that thread when it runs out of
+    /// work, shared with the writes that came with it
+    /// (`GroupCommitter::run_or_defer`).
+    Own,
+}
 
 /// Whether a written update became durable (see
 /// [`LocalStore::update_staged`]).
