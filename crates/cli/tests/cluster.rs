@@ -332,6 +332,23 @@ fn killing_one_node_keeps_quorums_working_and_restart_loses_nothing() {
     }
 }
 
+/// Sets a bucket's properties through the first node and waits until every
+/// node's view of the bucket contains `shown`.
+fn set_bucket_everywhere(cluster: &Cluster, bucket: &str, props: serde_json::Value, shown: &str) {
+    cluster.nodes[0]
+        .client()
+        .set_bucket(bucket, &props)
+        .unwrap();
+    let request =
+        format!("GET /v1/buckets/{bucket} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    for node in &cluster.nodes {
+        eventually("bucket props to spread", Duration::from_secs(10), || {
+            let (_, response) = raw_http(&node.http, &request);
+            response.contains(shown).then_some(())
+        });
+    }
+}
+
 fn raw_http(addr: &str, request: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -481,22 +498,12 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 #[test]
 fn bucket_properties_spread_to_every_node() {
     let cluster = Cluster::start(3);
-    cluster.nodes[0]
-        .client()
-        .set_bucket(
-            "lwwbucket",
-            &serde_json::json!({"n": 3, "r": 1, "w": 3, "conflict": "lww"}),
-        )
-        .unwrap();
-    for node in &cluster.nodes {
-        eventually("bucket props to spread", Duration::from_secs(10), || {
-            let (_, response) = raw_http(
-                &node.http,
-                "GET /v1/buckets/lwwbucket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            );
-            response.contains("\"conflict\":\"lww\"").then_some(())
-        });
-    }
+    set_bucket_everywhere(
+        &cluster,
+        "lwwbucket",
+        serde_json::json!({"n": 3, "r": 1, "w": 3, "conflict": "lww"}),
+        "\"conflict\":\"lww\"",
+    );
     // In an lww bucket concurrent blind writes do not become siblings.
     cluster.nodes[1]
         .client()
@@ -640,24 +647,18 @@ fn a_buffered_write_older_than_the_sync_interval_survives_kill_9() {
 
 /// With `--worker-threads 1` a node's one thread commits its own durable
 /// writes with no other replica (N=1 buckets) before it sleeps; replicas'
-/// copies (N=3) go through the commit thread. Every write acknowledged by such nodes, from clients writing
-/// concurrently, survives a kill -9 of every node.
+/// copies (N=3) go through the commit thread. Every write acknowledged by
+/// such nodes, from clients writing concurrently, survives a kill -9 of
+/// every node.
 #[test]
 fn one_thread_nodes_lose_no_acknowledged_write_to_kill_9() {
     let mut cluster = Cluster::start_with(3, &["--worker-threads", "1"]);
-    cluster.nodes[0]
-        .client()
-        .set_bucket("one", &serde_json::json!({"n": 1, "r": 1, "w": 1}))
-        .unwrap();
-    for node in &cluster.nodes {
-        eventually("bucket props to spread", Duration::from_secs(10), || {
-            let (_, response) = raw_http(
-                &node.http,
-                "GET /v1/buckets/one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            );
-            response.contains("\"n\":1").then_some(())
-        });
-    }
+    set_bucket_everywhere(
+        &cluster,
+        "one",
+        serde_json::json!({"n": 1, "r": 1, "w": 1}),
+        "\"n\":1",
+    );
     const WRITERS: usize = 4;
     const WRITES: usize = 25;
     std::thread::scope(|scope| {

@@ -230,18 +230,17 @@ impl LocalStore {
             raw_key: raw_key.clone(),
             digest: None,
         };
-        let (space, durability, job) = (
+        let submit = match commit {
+            Commit::Own => GroupCommitter::run_or_defer,
+            Commit::Early | Commit::Queued => GroupCommitter::run_or_submit,
+        };
+        submit(
+            &self.committer,
             Space::Data(partition),
+            raw_key,
             storage_durability(durability),
             Box::new(job),
-        );
-        if commit == Commit::Own {
-            self.committer
-                .run_or_defer(space, raw_key, durability, job)?;
-        } else {
-            self.committer
-                .run_or_submit(space, raw_key, durability, job)?;
-        }
+        )?;
         let outcome = outcome_rx.await.map_err(|_| StoreError::Closed)??;
         Ok((outcome, durable))
     }

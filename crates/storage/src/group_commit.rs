@@ -221,6 +221,17 @@ struct Submission {
     job: PendingJob,
 }
 
+impl Submission {
+    fn new(space: Space, key: Vec<u8>, durability: Durability, job: Box<dyn Job>) -> Self {
+        Submission {
+            space,
+            key,
+            durability,
+            job: PendingJob { job: Some(job) },
+        }
+    }
+}
+
 /// Owned by the handles; the last one dropped stops the thread.
 struct Shared {
     sender: Option<SyncSender<Submission>>,
@@ -314,42 +325,29 @@ impl GroupCommitter {
         durability: Durability,
         job: Box<dyn Job>,
     ) -> Result<(), SubmitError> {
-        if durability == Durability::Sync {
-            let submission = Submission {
-                space,
-                key,
-                durability,
-                job: PendingJob { job: Some(job) },
-            };
-            let refused = DEFERRED.with(|deferred| {
-                let mut deferred = deferred.borrow_mut();
-                let Some(queued) = deferred.as_mut() else {
-                    return Some(Err(submission));
-                };
-                if queued.iter().map(|(_, jobs)| jobs.len()).sum::<usize>()
-                    >= self.shared.queue_capacity
-                {
-                    return Some(Ok(submission));
-                }
-                match queued
-                    .iter_mut()
-                    .find(|(committer, _)| Arc::ptr_eq(&committer.shared, &self.shared))
-                {
-                    Some((_, jobs)) => jobs.push(submission),
-                    None => queued.push((self.clone(), vec![submission])),
-                }
-                None
-            });
-            return match refused {
-                None => Ok(()),
-                Some(Ok(full)) => {
-                    full.job.discard();
-                    Err(SubmitError::Busy)
-                }
-                Some(Err(not_deferring)) => self.send(not_deferring),
-            };
+        if durability != Durability::Sync {
+            return self.run_or_submit(space, key, durability, job);
         }
-        self.run_or_submit(space, key, durability, job)
+        let submission = Submission::new(space, key, durability, job);
+        DEFERRED.with(|deferred| {
+            let mut deferred = deferred.borrow_mut();
+            let Some(queued) = deferred.as_mut() else {
+                return self.send(submission);
+            };
+            let waiting: usize = queued.iter().map(|(_, jobs)| jobs.len()).sum();
+            if waiting >= self.shared.queue_capacity {
+                submission.job.discard();
+                return Err(SubmitError::Busy);
+            }
+            match queued
+                .iter_mut()
+                .find(|(committer, _)| Arc::ptr_eq(&committer.shared, &self.shared))
+            {
+                Some((_, jobs)) => jobs.push(submission),
+                None => queued.push((self.clone(), vec![submission])),
+            }
+            Ok(())
+        })
     }
 
     /// Runs a `Buffered` job at once on the calling thread when no batch
@@ -370,12 +368,7 @@ impl GroupCommitter {
         if durability == Durability::Buffered
             && let Ok(mut committer) = self.shared.committer.try_lock()
         {
-            let mut batch = vec![Submission {
-                space,
-                key,
-                durability,
-                job: PendingJob { job: Some(job) },
-            }];
+            let mut batch = vec![Submission::new(space, key, durability, job)];
             committer.commit(&mut batch);
             return Ok(());
         }
@@ -391,12 +384,7 @@ impl GroupCommitter {
         durability: Durability,
         job: Box<dyn Job>,
     ) -> Result<(), SubmitError> {
-        self.send(Submission {
-            space,
-            key,
-            durability,
-            job: PendingJob { job: Some(job) },
-        })
+        self.send(Submission::new(space, key, durability, job))
     }
 
     fn send(&self, submission: Submission) -> Result<(), SubmitError> {

@@ -775,6 +775,22 @@ fn on_a_new_thread(body: impl FnOnce() + Send + 'static) {
     thread::spawn(body).join().expect("test thread panicked");
 }
 
+/// `run_or_defer` of an increment of key `k` named `name`.
+fn defer_increment(
+    committer: &GroupCommitter,
+    name: &str,
+    durability: Durability,
+    memory: &MemoryStorage,
+    reports: &SyncSender<Report>,
+) -> Result<(), SubmitError> {
+    committer.run_or_defer(
+        Space::Data(1),
+        b"k".to_vec(),
+        durability,
+        increment(name, b"k", memory, reports),
+    )
+}
+
 #[test]
 fn sync_jobs_deferred_by_a_thread_share_one_commit_when_it_commits_them() {
     on_a_new_thread(|| {
@@ -784,14 +800,7 @@ fn sync_jobs_deferred_by_a_thread_share_one_commit_when_it_commits_them() {
         defer_commits_on_this_thread();
         let (reports, report_receiver) = sync_channel(8);
         for name in ["a", "b", "c"] {
-            committer
-                .run_or_defer(
-                    Space::Data(1),
-                    b"k".to_vec(),
-                    Durability::Sync,
-                    increment(name, b"k", &memory, &reports),
-                )
-                .unwrap();
+            defer_increment(&committer, name, Durability::Sync, &memory, &reports).unwrap();
         }
         // Nothing runs them until this thread commits: not the committer
         // thread either.
@@ -828,27 +837,20 @@ fn run_or_defer_uses_the_committer_thread_unless_this_thread_defers() {
             GroupCommitter::start(Arc::new(memory.clone()), GroupCommitOptions::default());
         let (reports, report_receiver) = sync_channel(8);
         // Not deferring: the committer thread commits it.
-        committer
-            .run_or_defer(
-                Space::Data(1),
-                b"k".to_vec(),
-                Durability::Sync,
-                increment("queued", b"k", &memory, &reports),
-            )
-            .unwrap();
+        defer_increment(&committer, "queued", Durability::Sync, &memory, &reports).unwrap();
         assert!(recv(&report_receiver).result.is_ok());
         // Deferring: a buffered job is not deferred (it waits for no sync);
         // it runs inline, or queued while the committer thread still holds
         // the lock, without `commit_deferred` either way.
         defer_commits_on_this_thread();
-        committer
-            .run_or_defer(
-                Space::Data(1),
-                b"k".to_vec(),
-                Durability::Buffered,
-                increment("buffered", b"k", &memory, &reports),
-            )
-            .unwrap();
+        defer_increment(
+            &committer,
+            "buffered",
+            Durability::Buffered,
+            &memory,
+            &reports,
+        )
+        .unwrap();
         let report = recv(&report_receiver);
         assert_eq!(
             (report.name.as_str(), report.written),
@@ -868,14 +870,7 @@ fn a_full_deferred_queue_answers_busy() {
         let committer = GroupCommitter::start(Arc::new(memory.clone()), options);
         defer_commits_on_this_thread();
         let (reports, report_receiver) = sync_channel(8);
-        let defer = |name: &str| {
-            committer.run_or_defer(
-                Space::Data(1),
-                b"k".to_vec(),
-                Durability::Sync,
-                increment(name, b"k", &memory, &reports),
-            )
-        };
+        let defer = |name| defer_increment(&committer, name, Durability::Sync, &memory, &reports);
         assert_eq!(defer("a"), Ok(()));
         assert_eq!(defer("b"), Ok(()));
         assert_eq!(defer("c"), Err(SubmitError::Busy));
