@@ -7,6 +7,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use ringkv_client::{ClientError, GetResult};
+use ringkv_core::bucket::BucketRegistry;
+use ringkv_core::message::{GossipState, PeerRequest};
+use ringkv_core::ring::{Layout, Member, MemberState};
+use ringkv_wire::{Frame, encode_frame};
 use support::{Cluster, eventually, resp_command};
 
 fn value_of(result: GetResult) -> Vec<u8> {
@@ -206,6 +210,47 @@ fn resp_set_on_one_node_get_on_another_for_every_node() {
         b":1\r\n"
     );
     assert_eq!(resp_command(&nodes[1].resp, &[b"GET", b"m1"]), b"$-1\r\n");
+
+    // Multi-key commands over more keys than are read at once.
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("many-{i}").into_bytes()).collect();
+    let mut mset: Vec<&[u8]> = vec![b"MSET"];
+    for key in &keys {
+        mset.extend([key.as_slice(), key.as_slice()]);
+    }
+    assert_eq!(resp_command(r, &mset), b"+OK\r\n");
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(keys.iter().map(Vec::as_slice));
+    mget.push(b"nope");
+    let mut expected = b"*41\r\n".to_vec();
+    for key in &keys {
+        expected.extend(format!("${}\r\n", key.len()).bytes());
+        expected.extend(key);
+        expected.extend(b"\r\n");
+    }
+    expected.extend(b"$-1\r\n");
+    assert_eq!(resp_command(r, &mget), expected);
+    let mut del = mget.clone();
+    del[0] = b"DEL";
+    assert_eq!(resp_command(r, &del), b":40\r\n");
+    let mut exists = mget;
+    exists[0] = b"EXISTS";
+    assert_eq!(resp_command(r, &exists), b":0\r\n");
+
+    // 200 pipelined GETs of a 1,000-byte value: replies are flushed as they
+    // pass 64 KiB, and every one arrives, in order.
+    let big = vec![b'v'; 1000];
+    assert_eq!(resp_command(r, &[b"SET", b"big", &big]), b"+OK\r\n");
+    let mut stream = TcpStream::connect(r).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(&b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(200))
+        .unwrap();
+    let one = [b"$1000\r\n".as_slice(), &big, b"\r\n"].concat();
+    let mut replies = vec![0u8; one.len() * 200];
+    stream.read_exact(&mut replies).unwrap();
+    assert!(replies.chunks(one.len()).all(|reply| reply == one));
     assert_eq!(resp_command(r, &[b"SELECT", b"0"]), b"+OK\r\n");
     assert!(resp_command(r, &[b"FLUSHALL"]).starts_with(b"-ERR unknown command"));
     // Keys written over RESP are visible over HTTP in the resp bucket.
@@ -444,6 +489,34 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         "{response}"
     );
 
+    // HEAD is a read: headers only, and the key is still there.
+    let (got, response) = req("HEAD", "/v1/kv/b/k", "", "");
+    assert_eq!(got, 200, "{response}");
+    assert!(
+        response.ends_with("\r\n\r\n"),
+        "HEAD has no body: {response}"
+    );
+
+    // A multi-key RESP command with one bad key changes none of the others.
+    let long_key = vec![b'k'; 1025];
+    assert_eq!(
+        resp_command(&node.resp, &[b"SET", b"a", b"kept"]),
+        b"+OK\r\n"
+    );
+    for command in [
+        vec![&b"MSET"[..], b"a", b"changed", b"", b"x"],
+        vec![b"MSET", b"a", b"changed", &long_key, b"x"],
+        vec![b"DEL", b"a", &long_key],
+    ] {
+        let reply = resp_command(&node.resp, &command);
+        assert!(
+            reply.starts_with(b"-ERR"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    assert_eq!(resp_command(&node.resp, &[b"GET", b"a"]), b"$4\r\nkept\r\n");
+
     // Malformed RESP: an error reply, and the connection is closed.
     let mut stream = TcpStream::connect(&node.resp).unwrap();
     stream
@@ -471,6 +544,51 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     let mut frame = vec![0, 0, 0, 20, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     frame.extend_from_slice(&[0xff; 10]);
     peer.write_all(&frame).unwrap();
+
+    // Gossip of a layout with another partition count (a node of another
+    // cluster): refused, whatever its version.
+    let stranger = |id: u64| Member {
+        id,
+        name: format!("stranger{id}"),
+        peer_addr: format!("127.0.0.1:{}", 1000 + id),
+        http_addr: format!("127.0.0.1:{}", 2000 + id),
+        resp_addr: format!("127.0.0.1:{}", 3000 + id),
+        state: MemberState::Valid,
+    };
+    let mut foreign = Layout::new(8, 3, stranger(1)).unwrap();
+    for id in 2..=4 {
+        foreign = foreign.with_member(stranger(id)).unwrap();
+    }
+    for port in 4000..4020 {
+        // Moves a member: a newer version than the cluster's own.
+        let moved = Member {
+            http_addr: format!("127.0.0.1:{port}"),
+            ..stranger(1)
+        };
+        foreign = foreign.with_member(moved).unwrap();
+    }
+    let gossip = Frame::Request {
+        id: 1,
+        body: PeerRequest::Gossip(GossipState {
+            from: 1,
+            layout: foreign.encode(),
+            buckets: BucketRegistry::default(),
+        }),
+    };
+    let frame = encode_frame(&gossip).unwrap();
+    let mut peer = TcpStream::connect(&node.peer).unwrap();
+    peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    peer.write_all(&frame).unwrap();
+    let mut length = [0u8; 4];
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    peer.read_exact(&mut length).unwrap(); // answered: the frame was taken in
+    let (_, cluster_view) = raw_http(
+        &node.http,
+        "GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(!cluster_view.contains("stranger"), "{cluster_view}");
+    assert!(!cluster_view.contains("\"partitions\":8"), "{cluster_view}");
 
     // Nothing changed, everything still serves.
     for n in &cluster.nodes {

@@ -194,7 +194,10 @@ impl BucketRegistry {
                 what: format!("at most {MAX_CONFIGURED_BUCKETS} buckets can be configured"),
             });
         }
-        let floor = self.buckets.get(bucket).map_or(0, |e| e.updated_ms + 1);
+        let floor = self
+            .buckets
+            .get(bucket)
+            .map_or(0, |e| e.updated_ms.saturating_add(1));
         let entry = BucketEntry {
             props,
             updated_ms: now_ms.max(floor),

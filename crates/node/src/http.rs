@@ -165,7 +165,8 @@ async fn kv(
         Err(response) => return response,
     };
     let timeout_ms = query.timeout_ms.unwrap_or(node.config.request_timeout_ms);
-    let op = if method == Method::GET {
+    // axum routes HEAD to the GET handler: it is a read, answered without a body.
+    let op = if method == Method::GET || method == Method::HEAD {
         if query.w.is_some() || query.pw.is_some() {
             return bad_request("w and pw apply to writes; use r for reads");
         }
@@ -199,8 +200,14 @@ async fn kv(
                 }
                 Err(rejection) => return bad_request(rejection.body_text()),
             }
-        } else {
+        } else if method == Method::DELETE {
             None
+        } else {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not a method of /v1/kv"),
+            );
         };
         let content_type = headers
             .get(header::CONTENT_TYPE)

@@ -369,7 +369,7 @@ impl Node {
     }
 
     /// Input checks shared by every way in (HTTP, RESP, forwarded).
-    fn check(&self, op: &ClientOp) -> Result<(), OpError> {
+    pub(crate) fn check(&self, op: &ClientOp) -> Result<(), OpError> {
         validate_bucket_name(op.bucket()).map_err(bad_request)?;
         validate_key(op.key()).map_err(bad_request)?;
         if op.timeout_ms() == 0 || op.timeout_ms() > 600_000 {
@@ -1038,10 +1038,13 @@ impl Node {
                     .await
             }
             PeerRequest::Ping { from } => {
-                self.detector
-                    .lock()
-                    .expect("detector lock")
-                    .heartbeat(from, now_ms());
+                // Only members are tracked: ids that are not cannot grow the detector.
+                if self.layout().member(from).is_some() {
+                    self.detector
+                        .lock()
+                        .expect("detector lock")
+                        .heartbeat(from, now_ms());
+                }
                 PeerResponse::Pong { from: self.id }
             }
             PeerRequest::AntiEntropy {
@@ -1298,6 +1301,18 @@ impl Node {
     pub fn adopt_layout(&self, layout: Layout) -> Result<bool, StoreError> {
         let mut current = self.layout.write().expect("layout lock");
         if !layout.supersedes(&current) {
+            return Ok(false);
+        }
+        // The partition count is fixed when a cluster is created; a layout
+        // with another is from another cluster, and adopting it would put
+        // every key in a partition it was not stored under.
+        if layout.partitions() != current.partitions() {
+            warn!(
+                ours = current.partitions(),
+                theirs = layout.partitions(),
+                version = layout.version(),
+                "refusing a layout with another partition count (a node of another cluster?)"
+            );
             return Ok(false);
         }
         self.store.meta_put_sync(META_LAYOUT, layout.encode())?;

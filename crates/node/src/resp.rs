@@ -2,12 +2,13 @@
 //! Redis client libraries. Keys live in one bucket (`--resp-bucket`, an
 //! `lww` bucket unless configured otherwise).
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use ringkv_core::causality::{Object, VersionVector};
 use ringkv_core::message::{ClientOp, ClientReply, OpError};
-use ringkv_wire::resp::{self, RespLimits, parse_command};
+use ringkv_wire::resp::{self, CommandParser, RespLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -17,6 +18,13 @@ use crate::node::Node;
 
 /// Commands of one connection answered before replies are flushed.
 const MAX_PIPELINE: usize = 1024;
+/// Replies buffered before they are flushed, whatever their number: a
+/// pipeline of GETs of large values must not pile up in memory.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// Keys of one MGET, DEL or EXISTS read at a time.
+const KEYS_AT_ONCE: usize = 16;
+/// The largest MGET reply: past it the command answers an error instead.
+const MAX_MGET_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
 pub async fn serve(listener: TcpListener, node: Arc<Node>, connections: Arc<Semaphore>) {
     loop {
@@ -48,10 +56,15 @@ enum Next {
 }
 
 async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
-    let limits = RespLimits {
+    let defaults = RespLimits::default();
+    let mut parser = CommandParser::new(RespLimits {
         max_bulk_bytes: node.config.max_value_bytes,
-        ..RespLimits::default()
-    };
+        // A SET of the largest value always fits.
+        max_command_bytes: defaults
+            .max_command_bytes
+            .max(2 * node.config.max_value_bytes + 64 * 1024),
+        ..defaults
+    });
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -60,7 +73,7 @@ async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Re
         }
         let mut answered = 0;
         loop {
-            match parse_command(&input, &limits) {
+            match parser.parse(&input) {
                 Ok(None) => break,
                 Ok(Some((args, used))) => {
                     let _ = input.split_to(used);
@@ -73,7 +86,7 @@ async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Re
                         stream.write_all(&output).await?;
                         return Ok(());
                     }
-                    if answered >= MAX_PIPELINE {
+                    if answered >= MAX_PIPELINE || output.len() >= FLUSH_BYTES {
                         stream.write_all(&output).await?;
                         output.clear();
                         answered = 0;
@@ -167,16 +180,34 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                 return wrong_args(out, &name);
             }
             let keys = &args[1..];
-            let results = futures::future::join_all(keys.iter().map(|k| get(node, k))).await;
-            if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-                error(out, e);
-            } else {
-                resp::array_header(out, results.len());
+            if let Err(e) = check_all(node, keys.iter().map(|k| get_op(node, k))) {
+                error(out, &e);
+                return Next::Continue;
+            }
+            let start = out.len();
+            resp::array_header(out, keys.len());
+            for chunk in keys.chunks(KEYS_AT_ONCE) {
+                let results = futures::future::join_all(chunk.iter().map(|k| get(node, k))).await;
                 for result in results {
                     match result {
                         Ok(Some(value)) => resp::bulk(out, &value),
-                        _ => resp::null(out),
+                        Ok(None) => resp::null(out),
+                        Err(e) => {
+                            out.truncate(start);
+                            error(out, &e);
+                            return Next::Continue;
+                        }
                     }
+                }
+                if out.len() - start > MAX_MGET_REPLY_BYTES {
+                    out.truncate(start);
+                    resp::error_reply(
+                        out,
+                        &format!(
+                            "ERR MGET reply larger than {MAX_MGET_REPLY_BYTES} bytes; ask for fewer keys"
+                        ),
+                    );
+                    return Next::Continue;
                 }
             }
         }
@@ -188,7 +219,8 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                 }
                 return wrong_args(out, &name);
             }
-            match write(node, &args[1], Some(args[2].clone())).await {
+            let op = put_op(node, &args[1], Some(args[2].clone()), VersionVector::new());
+            match put(node, op).await {
                 Ok(()) => resp::simple(out, "OK"),
                 Err(e) => error(out, &e),
             }
@@ -197,13 +229,28 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
             if argc < 3 || argc.is_multiple_of(2) {
                 return wrong_args(out, &name);
             }
-            let pairs = args[1..].chunks(2);
-            let results =
-                futures::future::join_all(pairs.map(|p| write(node, &p[0], Some(p[1].clone()))))
-                    .await;
-            match results.into_iter().find(|r| r.is_err()) {
-                Some(Err(e)) => error(out, &e),
-                _ => resp::simple(out, "OK"),
+            // Every pair is checked before any is written.
+            let ops: Vec<ClientOp> = args[1..]
+                .chunks(2)
+                .map(|p| put_op(node, &p[0], Some(p[1].clone()), VersionVector::new()))
+                .collect();
+            if let Err(e) = check_all(node, &ops) {
+                error(out, &e);
+                return Next::Continue;
+            }
+            let mut ops = ops.into_iter();
+            loop {
+                let chunk: Vec<ClientOp> = ops.by_ref().take(KEYS_AT_ONCE).collect();
+                if chunk.is_empty() {
+                    resp::simple(out, "OK");
+                    break;
+                }
+                let results =
+                    futures::future::join_all(chunk.into_iter().map(|op| put(node, op))).await;
+                if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+                    error(out, &e);
+                    break;
+                }
             }
         }
         "del" | "exists" => {
@@ -211,23 +258,34 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                 return wrong_args(out, &name);
             }
             let keys = &args[1..];
-            let found = futures::future::join_all(keys.iter().map(|k| read(node, k))).await;
+            // Every key is checked before any is deleted.
+            if let Err(e) = check_all(
+                node,
+                keys.iter()
+                    .map(|k| put_op(node, k, None, VersionVector::new())),
+            ) {
+                error(out, &e);
+                return Next::Continue;
+            }
             let mut count = 0;
-            for (key, result) in keys.iter().zip(found) {
-                match result {
-                    Ok(Some((_, context))) => {
-                        if name == "del"
-                            && let Err(e) = write_with(node, key, None, context).await
-                        {
+            for chunk in keys.chunks(KEYS_AT_ONCE) {
+                let found = futures::future::join_all(chunk.iter().map(|k| read(node, k))).await;
+                for (key, result) in chunk.iter().zip(found) {
+                    match result {
+                        Ok(Some((_, context))) => {
+                            if name == "del"
+                                && let Err(e) = put(node, put_op(node, key, None, context)).await
+                            {
+                                error(out, &e);
+                                return Next::Continue;
+                            }
+                            count += 1;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
                             error(out, &e);
                             return Next::Continue;
                         }
-                        count += 1;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        error(out, &e);
-                        return Next::Continue;
                     }
                 }
             }
@@ -259,14 +317,7 @@ async fn get(node: &Arc<Node>, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
 
 /// The value of a key and the causal context of the read.
 async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<(Vec<u8>, VersionVector)>, OpError> {
-    let op = ClientOp::Get {
-        bucket: node.config.resp_bucket.clone(),
-        key: key.to_vec(),
-        r: None,
-        pr: None,
-        timeout_ms: node.config.request_timeout_ms,
-    };
-    match node.execute(op, true).await {
+    match node.execute(get_op(node, key), true).await {
         ClientReply::Found { object: None } => Ok(None),
         ClientReply::Found {
             object: Some(bytes),
@@ -287,20 +338,21 @@ async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<(Vec<u8>, VersionVe
     }
 }
 
+fn get_op(node: &Node, key: &[u8]) -> ClientOp {
+    ClientOp::Get {
+        bucket: node.config.resp_bucket.clone(),
+        key: key.to_vec(),
+        r: None,
+        pr: None,
+        timeout_ms: node.config.request_timeout_ms,
+    }
+}
+
 /// SET writes without a causal context: in the default `lww` bucket the
 /// newest write wins, as Redis users expect. DEL passes the context of its
 /// read so that it supersedes what it saw in a `siblings` bucket too.
-async fn write(node: &Arc<Node>, key: &[u8], value: Option<Vec<u8>>) -> Result<(), OpError> {
-    write_with(node, key, value, VersionVector::new()).await
-}
-
-async fn write_with(
-    node: &Arc<Node>,
-    key: &[u8],
-    value: Option<Vec<u8>>,
-    context: VersionVector,
-) -> Result<(), OpError> {
-    let op = ClientOp::Put {
+fn put_op(node: &Node, key: &[u8], value: Option<Vec<u8>>, context: VersionVector) -> ClientOp {
+    ClientOp::Put {
         bucket: node.config.resp_bucket.clone(),
         key: key.to_vec(),
         value,
@@ -309,7 +361,18 @@ async fn write_with(
         w: None,
         pw: None,
         timeout_ms: node.config.request_timeout_ms,
-    };
+    }
+}
+
+/// The first input error among a multi-key command's operations.
+fn check_all<O: Borrow<ClientOp>>(
+    node: &Node,
+    ops: impl IntoIterator<Item = O>,
+) -> Result<(), OpError> {
+    ops.into_iter().try_for_each(|op| node.check(op.borrow()))
+}
+
+async fn put(node: &Arc<Node>, op: ClientOp) -> Result<(), OpError> {
     match node.execute(op, true).await {
         ClientReply::Written { .. } => Ok(()),
         ClientReply::Failed(e) => Err(e),

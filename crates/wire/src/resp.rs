@@ -10,6 +10,9 @@ pub struct RespLimits {
     pub max_args: usize,
     pub max_bulk_bytes: usize,
     pub max_inline_bytes: usize,
+    /// The whole command, headers included: refused as soon as a bulk
+    /// header announces more, before its bytes are buffered.
+    pub max_command_bytes: usize,
 }
 
 impl Default for RespLimits {
@@ -18,6 +21,7 @@ impl Default for RespLimits {
             max_args: 1024 * 1024,
             max_bulk_bytes: 16 * 1024 * 1024 + 1024,
             max_inline_bytes: 64 * 1024,
+            max_command_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -39,13 +43,108 @@ fn error<T>(reason: impl Into<String>) -> Result<T, RespError> {
 /// A parsed command's arguments and the bytes of input it used.
 pub type ParsedCommand = (Vec<Vec<u8>>, usize);
 
-/// Parses one command from the front of `buf`. `Ok(None)`: more bytes
-/// are needed. `Ok(Some((args, consumed)))`: a whole command.
+/// Parses one command from the front of `buf` with a fresh parser.
+/// `Ok(None)`: more bytes are needed. `Ok(Some((args, consumed)))`: a
+/// whole command.
 pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<ParsedCommand>, RespError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_array(buf, limits),
-        Some(_) => parse_inline(buf, limits),
+    CommandParser::new(*limits).parse(buf)
+}
+
+/// The commands of one connection, parsed as their bytes arrive. An
+/// incomplete array is remembered (arguments so far, where to go on), so a
+/// command that arrives over many reads is scanned and copied once, not
+/// once per read.
+#[derive(Debug)]
+pub struct CommandParser {
+    limits: RespLimits,
+    partial: Option<Partial>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    count: usize,
+    args: Vec<Vec<u8>>,
+    pos: usize,
+}
+
+impl CommandParser {
+    pub fn new(limits: RespLimits) -> CommandParser {
+        CommandParser {
+            limits,
+            partial: None,
+        }
+    }
+
+    /// Parses one command from the front of `buf`: `Ok(None)` when more
+    /// bytes are needed. Between calls the caller may only append to
+    /// `buf`, until a command is returned; it then removes the `consumed`
+    /// bytes from the front. After an error the connection is closed.
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Option<ParsedCommand>, RespError> {
+        if self.partial.is_some() {
+            return self.parse_array(buf);
+        }
+        match buf.first() {
+            None => Ok(None),
+            Some(b'*') => self.parse_array(buf),
+            Some(_) => parse_inline(buf, &self.limits),
+        }
+    }
+
+    fn parse_array(&mut self, buf: &[u8]) -> Result<Option<ParsedCommand>, RespError> {
+        let limits = self.limits;
+        let mut partial = match self.partial.take() {
+            Some(partial) => partial,
+            None => {
+                let Some((count, pos)) = read_length(buf, 0, b'*', "multibulk")? else {
+                    return Ok(None);
+                };
+                if count <= 0 {
+                    // Redis ignores empty arrays.
+                    return Ok(Some((Vec::new(), pos)));
+                }
+                if count as u64 > limits.max_args as u64 {
+                    return error("invalid multibulk length");
+                }
+                Partial {
+                    count: count as usize,
+                    // Never trust the count for allocation: grow as arguments arrive.
+                    args: Vec::with_capacity((count as usize).min(64)),
+                    pos,
+                }
+            }
+        };
+        while partial.args.len() < partial.count {
+            let pos = partial.pos;
+            let header = if pos >= buf.len() {
+                None
+            } else {
+                read_length(buf, pos, b'$', "bulk")?
+            };
+            let Some((len, start)) = header else {
+                self.partial = Some(partial);
+                return Ok(None);
+            };
+            if len < 0 || len as u64 > limits.max_bulk_bytes as u64 {
+                return error("invalid bulk length");
+            }
+            let end = start + len as usize;
+            if end + 2 > limits.max_command_bytes {
+                return error(format!(
+                    "command larger than {} bytes",
+                    limits.max_command_bytes
+                ));
+            }
+            if buf.len() < end + 2 {
+                self.partial = Some(partial);
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return error("bulk string not terminated by CRLF");
+            }
+            partial.args.push(buf[start..end].to_vec());
+            partial.pos = end + 2;
+        }
+        Ok(Some((partial.args, partial.pos)))
     }
 }
 
@@ -84,42 +183,6 @@ fn read_length(
         Some(n) if digits.len() <= 20 => Ok(Some((n, end + 2))),
         _ => error(format!("invalid {what} length")),
     }
-}
-
-fn parse_array(buf: &[u8], limits: &RespLimits) -> Result<Option<ParsedCommand>, RespError> {
-    let Some((count, mut pos)) = read_length(buf, 0, b'*', "multibulk")? else {
-        return Ok(None);
-    };
-    if count <= 0 {
-        // Redis ignores empty arrays.
-        return Ok(Some((Vec::new(), pos)));
-    }
-    if count as u64 > limits.max_args as u64 {
-        return error("invalid multibulk length");
-    }
-    // Never trust the count for allocation: grow as arguments arrive.
-    let mut args = Vec::with_capacity((count as usize).min(64));
-    for _ in 0..count {
-        if pos >= buf.len() {
-            return Ok(None);
-        }
-        let Some((len, start)) = read_length(buf, pos, b'$', "bulk")? else {
-            return Ok(None);
-        };
-        if len < 0 || len as u64 > limits.max_bulk_bytes as u64 {
-            return error("invalid bulk length");
-        }
-        let end = start + len as usize;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return error("bulk string not terminated by CRLF");
-        }
-        args.push(buf[start..end].to_vec());
-        pos = end + 2;
-    }
-    Ok(Some((args, pos)))
 }
 
 fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Option<ParsedCommand>, RespError> {
@@ -237,10 +300,46 @@ mod tests {
             max_args: 2,
             max_bulk_bytes: 4,
             max_inline_bytes: 8,
+            max_command_bytes: 20,
         };
         assert!(parse_command(b"*3\r\n", &limits).is_err());
         assert!(parse_command(b"*1\r\n$5\r\n", &limits).is_err());
         assert!(parse_command(b"aaaaaaaaaaaa", &limits).is_err());
+        assert!(
+            parse_command(b"*1\r\n$4\r\nabcd\r\n", &limits)
+                .unwrap()
+                .is_some()
+        );
+        // 22 bytes in all: refused at the second header, before its bytes.
+        let too_big = parse_command(b"*2\r\n$4\r\nabcd\r\n$2\r\n", &limits).unwrap_err();
+        assert!(too_big.reason.contains("larger than 20 bytes"), "{too_big}");
+    }
+
+    #[test]
+    fn a_command_arriving_over_many_reads_parses_as_when_whole() {
+        let mut wire = BytesMut::new();
+        array_header(&mut wire, 3);
+        bulk(&mut wire, b"SET");
+        bulk(&mut wire, b"key");
+        bulk(&mut wire, &[7u8; 300]);
+        wire.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        let first_len = wire.len() - 14;
+        for step in [1, 2, 7, 64] {
+            let mut parser = CommandParser::new(RespLimits::default());
+            let mut arrived = 0;
+            let (args, used) = loop {
+                arrived = (arrived + step).min(wire.len());
+                if let Some(parsed) = parser.parse(&wire[..arrived]).unwrap() {
+                    break parsed;
+                }
+                assert!(arrived < first_len, "step {step}: nothing at {arrived}");
+            };
+            assert_eq!(used, first_len, "step {step}");
+            assert_eq!(args, vec![b"SET".to_vec(), b"key".to_vec(), vec![7u8; 300]]);
+            // The same parser goes on with the next command.
+            let (args, used) = parser.parse(&wire[first_len..]).unwrap().unwrap();
+            assert_eq!((args, used), (vec![b"PING".to_vec()], 14));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::cmp::Ordering;
 
-use super::{ConflictMode, Dot, NewVersion, Sibling, VersionVector};
+use super::{ConflictMode, Dot, MAX_CONTEXT_ENTRIES, NewVersion, Sibling, VersionVector};
 use crate::NodeId;
 
 /// Longest content type the encoding can hold (u16 length).
@@ -33,6 +33,8 @@ pub enum UpdateError {
     ValueTooLarge { len: usize, max: usize },
     #[error("replica {replica} has no write counter left for this key")]
     CounterExhausted { replica: NodeId },
+    #[error("the causal context would grow the key's clock to {len} entries, past {max}")]
+    ClockTooLarge { len: usize, max: usize },
 }
 
 impl Object {
@@ -130,6 +132,14 @@ impl Object {
         );
         let mut clock = current.clock.clone();
         clock.merge(context);
+        // A context is client input: it may not grow a clock past what a
+        // context can carry. New dots still may (each replica's own actor).
+        if clock.len() > MAX_CONTEXT_ENTRIES && clock.len() > current.clock.len() {
+            return Err(UpdateError::ClockTooLarge {
+                len: clock.len(),
+                max: MAX_CONTEXT_ENTRIES,
+            });
+        }
         clock.add(dot);
         let object = Object { clock, siblings };
         debug_assert_eq!(object.invariant_violation(), None);

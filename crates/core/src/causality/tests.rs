@@ -602,6 +602,34 @@ fn context_with_the_most_entries_fits_and_one_more_does_not() {
 }
 
 #[test]
+fn a_context_may_not_grow_a_clock_past_what_a_context_carries() {
+    let forged = |from: u64| -> VersionVector {
+        (from..from + MAX_CONTEXT_ENTRIES as u64)
+            .map(|r| Dot::new(r, 1))
+            .collect()
+    };
+    // One forged context fills the clock to the limit (plus the new dot).
+    let full = write(None, &forged(1000), put("a", 1), 7, LWW);
+    assert_eq!(full.clock().len(), MAX_CONTEXT_ENTRIES + 1);
+    // A second one with other made-up actors is refused, changing nothing.
+    assert_eq!(
+        Object::update(Some(&full), &forged(5000), put("b", 2), 7, LWW, 100),
+        Err(UpdateError::ClockTooLarge {
+            len: 2 * MAX_CONTEXT_ENTRIES + 1,
+            max: MAX_CONTEXT_ENTRIES,
+        })
+    );
+    // Writes that add no context entries still work: a blind one, one with
+    // the key's own clock, and one by a replica new to the key.
+    let blind = write(Some(&full), &VersionVector::new(), put("c", 3), 7, LWW);
+    let read_context = blind.clock().clone();
+    let with_context = write(Some(&blind), &read_context, put("d", 4), 7, LWW);
+    let new_replica = write(Some(&with_context), &read_context, put("e", 5), 8, LWW);
+    assert_eq!(values(&new_replica), ["e"]);
+    assert_eq!(new_replica.clock().len(), MAX_CONTEXT_ENTRIES + 2);
+}
+
+#[test]
 #[should_panic(expected = "causal context has 1025 entries")]
 fn encode_context_panics_past_the_limit() {
     let over: VersionVector = (0..=MAX_CONTEXT_ENTRIES as u64)
