@@ -1,10 +1,12 @@
 //! Peer frames: `u32 BE length ‖ u8 protocol version ‖ u8 kind ‖ u64 BE
-//! request id ‖ postcard body`. The length prefix and its limit are
-//! tokio-util's `LengthDelimitedCodec`; this module owns what is inside.
+//! request id ‖ postcard body`. `PeerCodec` handles the length prefix and
+//! its limit; this module also owns what is inside.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::io;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ringkv_core::message::{PeerRequest, PeerResponse};
-use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 pub const PROTOCOL_VERSION: u8 = 1;
 const KIND_REQUEST: u8 = 0;
@@ -31,11 +33,61 @@ pub enum WireError {
 
 /// The length-prefix codec for peer connections; frames longer than
 /// `max_frame_bytes` are refused by the reader and the writer alike.
-pub fn peer_codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_type::<u32>()
-        .max_frame_length(max_frame_bytes)
-        .new_codec()
+pub fn peer_codec(max_frame_bytes: usize) -> PeerCodec {
+    PeerCodec {
+        max_frame_bytes,
+        writer: LengthDelimitedCodec::builder()
+            .length_field_type::<u32>()
+            .max_frame_length(max_frame_bytes)
+            .new_codec(),
+    }
+}
+
+/// Writes with tokio-util's `LengthDelimitedCodec`. Reads check the
+/// announced length against the limit, then wait for the bytes without
+/// reserving room for them: the buffer grows with what arrives, so a bare
+/// header cannot make a node allocate a whole frame (`LengthDelimitedCodec`
+/// reserves the announced length at once).
+#[derive(Debug)]
+pub struct PeerCodec {
+    max_frame_bytes: usize,
+    writer: LengthDelimitedCodec,
+}
+
+const LENGTH_BYTES: usize = 4;
+
+impl Decoder for PeerCodec {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        let Some(&[a, b, c, d]) = src.get(..LENGTH_BYTES) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if len > self.max_frame_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "frame of {len} bytes exceeds the limit of {}",
+                    self.max_frame_bytes
+                ),
+            ));
+        }
+        if src.len() < LENGTH_BYTES + len {
+            return Ok(None);
+        }
+        src.advance(LENGTH_BYTES);
+        Ok(Some(src.split_to(len)))
+    }
+}
+
+impl Encoder<Bytes> for PeerCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        self.writer.encode(frame, dst)
+    }
 }
 
 pub fn encode_frame(frame: &Frame) -> Result<Bytes, WireError> {
@@ -98,6 +150,37 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use ringkv_core::message::ClientOp;
+
+    #[test]
+    fn the_length_prefix_is_checked_and_no_room_is_reserved_for_a_frame_not_yet_sent() {
+        let mut codec = peer_codec(1 << 20);
+        let mut wire = BytesMut::new();
+        codec.encode(Bytes::from_static(b"one"), &mut wire).unwrap();
+        codec.encode(Bytes::from_static(b""), &mut wire).unwrap();
+        assert_eq!(&wire[..], b"\0\0\0\x03one\0\0\0\0");
+        assert_eq!(&codec.decode(&mut wire).unwrap().unwrap()[..], b"one");
+        assert_eq!(&codec.decode(&mut wire).unwrap().unwrap()[..], b"");
+        assert_eq!(codec.decode(&mut wire).unwrap(), None);
+
+        // A header announcing the largest frame, and a few bytes of it.
+        let mut partial = BytesMut::with_capacity(16);
+        partial.put_u32(1 << 20);
+        partial.extend_from_slice(b"start");
+        assert_eq!(codec.decode(&mut partial).unwrap(), None);
+        assert!(partial.capacity() < 1024, "reserved {}", partial.capacity());
+
+        let mut over = BytesMut::new();
+        over.put_u32((1 << 20) + 1);
+        assert_eq!(
+            codec.decode(&mut over).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert!(
+            codec
+                .encode(Bytes::from(vec![0; (1 << 20) + 1]), &mut over)
+                .is_err()
+        );
+    }
 
     #[test]
     fn round_trip() {
