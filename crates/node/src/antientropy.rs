@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use ringkv_core::NodeId;
 use ringkv_core::antientropy::{Exchange, ExchangeLimits, ExchangeStep, answer};
+use ringkv_core::bucket::{validate_bucket_name, validate_key};
 use ringkv_core::message::{PeerRequest, PeerResponse};
-use ringkv_core::ring::Layout;
+use ringkv_core::ring::{Layout, key_hash, partition_of};
 use tracing::{debug, info, warn};
 
 use crate::node::{Node, merge_into, split_object_key};
@@ -188,7 +189,14 @@ impl Node {
         addr: &str,
     ) -> Result<(), String> {
         let (bucket, key) = split_object_key(raw_key).ok_or("malformed key in tree")?;
+        validate_bucket_name(&bucket)
+            .and(validate_key(&key))
+            .map_err(|e| e.to_string())?;
         let layout = self.layout();
+        // A key named by a peer is repaired only in the partition it hashes to.
+        if partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions()) != partition {
+            return Err(format!("key of another partition than {partition}"));
+        }
         let effective = self.effective(&bucket, &layout);
         let mode = effective.props.conflict;
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
