@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ringkv_client::{ClientError, GetResult};
 use ringkv_core::bucket::BucketRegistry;
+use ringkv_core::causality::{Dot, MAX_CONTEXT_COUNTER, VersionVector, encode_context};
 use ringkv_core::message::{GossipState, PeerRequest};
 use ringkv_core::ring::{Layout, Member, MemberState};
 use ringkv_wire::{Frame, encode_frame};
@@ -478,6 +479,12 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         assert_eq!(got, status, "{method} {path}: {response}");
         assert_eq!(json_error(&response), code, "{method} {path}");
     }
+    // A forged context with a counter near the end of its range.
+    let forged: VersionVector = [Dot::new(1, MAX_CONTEXT_COUNTER + 1)].into_iter().collect();
+    let header = format!("X-Ringkv-Context: {}\r\n", encode_context(&forged));
+    let (got, response) = req("PUT", "/v1/kv/b/k", &header, "v");
+    assert_eq!((got, json_error(&response).as_str()), (400, "bad_request"));
+    assert!(response.contains("out of range"), "{response}");
     let long_key = "k".repeat(1025);
     let (got, response) = req("PUT", &format!("/v1/kv/b/{long_key}"), "", "v");
     assert_eq!((got, json_error(&response).as_str()), (400, "bad_request"));

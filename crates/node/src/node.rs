@@ -405,6 +405,18 @@ impl Node {
                 message: "context or content type too large".into(),
             });
         }
+        if let ClientOp::Put { context, .. } = op
+            && let Some((replica, counter)) = context
+                .iter()
+                .find(|&(_, counter)| counter > ringkv_core::causality::MAX_CONTEXT_COUNTER)
+        {
+            return Err(OpError::BadRequest {
+                message: format!(
+                    "context counter {counter} of replica {replica} is out of range (at most {})",
+                    ringkv_core::causality::MAX_CONTEXT_COUNTER
+                ),
+            });
+        }
         Ok(())
     }
 

@@ -21,6 +21,13 @@ use crate::NodeId;
 pub const CONTEXT_FORMAT_VERSION: u8 = 1;
 /// Most replicas a context may name.
 pub const MAX_CONTEXT_ENTRIES: usize = 1024;
+
+/// The largest counter a client's context may carry (2^48: at a million
+/// writes a second, nine years of writes to one key through one replica).
+/// A forged context could otherwise hand a replica a counter next to
+/// `u64::MAX` and leave it no dots for the key; past this bound 2^64 − 2^48
+/// remain.
+pub const MAX_CONTEXT_COUNTER: u64 = 1 << 48;
 const CONTEXT_ENTRY_BYTES: usize = 8 + 8;
 const MAX_CONTEXT_BYTES: usize = 1 + 2 + MAX_CONTEXT_ENTRIES * CONTEXT_ENTRY_BYTES;
 /// Longest token `decode_context` accepts (characters), the length of a

@@ -18,8 +18,8 @@ mod tests;
 
 pub use conflict_mode::{ConflictMode, UnknownConflictMode};
 pub use context::{
-    CONTEXT_FORMAT_VERSION, ContextError, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_TOKEN_LEN,
-    decode_context, encode_context, try_encode_context,
+    CONTEXT_FORMAT_VERSION, ContextError, MAX_CONTEXT_COUNTER, MAX_CONTEXT_ENTRIES,
+    MAX_CONTEXT_TOKEN_LEN, decode_context, encode_context, try_encode_context,
 };
 pub use dot::{Dot, ZeroCounterError};
 pub use encoding::{DecodeError, OBJECT_FORMAT_VERSION};
