@@ -367,12 +367,29 @@ impl GroupCommitter {
     ) -> Result<(), SubmitError> {
         if durability == Durability::Buffered
             && let Ok(mut committer) = self.shared.committer.try_lock()
+            && !committer.storage.write_may_wait()
         {
             let mut batch = vec![Submission::new(space, key, durability, job)];
             committer.commit(&mut batch);
             return Ok(());
         }
         self.submit(space, key, durability, job)
+    }
+
+    /// Queues deferred submissions for the committer thread; returns those
+    /// its queue had no room for.
+    fn hand_over(&self, jobs: Vec<Submission>) -> Vec<Submission> {
+        let sender = self
+            .shared
+            .sender
+            .as_ref()
+            .expect("the sender lives as long as a handle");
+        jobs.into_iter()
+            .filter_map(|submission| match sender.try_send(submission) {
+                Ok(()) => None,
+                Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => Some(s),
+            })
+            .collect()
     }
 
     /// Queues `job` for `key` in `space`. Never blocks. On error the job is
@@ -468,6 +485,17 @@ pub fn commit_deferred() {
         for (committer, mut jobs) in queued {
             let shared = &committer.shared;
             let mut state = lock(&shared.committer);
+            if state.storage.write_may_wait() {
+                // The write would hold this loop up: the committer thread
+                // takes the jobs, and this thread commits only those its
+                // queue has no room for.
+                drop(state);
+                jobs = committer.hand_over(jobs);
+                if jobs.is_empty() {
+                    continue;
+                }
+                state = lock(&shared.committer);
+            }
             while !jobs.is_empty() {
                 let rest = jobs.split_off(jobs.len().min(shared.max_batch_jobs));
                 state.commit(&mut jobs);

@@ -148,6 +148,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes every earlier [`Durability::Buffered`] write durable.
     fn sync(&self) -> Result<(), StorageError>;
 
+    /// Whether a `write` now could wait (for room in a full memtable, or
+    /// behind a sync holding the log). A hint for callers that must not
+    /// block, such as an event loop applying writes itself: they hand the
+    /// write to a thread that may wait instead. `false` promises nothing.
+    fn write_may_wait(&self) -> bool {
+        false
+    }
+
     /// Records of one space in key order with key > `after` (`None` = from
     /// the start), at most `limit` of them. Pass the last key returned as
     /// `after` to read the next page.

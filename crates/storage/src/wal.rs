@@ -612,6 +612,13 @@ impl Storage for LoggedStorage {
         Ok(())
     }
 
+    fn write_may_wait(&self) -> bool {
+        match self.shared.log.try_lock() {
+            Ok(log) => log.active_bytes >= self.shared.options.max_memtable_bytes,
+            Err(_) => true, // held by a writer, a sync or the flusher
+        }
+    }
+
     fn sync(&self) -> Result<(), StorageError> {
         let mut log = self.shared.lock_log();
         if let Some(error) = &log.failed {

@@ -711,6 +711,90 @@ fn a_buffered_job_runs_inline_when_no_batch_is_running() {
     );
 }
 
+/// Delegates to a [`MemoryStorage`] and says that every write may wait.
+struct MayWaitStorage {
+    inner: MemoryStorage,
+}
+
+impl Storage for MayWaitStorage {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(space, key)
+    }
+
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        self.inner.write(batch, durability)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.inner.sync()
+    }
+
+    fn write_may_wait(&self) -> bool {
+        true
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        self.inner.scan(space, after, limit)
+    }
+}
+
+/// A job that records the thread it was applied on.
+fn put_recording_thread(
+    value: &'static [u8],
+    ran_on: &Arc<Mutex<Option<thread::ThreadId>>>,
+    reports: SyncSender<Result<(), StorageError>>,
+) -> Box<dyn Job> {
+    let ran_on = Arc::clone(ran_on);
+    job_fn(
+        move |_| {
+            *ran_on.lock().unwrap() = Some(thread::current().id());
+            Change::Put(value.to_vec())
+        },
+        move |result| reports.send(result).unwrap(),
+    )
+}
+
+#[test]
+fn jobs_go_to_the_committer_thread_when_a_write_may_wait() {
+    on_a_new_thread(|| {
+        let memory = MemoryStorage::new();
+        let storage = MayWaitStorage {
+            inner: memory.clone(),
+        };
+        let committer = GroupCommitter::start(Arc::new(storage), GroupCommitOptions::default());
+        let on_this_thread = thread::current().id();
+        let ran_on = Arc::new(Mutex::new(None));
+        // Buffered: not run inline, though no batch is running.
+        thread::sleep(Duration::from_millis(50));
+        let (reports, report_receiver) = sync_channel(4);
+        let job = put_recording_thread(b"v", &ran_on, reports.clone());
+        committer
+            .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
+            .unwrap();
+        assert!(recv(&report_receiver).is_ok());
+        assert_ne!(*ran_on.lock().unwrap(), Some(on_this_thread));
+        // Deferred Sync jobs: `commit_deferred` hands them over.
+        defer_commits_on_this_thread();
+        *ran_on.lock().unwrap() = None;
+        let job = put_recording_thread(b"w", &ran_on, reports);
+        committer
+            .run_or_defer(Space::Data(1), b"k".to_vec(), Durability::Sync, job)
+            .unwrap();
+        commit_deferred();
+        assert!(recv(&report_receiver).is_ok());
+        assert_ne!(*ran_on.lock().unwrap(), Some(on_this_thread));
+        assert_eq!(
+            memory.get_durable(Space::Data(1), b"k").unwrap().as_deref(),
+            Some(&b"w"[..])
+        );
+    });
+}
+
 /// A step of a job, with the key's value then (readable, durable).
 type Step = (&'static str, Option<Vec<u8>>, Option<Vec<u8>>);
 

@@ -468,6 +468,7 @@ fn writes_wait_for_a_full_memtable_then_fail_if_flushing_fails() {
         },
     );
     inner.fail_writes(true);
+    assert!(!storage.write_may_wait());
     let mut written = 0;
     let error = loop {
         let mut batch = WriteBatch::new();
@@ -479,6 +480,7 @@ fn writes_wait_for_a_full_memtable_then_fail_if_flushing_fails() {
         assert!(written < 50, "the memtable limit must stop writers");
     };
     assert!(error.to_string().contains("stalled"), "{error}");
+    assert!(storage.write_may_wait(), "the memtable is full");
     // Reads still see every acknowledged write.
     for key in 0..written {
         assert!(storage.get(Space::Data(3), &[key]).unwrap().is_some());
