@@ -68,6 +68,19 @@ pub struct TestNode {
 }
 
 impl TestNode {
+    /// A node not started yet, on fresh ports, keeping its data in `dir`.
+    pub fn new(name: &str, dir: PathBuf, extra_args: &[&str]) -> TestNode {
+        TestNode {
+            name: name.to_string(),
+            dir,
+            http: format!("127.0.0.1:{}", free_port()),
+            resp: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.http)
     }
@@ -172,15 +185,11 @@ impl Cluster {
 
     pub fn start_with(count: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut nodes: Vec<TestNode> = (0..count)
-            .map(|i| TestNode {
-                name: format!("node{}", i + 1),
-                dir: dir.path().join(format!("node{}", i + 1)),
-                http: format!("127.0.0.1:{}", free_port()),
-                resp: format!("127.0.0.1:{}", free_port()),
-                peer: format!("127.0.0.1:{}", free_port()),
-                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-                child: None,
+        let mut nodes: Vec<TestNode> = (1..=count)
+            .map(|i| {
+                let name = format!("node{i}");
+                let node_dir = dir.path().join(&name);
+                TestNode::new(&name, node_dir, extra_args)
             })
             .collect();
         let seed = nodes[0].peer.clone();
