@@ -1,6 +1,7 @@
 //! A node whose disk fills up: writes fail at once with a clear error,
 //! reads go on, nothing acknowledged is lost, and once there is room again
-//! a restart replays the log and the node takes writes.
+//! a restart replays the log and the node takes writes. In a cluster, the
+//! writes such a node would coordinate go to the key's other replicas.
 //!
 //! The data directory is a small tmpfs mounted by the test, which needs
 //! root. Elsewhere the test says `SKIPPED` and passes, except under
@@ -12,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{TestNode, http_get, http_put};
+use support::{TestNode, http_get, http_put, wait_for_layout_agreement};
 
 const VALUE_BYTES: usize = 64 * 1024;
 
@@ -54,21 +55,29 @@ fn value_of(key: usize) -> Vec<u8> {
     format!("{key:08}").into_bytes().repeat(VALUE_BYTES / 8)
 }
 
+/// A 24 MiB tmpfs on `mount`, or `None` (and the test skips) where it
+/// cannot be made.
+fn small_disk(mount: &Path) -> Option<Tmpfs<'_>> {
+    std::fs::create_dir(mount).unwrap();
+    match Tmpfs::mount(mount, "24m") {
+        Ok(tmpfs) => Some(tmpfs),
+        Err(reason) => {
+            let message = format!("SKIPPED: cannot mount a tmpfs ({reason}); run as root");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{message}; CI=true requires the disk-full tests to run");
+            }
+            eprintln!("{message}");
+            None
+        }
+    }
+}
+
 #[test]
 fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let mount = scratch.path().join("disk");
-    std::fs::create_dir(&mount).unwrap();
-    let tmpfs = match Tmpfs::mount(&mount, "24m") {
-        Ok(tmpfs) => tmpfs,
-        Err(reason) => {
-            let message = format!("SKIPPED: cannot mount a tmpfs ({reason}); run as root");
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{message}; CI=true requires the disk-full test to run");
-            }
-            eprintln!("{message}");
-            return;
-        }
+    let Some(tmpfs) = small_disk(&mount) else {
+        return;
     };
     let mut node = TestNode::new("full", mount.join("node"), &[]);
     node.start(None);
@@ -113,4 +122,60 @@ fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
     }
     assert_eq!(http_put(&url(acknowledged), &value_of(acknowledged)).0, 204);
     node.kill9();
+}
+
+#[test]
+fn a_node_with_a_full_disk_passes_the_writes_it_would_coordinate_on() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mount = scratch.path().join("disk");
+    let Some(_tmpfs) = small_disk(&mount) else {
+        return;
+    };
+    // node1 keeps its data on the small disk, the others on the big one.
+    let mut nodes = [
+        TestNode::new("node1", mount.join("node1"), &[]),
+        TestNode::new("node2", scratch.path().join("node2"), &[]),
+        TestNode::new("node3", scratch.path().join("node3"), &[]),
+    ];
+    let seed = nodes[0].peer.clone();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.start((i > 0).then_some(seed.as_str()));
+    }
+    let clients: Vec<_> = nodes.iter().map(TestNode::client).collect();
+    wait_for_layout_agreement(&clients, 3);
+    let url = |node: &TestNode, key: usize| format!("{}/v1/kv/disk/k{key}", node.url());
+
+    // 600 values of 64 KiB (N=3, W=2) through node1: about 38 MiB each on
+    // every replica, so node1's disk fills a bit over halfway through.
+    let mut acknowledged = Vec::new();
+    let mut failed = Vec::new();
+    for key in 0..600 {
+        let (status, body) = http_put(&url(&nodes[0], key), &value_of(key));
+        match status {
+            204 => acknowledged.push(key),
+            _ => failed.push((key, status, body)),
+        }
+    }
+    assert!(
+        nodes[0].log().contains("No space left on device"),
+        "node1's disk never filled"
+    );
+    // Only writes racing the first failure fail; the rest went to the
+    // key's other replicas.
+    assert!(
+        failed.len() <= 3,
+        "{} writes failed: {:?}",
+        failed.len(),
+        &failed[..3]
+    );
+    for key in acknowledged {
+        for node in &nodes[1..] {
+            assert_eq!(
+                http_get(&url(node, key)).into_bytes(),
+                value_of(key),
+                "k{key} through {}",
+                node.name
+            );
+        }
+    }
 }

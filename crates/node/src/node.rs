@@ -8,6 +8,7 @@
 //! the storage engine's group committer, which batches many writes into
 //! one durable commit.
 
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,8 +61,16 @@ pub struct Node {
     /// across clean stops, new after any other (see `start`).
     actor: NodeId,
     detector: Mutex<FailureDetector>,
+    /// When a local write last failed in storage (ms since the epoch; 0:
+    /// never). For `LOCAL_FAILURE_BACKOFF` after it, writes this node would
+    /// coordinate go to another replica instead (a full or failing disk).
+    local_write_failed_ms: AtomicU64,
     pub metrics: Metrics,
 }
+
+/// How long a node forwards the writes it would coordinate after its own
+/// storage failed one; the next write after that tries it again.
+const LOCAL_FAILURE_BACKOFF_MS: u64 = 10_000;
 
 /// A bucket's properties as they apply in this cluster now: `n` is capped
 /// at the number of members (a one-node store is usable with defaults).
@@ -164,6 +173,7 @@ impl Node {
             membership: tokio::sync::Mutex::new(()),
             actor,
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
+            local_write_failed_ms: AtomicU64::new(0),
             metrics,
         })
     }
@@ -447,8 +457,15 @@ impl Node {
         let plan = self.replica_plan(&layout, partition, effective.n);
         let mine = plan.iter().find(|r| r.node == self.id).copied();
         let timeout = Duration::from_millis(timeout_ms);
-        if mine.is_none() && may_forward {
-            let candidates: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
+        // Not a replica, or one whose storage fails writes while another
+        // replica could take them: another replica coordinates.
+        let local_failing = self.local_writes_failing() && plan.iter().any(|r| r.node != self.id);
+        if may_forward && (mine.is_none() || local_failing) {
+            let others: Vec<NodeId> = plan
+                .iter()
+                .map(|r| r.node)
+                .filter(|node| *node != self.id)
+                .collect();
             let op = ClientOp::Put {
                 bucket,
                 key,
@@ -459,7 +476,7 @@ impl Node {
                 pw: pw_asked,
                 timeout_ms,
             };
-            return self.forward(&layout, &candidates, op, w, timeout).await;
+            return self.forward(&layout, &others, op, w, timeout).await;
         }
         let durability = effective.durability;
         // The actor whose dot stamps this write. A dot must never be issued
@@ -582,7 +599,10 @@ impl Node {
                     message: e.to_string(),
                 });
             }
-            Err(e) => return ClientReply::Failed(self.store_failure(e)),
+            Err(e) => {
+                self.local_write_failed(&e);
+                return ClientReply::Failed(self.store_failure(e));
+            }
         };
         let mut roles: Vec<Role> = remotes.iter().map(|r| r.role()).collect();
         let local_role = mine.map(|m| m.role()).filter(|_| !hint_store_full);
@@ -615,11 +635,13 @@ impl Node {
         let (acks_tx, mut acks) = mpsc::channel(roles.len());
         if let (Some(role), Some(durable)) = (local_role, local_sync) {
             let acks_tx = acks_tx.clone();
+            let node = self.clone();
             tokio::spawn(async move {
                 let ok = match durable.wait().await {
                     Ok(()) => true,
                     Err(e) => {
                         error!(error = %e, "the local copy of a put did not sync");
+                        node.local_write_failed(&e);
                         false
                     }
                 };
@@ -965,6 +987,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Storage failed a local write (not a full queue): see
+    /// `local_write_failed_ms`.
+    fn local_write_failed(&self, e: &StoreError) {
+        if !matches!(e, StoreError::Busy) {
+            self.local_write_failed_ms
+                .store(now_ms(), AtomicOrdering::Relaxed);
+        }
+    }
+
+    fn local_writes_failing(&self) -> bool {
+        let failed = self.local_write_failed_ms.load(AtomicOrdering::Relaxed);
+        failed != 0 && now_ms().saturating_sub(failed) < LOCAL_FAILURE_BACKOFF_MS
     }
 
     fn store_failure(&self, e: StoreError) -> OpError {
