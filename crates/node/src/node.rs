@@ -62,7 +62,7 @@ pub struct Node {
     actor: NodeId,
     detector: Mutex<FailureDetector>,
     /// When a local write last failed in storage (ms since the epoch; 0:
-    /// never). For `LOCAL_FAILURE_BACKOFF` after it, writes this node would
+    /// never). For `LOCAL_FAILURE_BACKOFF_MS` after it, writes this node would
     /// coordinate go to another replica instead (a full or failing disk).
     local_write_failed_ms: AtomicU64,
     pub metrics: Metrics,
