@@ -92,6 +92,8 @@ const ENTRY_OVERHEAD_BYTES: u64 = 64;
 const LOG_BUFFER_BYTES: usize = 256 << 10;
 /// Wait between attempts after a failed flush.
 const FLUSH_RETRY: Duration = Duration::from_millis(200);
+/// The longest wait between retries of a flush that keeps failing.
+const FLUSH_RETRY_MAX: Duration = Duration::from_secs(10);
 /// Removed log files [`FsLogDir`] keeps for reuse.
 pub const SPARE_LOG_FILES: usize = 2;
 /// Size of each spare [`FsLogDir`] zero-fills when it has none.
@@ -379,6 +381,7 @@ impl Shared {
     }
 
     fn run_flusher(&self) {
+        let mut retry = FLUSH_RETRY;
         loop {
             let mut log = self.lock_log();
             loop {
@@ -426,8 +429,25 @@ impl Shared {
                     .0;
             }
             drop(log);
-            if !log_flush_failure(self.flush_once()) {
-                thread::sleep(FLUSH_RETRY);
+            if log_flush_failure(self.flush_once()) {
+                retry = FLUSH_RETRY;
+            } else {
+                // An engine that keeps failing (a full disk) is retried,
+                // and logged, less and less often; a stop ends the wait.
+                let deadline = Instant::now() + retry;
+                let mut log = self.lock_log();
+                while log.stop == Stop::Running {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    log = self
+                        .work
+                        .wait_timeout(log, left)
+                        .expect("write-ahead log lock poisoned")
+                        .0;
+                }
+                retry = (retry * 2).min(FLUSH_RETRY_MAX);
             }
         }
     }
