@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{TestNode, http_get, http_put, wait_for_layout_agreement};
+use support::{TestNode, http_get, http_put, metric, wait_for_layout_agreement};
 
 const VALUE_BYTES: usize = 64 * 1024;
 
@@ -149,7 +149,9 @@ fn a_node_with_a_full_disk_passes_the_writes_it_would_coordinate_on() {
     // every replica, so node1's disk fills a bit over halfway through.
     let mut acknowledged = Vec::new();
     let mut failed = Vec::new();
-    for key in 0..600 {
+    // The last write is passed on, or, should the 10 s of passing writes
+    // on be over, fails locally again; either way the node then reports.
+    for key in 0..=600 {
         let (status, body) = http_put(&url(&nodes[0], key), &value_of(key));
         match status {
             204 => acknowledged.push(key),
@@ -160,6 +162,8 @@ fn a_node_with_a_full_disk_passes_the_writes_it_would_coordinate_on() {
         nodes[0].log().contains("No space left on device"),
         "node1's disk never filled"
     );
+    assert_eq!(metric(&nodes[0], "ringkv_local_storage_failing"), 1);
+    assert!(metric(&nodes[0], "ringkv_forwarded_total") > 0);
     // Only writes racing the first failure fail; the rest went to the
     // key's other replicas.
     assert!(

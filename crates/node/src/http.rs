@@ -364,6 +364,9 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.metrics.group_commit_jobs.set(stats.jobs as i64);
     node.metrics.hints_pending.set(node.hints_pending() as i64);
     node.metrics.tree_keys.set(node.tree_keys() as i64);
+    node.metrics
+        .local_storage_failing
+        .set(i64::from(node.local_writes_failing()));
     let layout = node.layout();
     for member in layout.members().iter().filter(|m| m.id != node.id) {
         let liveness = node.peer_view(member.id).liveness;

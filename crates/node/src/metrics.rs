@@ -70,6 +70,8 @@ pub struct Metrics {
     pub peer_failures: Counter,
     pub group_commit_batches: Gauge,
     pub group_commit_jobs: Gauge,
+    /// 1 while the node passes its writes on because its storage failed one.
+    pub local_storage_failing: Gauge,
     pub layout_version: Gauge,
     pub hints_pending: Gauge,
     pub hints_stored: Counter,
@@ -138,6 +140,12 @@ impl Metrics {
             "Writes committed by the group committer",
             group_commit_jobs.clone(),
         );
+        let local_storage_failing = Gauge::default();
+        registry.register(
+            "local_storage_failing",
+            "1 while local storage failed a write in the last 10 s (a full disk?): the node passes the writes it would coordinate to the key's other replicas",
+            local_storage_failing.clone(),
+        );
         let layout_version = Gauge::default();
         registry.register(
             "layout_version",
@@ -203,6 +211,7 @@ impl Metrics {
             peer_failures,
             group_commit_batches,
             group_commit_jobs,
+            local_storage_failing,
             layout_version,
         }
     }

@@ -998,7 +998,9 @@ impl Node {
         }
     }
 
-    fn local_writes_failing(&self) -> bool {
+    /// Whether a local write failed in storage in the last
+    /// `LOCAL_FAILURE_BACKOFF_MS`.
+    pub(crate) fn local_writes_failing(&self) -> bool {
         let failed = self.local_write_failed_ms.load(AtomicOrdering::Relaxed);
         failed != 0 && now_ms().saturating_sub(failed) < LOCAL_FAILURE_BACKOFF_MS
     }
