@@ -433,17 +433,20 @@ impl Shared {
                 retry = FLUSH_RETRY;
             } else {
                 // An engine that keeps failing (a full disk) is retried,
-                // and logged, less and less often; a stop ends the wait.
-                let deadline = Instant::now() + retry;
+                // and logged, less and less often, unless writers wait for
+                // room (then every FLUSH_RETRY); a stop ends the wait.
+                let started = Instant::now();
                 let mut log = self.lock_log();
                 while log.stop == Stop::Running {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    let room_wanted = log.active_bytes >= self.options.max_memtable_bytes;
+                    let until = started + if room_wanted { FLUSH_RETRY } else { retry };
+                    let now = Instant::now();
+                    if now >= until {
                         break;
                     }
                     log = self
                         .work
-                        .wait_timeout(log, left)
+                        .wait_timeout(log, until - now)
                         .expect("write-ahead log lock poisoned")
                         .0;
                 }
