@@ -22,9 +22,10 @@ fn counter(value: Option<&[u8]>) -> u64 {
 }
 
 /// Delegates to a [`MemoryStorage`], sleeping 1 ms in every write so that
-/// jobs pile up while a commit is running.
+/// jobs pile up while a commit is running; says `may_wait` of every write.
 struct SlowStorage {
     inner: MemoryStorage,
+    may_wait: bool,
 }
 
 impl Storage for SlowStorage {
@@ -39,6 +40,10 @@ impl Storage for SlowStorage {
 
     fn sync(&self) -> Result<(), StorageError> {
         self.inner.sync()
+    }
+
+    fn write_may_wait(&self) -> bool {
+        self.may_wait
     }
 
     fn scan(
@@ -203,6 +208,7 @@ fn concurrent_increments(inline: bool) {
     let committer = GroupCommitter::start(
         Arc::new(SlowStorage {
             inner: memory.clone(),
+            may_wait: false,
         }),
         GroupCommitOptions::default(),
     );
@@ -510,6 +516,7 @@ fn dropping_the_last_handle_finishes_queued_jobs() {
     let committer = GroupCommitter::start(
         Arc::new(SlowStorage {
             inner: memory.clone(),
+            may_wait: false,
         }),
         GroupCommitOptions::default(),
     );
@@ -667,16 +674,7 @@ fn a_buffered_job_runs_inline_when_no_batch_is_running() {
     let (reports, report_receiver) = sync_channel(4);
     let on_this_thread = thread::current().id();
     let ran_on = Arc::new(Mutex::new(None));
-    let job = {
-        let ran_on = Arc::clone(&ran_on);
-        job_fn(
-            move |_| {
-                *ran_on.lock().unwrap() = Some(thread::current().id());
-                Change::Put(b"v".to_vec())
-            },
-            move |result| reports.send(result).unwrap(),
-        )
-    };
+    let job = put_recording_thread(b"v", &ran_on, reports);
     committer
         .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Buffered, job)
         .unwrap();
@@ -690,16 +688,7 @@ fn a_buffered_job_runs_inline_when_no_batch_is_running() {
     // A Sync job goes to the committer thread.
     let (reports, report_receiver) = sync_channel(4);
     let ran_on = Arc::new(Mutex::new(None));
-    let job = {
-        let ran_on = Arc::clone(&ran_on);
-        job_fn(
-            move |_| {
-                *ran_on.lock().unwrap() = Some(thread::current().id());
-                Change::Put(b"w".to_vec())
-            },
-            move |result| reports.send(result).unwrap(),
-        )
-    };
+    let job = put_recording_thread(b"w", &ran_on, reports);
     committer
         .run_or_submit(Space::Data(1), b"k".to_vec(), Durability::Sync, job)
         .unwrap();
@@ -709,38 +698,6 @@ fn a_buffered_job_runs_inline_when_no_batch_is_running() {
         memory.get_durable(Space::Data(1), b"k").unwrap().as_deref(),
         Some(&b"w"[..])
     );
-}
-
-/// Delegates to a [`MemoryStorage`] and says that every write may wait.
-struct MayWaitStorage {
-    inner: MemoryStorage,
-}
-
-impl Storage for MayWaitStorage {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(space, key)
-    }
-
-    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
-        self.inner.write(batch, durability)
-    }
-
-    fn sync(&self) -> Result<(), StorageError> {
-        self.inner.sync()
-    }
-
-    fn write_may_wait(&self) -> bool {
-        true
-    }
-
-    fn scan(
-        &self,
-        space: Space,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StorageError> {
-        self.inner.scan(space, after, limit)
-    }
 }
 
 /// A job that records the thread it was applied on.
@@ -763,8 +720,9 @@ fn put_recording_thread(
 fn jobs_go_to_the_committer_thread_when_a_write_may_wait() {
     on_a_new_thread(|| {
         let memory = MemoryStorage::new();
-        let storage = MayWaitStorage {
+        let storage = SlowStorage {
             inner: memory.clone(),
+            may_wait: true,
         };
         let committer = GroupCommitter::start(Arc::new(storage), GroupCommitOptions::default());
         let on_this_thread = thread::current().id();
