@@ -25,7 +25,6 @@ pub(crate) fn distinct_feasible(partitions: usize, members: usize, target_n: usi
 /// The least possible [`shortfall`] of a balanced assignment: each of the
 /// Q mod M members owning ⌈Q/M⌉ partitions falls short by ⌈Q/M⌉·w − Q in
 /// total, the others need not fall short at all.
-#[cfg(test)]
 pub(crate) fn minimal_shortfall(partitions: usize, members: usize, target_n: usize) -> usize {
     let w = window(members, target_n);
     (partitions % members) * (partitions.div_ceil(members) * w).saturating_sub(partitions)
@@ -169,6 +168,118 @@ pub(crate) fn join(owners: &[usize], members: usize, target_n: usize) -> Vec<usi
         return next;
     }
     relabel(owners, &fresh(partitions, members + 1, target_n), members)
+}
+
+/// The assignment after member `leaver` (an index below `members`) leaves
+/// `owners`: indices of the `members − 1` others, renumbered without it.
+/// Only the leaver's partitions move, each to the least loaded member that
+/// keeps its window distinct, when that keeps the guarantees; otherwise a
+/// fresh assignment, relabelled to keep as many partitions with their
+/// owners as it can.
+pub(crate) fn leave(
+    owners: &[usize],
+    members: usize,
+    leaver: usize,
+    target_n: usize,
+) -> Vec<usize> {
+    assert!(
+        leaver < members && members >= 2,
+        "{leaver} of {members} cannot leave"
+    );
+    let partitions = owners.len();
+    let remaining = members - 1;
+    // The leaver is renumbered last, as `remaining`.
+    let renumbered: Vec<usize> = owners
+        .iter()
+        .map(|&owner| match owner.cmp(&leaver) {
+            std::cmp::Ordering::Less => owner,
+            std::cmp::Ordering::Equal => remaining,
+            std::cmp::Ordering::Greater => owner - 1,
+        })
+        .collect();
+    let w = window(remaining, target_n);
+    let most = partitions.div_ceil(remaining);
+    let mut next = renumbered.clone();
+    let count = counts(&next, members);
+    // The leaver's partitions are at least w apart when its old windows were
+    // distinct, so giving one of them a member that no other partition within
+    // w − 1 of it has never spoils another: a matching of partitions to
+    // members with room (b-matching by augmenting paths).
+    let orphans: Vec<usize> = (0..partitions).filter(|&p| next[p] == remaining).collect();
+    let fits = |partition: usize, member: usize| {
+        (1..w).all(|d| {
+            renumbered[(partition + d) % partitions] != member
+                && renumbered[(partition + partitions - d) % partitions] != member
+        })
+    };
+    let mut by_load: Vec<usize> = (0..remaining).collect();
+    by_load.sort_by_key(|&member| (count[member], member));
+    let candidates: Vec<Vec<usize>> = orphans
+        .iter()
+        .map(|&p| by_load.iter().copied().filter(|&m| fits(p, m)).collect())
+        .collect();
+    // First up to ⌊Q/M⌋ each, then the rest up to ⌈Q/M⌉: balanced when all fit.
+    let mut taken_by: Vec<Vec<usize>> = vec![Vec::new(); remaining];
+    let mut unmatched: Vec<usize> = (0..orphans.len()).collect();
+    for limit in [partitions / remaining, most] {
+        let room: Vec<usize> = (0..remaining)
+            .map(|m| limit.saturating_sub(count[m]))
+            .collect();
+        unmatched.retain(|&orphan| {
+            let mut seen = vec![false; remaining];
+            !augment(orphan, &candidates, &room, &mut taken_by, &mut seen)
+        });
+    }
+    let moved_all = unmatched.is_empty();
+    for (member, taken) in taken_by.iter().enumerate() {
+        for &orphan in taken {
+            next[orphans[orphan]] = member;
+        }
+    }
+    // Where distinctness is impossible and w = M, the guarantee is the least
+    // shortfall, which the fresh rounds give.
+    let least = || {
+        w < remaining
+            || distinct_feasible(partitions, remaining, target_n)
+            || shortfall(&next, remaining, w) == minimal_shortfall(partitions, remaining, target_n)
+    };
+    if moved_all && acceptable(&next, remaining, target_n) && least() {
+        return next;
+    }
+    relabel(
+        &renumbered,
+        &fresh(partitions, remaining, target_n),
+        remaining - 1,
+    )
+}
+
+/// Kuhn's augmenting path for a b-matching: finds `orphan` a member among
+/// its `candidates` with `room`, moving earlier orphans along if needed.
+fn augment(
+    orphan: usize,
+    candidates: &[Vec<usize>],
+    room: &[usize],
+    taken_by: &mut [Vec<usize>],
+    seen: &mut [bool],
+) -> bool {
+    for &member in &candidates[orphan] {
+        if seen[member] {
+            continue;
+        }
+        seen[member] = true;
+        if taken_by[member].len() < room[member] {
+            taken_by[member].push(orphan);
+            return true;
+        }
+        for slot in 0..taken_by[member].len() {
+            let other = taken_by[member][slot];
+            if augment(other, candidates, room, taken_by, seen) {
+                taken_by[member][slot] = orphan;
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn join_moving_least(owners: &[usize], members: usize, target_n: usize) -> Option<Vec<usize>> {
@@ -468,8 +579,9 @@ fn to_i64(value: usize) -> i64 {
     i64::try_from(value).expect("partition counts are at most 4096")
 }
 
-/// Maps the slots of a fresh assignment to members (old indices and the new
-/// one, `members`) so that as many partitions as possible keep their owner:
+/// Maps the slots of a fresh assignment to members `0..=members` (in a
+/// join, the old indices and the new one, `members`; in a leave, the
+/// members that stay) so that as many partitions as possible keep their owner:
 /// greedily by largest overlap. Balance and distinctness do not depend on
 /// labels, so they carry over.
 fn relabel(old: &[usize], slots: &[usize], members: usize) -> Vec<usize> {
@@ -483,7 +595,8 @@ fn relabel(old: &[usize], slots: &[usize], members: usize) -> Vec<usize> {
     let mut slot_member: Vec<Option<usize>> = vec![None; members + 1];
     let mut used = vec![false; members + 1];
     for (_, slot, member) in overlaps {
-        if slot_member[slot].is_none() && !used[member] {
+        // In a leave, the leaver (numbered past `members`) gets no slot.
+        if member <= members && slot_member[slot].is_none() && !used[member] {
             slot_member[slot] = Some(member);
             used[member] = true;
         }

@@ -35,4 +35,6 @@ pub enum LayoutError {
     OwnersLength { owners: usize, partitions: u32 },
     #[error("partition {partition} is owned by {owner}, which is not a member")]
     UnknownOwner { partition: u32, owner: NodeId },
+    #[error("partition {partition} is owned by {owner}, which is leaving")]
+    LeavingOwner { partition: u32, owner: NodeId },
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::assignment;
-use super::{LayoutError, Member};
+use super::{LayoutError, Member, MemberState};
 use crate::NodeId;
 
 /// Partitions of a new cluster unless configured otherwise.
@@ -15,6 +15,19 @@ pub const DEFAULT_PARTITIONS: u32 = 64;
 pub const MAX_PARTITIONS: u32 = 4096;
 /// The replication the layout is spread for unless configured otherwise.
 pub const DEFAULT_TARGET_N: u32 = 3;
+
+/// Why [`Layout::with_member_leaving`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LeaveError {
+    #[error("no such member")]
+    NotAMember,
+    #[error("the member is already leaving")]
+    AlreadyLeaving,
+    #[error("the last valid member cannot leave: its partitions would have no owner")]
+    LastMember,
+    #[error("the layout is at its last version")]
+    LastVersion,
+}
 
 /// First byte of [`Layout::encode`].
 const FORMAT_VERSION: u8 = 1;
@@ -29,7 +42,7 @@ pub struct Layout {
     target_n: u32,
     /// Sorted by id; ids and names unique; at most `partitions` of them.
     members: Vec<Member>,
-    /// `owners[p]` owns partition `p`; every owner is a member.
+    /// `owners[p]` owns partition `p`; every owner is a valid (not leaving) member.
     owners: Vec<NodeId>,
 }
 
@@ -87,13 +100,13 @@ impl TryFrom<RawLayout> for Layout {
             });
         }
         for (partition, &owner) in raw.owners.iter().enumerate() {
-            if raw
-                .members
-                .binary_search_by_key(&owner, |member| member.id)
-                .is_err()
-            {
-                let partition = u32::try_from(partition).expect("at most 4096 partitions");
-                return Err(LayoutError::UnknownOwner { partition, owner });
+            let partition = u32::try_from(partition).expect("at most 4096 partitions");
+            match raw.members.binary_search_by_key(&owner, |member| member.id) {
+                Err(_) => return Err(LayoutError::UnknownOwner { partition, owner }),
+                Ok(index) if raw.members[index].state != MemberState::Valid => {
+                    return Err(LayoutError::LeavingOwner { partition, owner });
+                }
+                Ok(_) => {}
             }
         }
         Ok(Layout {
@@ -135,20 +148,24 @@ impl Layout {
 
     /// The layout after `member` joins, at version + 1, or `None` when
     /// nothing changes:
-    /// - same id as a member: its name, addresses and state are updated, no
-    ///   owner changes (`None` if identical, or if the new name belongs to
-    ///   another member);
-    /// - a new id under an existing member's name: the new id replaces that
-    ///   member and takes over exactly its partitions (a node that lost its
-    ///   data comes back with a new id);
-    /// - otherwise the member is added, taking ⌊Q/(M+1)⌋ partitions and
-    ///   moving nothing else when the guarantees allow (see [`super`]);
-    ///   `None` if every partition already has its own member.
+    /// - same id as a member: its name and addresses are updated, no owner
+    ///   changes, and it keeps the state the layout gives it (a leaving
+    ///   member that restarts stays leaving); `None` if nothing changes, or
+    ///   if the new name belongs to another member;
+    /// - a new id under an existing valid member's name: the new id replaces
+    ///   that member and takes over exactly its partitions (a node that lost
+    ///   its data comes back with a new id); `None` under a leaving member's
+    ///   name;
+    /// - otherwise the member is added as valid, taking ⌊Q/(M+1)⌋ partitions
+    ///   and moving nothing else when the guarantees allow (see [`super`];
+    ///   M counts valid members); `None` if every partition already has its
+    ///   own member.
     ///
     /// Also `None` at version `u64::MAX`, which has no successor.
-    pub fn with_member(&self, member: Member) -> Option<Layout> {
+    pub fn with_member(&self, mut member: Member) -> Option<Layout> {
         let version = self.version.checked_add(1)?;
         if let Some(index) = self.index_of(member.id) {
+            member.state = self.members[index].state;
             let taken_name = self
                 .members
                 .iter()
@@ -161,11 +178,15 @@ impl Layout {
             next.members[index] = member;
             return Some(next);
         }
+        member.state = MemberState::Valid;
         if let Some(index) = self
             .members
             .iter()
             .position(|other| other.name == member.name)
         {
+            if self.members[index].state != MemberState::Valid {
+                return None;
+            }
             let (old, new) = (self.members[index].id, member.id);
             let mut members = self.members.clone();
             members[index] = member;
@@ -186,15 +207,12 @@ impl Layout {
         if self.members.len() >= self.partitions as usize {
             return None;
         }
-        let old: Vec<usize> = self
-            .owners
-            .iter()
-            .map(|&owner| self.index_of(owner).expect("every owner is a member"))
-            .collect();
-        let next = assignment::join(&old, self.members.len(), self.target_n as usize);
+        let (mut valid, old) = self.valid_owner_indices();
+        let next = assignment::join(&old, valid.len(), self.target_n as usize);
+        valid.push(member.id);
+        let owners = next.iter().map(|&index| valid[index]).collect();
         let mut members = self.members.clone();
         members.push(member);
-        let owners = next.iter().map(|&index| members[index].id).collect();
         members.sort_unstable_by_key(|member| member.id);
         Some(Layout {
             version,
@@ -203,6 +221,58 @@ impl Layout {
             members,
             owners,
         })
+    }
+
+    /// The layout after member `id` is asked to leave, at version + 1: it is
+    /// marked leaving and its partitions go to the valid members, balanced
+    /// and distinct as [`super`] guarantees, moving no other partition when
+    /// that keeps the guarantees (else the layout is assigned afresh and
+    /// relabelled to keep as many owners as it can).
+    pub fn with_member_leaving(&self, id: NodeId) -> Result<Layout, LeaveError> {
+        let index = self.index_of(id).ok_or(LeaveError::NotAMember)?;
+        if self.members[index].state == MemberState::Leaving {
+            return Err(LeaveError::AlreadyLeaving);
+        }
+        let (valid, old) = self.valid_owner_indices();
+        if valid.len() == 1 {
+            return Err(LeaveError::LastMember);
+        }
+        let version = self.version.checked_add(1).ok_or(LeaveError::LastVersion)?;
+        let leaver = valid
+            .binary_search(&id)
+            .expect("a valid member is among the valid ones");
+        let next = assignment::leave(&old, valid.len(), leaver, self.target_n as usize);
+        let remaining: Vec<NodeId> = valid.into_iter().filter(|&other| other != id).collect();
+        let mut members = self.members.clone();
+        members[index].state = MemberState::Leaving;
+        Ok(Layout {
+            version,
+            partitions: self.partitions,
+            target_n: self.target_n,
+            members,
+            owners: next.iter().map(|&index| remaining[index]).collect(),
+        })
+    }
+
+    /// The ids of the valid members (sorted), and each partition's owner as
+    /// an index into them.
+    fn valid_owner_indices(&self) -> (Vec<NodeId>, Vec<usize>) {
+        let valid: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|member| member.state == MemberState::Valid)
+            .map(|member| member.id)
+            .collect();
+        let owners = self
+            .owners
+            .iter()
+            .map(|owner| {
+                valid
+                    .binary_search(owner)
+                    .expect("every owner is a valid member")
+            })
+            .collect();
+        (valid, owners)
     }
 
     pub fn version(&self) -> u64 {

@@ -11,7 +11,8 @@ use crate::NodeId;
 pub enum MemberState {
     /// Owns partitions and serves them.
     Valid,
-    /// Handing its partitions off before it leaves (not produced yet).
+    /// Asked to leave: owns no partition, is no replica or fallback, and
+    /// hands the data it still holds off to the partitions' primaries.
     Leaving,
 }
 

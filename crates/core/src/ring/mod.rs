@@ -28,6 +28,16 @@
 //!   as the window grows), the layout is assigned afresh and relabelled to
 //!   keep as many partitions with their owners as it can.
 //!
+//! - **Leaving** ([`Layout::with_member_leaving`]): the leaver keeps its
+//!   place in the member list, marked leaving, but owns nothing and is in no
+//!   preference list; M above then counts valid members only, and balance
+//!   and distinctness hold for them. Its partitions go to members that keep
+//!   every window distinct (a b-matching) when that is possible with counts
+//!   balanced, and nothing else moves; otherwise the layout is assigned
+//!   afresh and relabelled. Over every ring size, target_n ≤ 5 and M ≤ 8,
+//!   1,099 of 1,805 leaves moved only the leaver's partitions; undoing the
+//!   last join always does when M − 1 ≥ target_n and distinctness is possible.
+//!
 //! Preference lists always have distinct primaries: the walk skips owners
 //! already taken.
 
@@ -42,6 +52,6 @@ mod tests;
 
 pub use error::LayoutError;
 pub use hash::{key_hash, partition_of};
-pub use layout::{DEFAULT_PARTITIONS, DEFAULT_TARGET_N, Layout, MAX_PARTITIONS};
+pub use layout::{DEFAULT_PARTITIONS, DEFAULT_TARGET_N, Layout, LeaveError, MAX_PARTITIONS};
 pub use member::{Member, MemberState};
 pub use preference_list::PreferenceList;

@@ -2,7 +2,7 @@
 //! and which stand in for them (fallbacks), read off a layout by walking the
 //! ring. Liveness is not considered here; the coordinator skips down nodes.
 
-use super::Layout;
+use super::{Layout, MemberState};
 use crate::NodeId;
 
 /// The members for one partition, in walk order, each once.
@@ -11,14 +11,16 @@ pub struct PreferenceList {
     /// The first n distinct owners from the partition on (fewer when the
     /// cluster has fewer members); the first is the partition's owner.
     pub primaries: Vec<NodeId>,
-    /// Every other member, in the order the walk meets them.
+    /// Every other valid member, in the order the walk meets them (a
+    /// leaving member is neither).
     pub fallbacks: Vec<NodeId>,
 }
 
 impl Layout {
     /// Walks partitions from `partition` (wrapping), taking owners not taken
     /// yet: the first `n` are the primaries, the rest of the members are
-    /// fallbacks. Members owning no partition come last, by id.
+    /// fallbacks. Valid members owning no partition come last, by id;
+    /// leaving members are left out.
     ///
     /// # Panics
     /// If `partition >= self.partitions()`.
@@ -29,15 +31,19 @@ impl Layout {
             "partition {partition} is outside 0..{partitions}"
         );
         let members = self.members();
+        let valid = members
+            .iter()
+            .filter(|member| member.state == MemberState::Valid)
+            .count();
         let mut taken = vec![false; members.len()];
-        let mut walk = Vec::with_capacity(members.len());
+        let mut walk = Vec::with_capacity(valid);
         for step in 0..partitions {
             let owner = self.owner((partition + step) % partitions);
             let index = self.index_of(owner).expect("every owner is a member");
             if !taken[index] {
                 taken[index] = true;
                 walk.push(owner);
-                if walk.len() == members.len() {
+                if walk.len() == valid {
                     break;
                 }
             }
@@ -46,7 +52,7 @@ impl Layout {
             members
                 .iter()
                 .zip(&taken)
-                .filter(|(_, taken)| !**taken)
+                .filter(|(member, taken)| !**taken && member.state == MemberState::Valid)
                 .map(|(member, _)| member.id),
         );
         let fallbacks = walk.split_off(n.min(walk.len()));

@@ -276,6 +276,111 @@ fn fresh_assignments_keep_guarantees_and_joins_move_least() {
     }
 }
 
+/// Every member of clusters of up to 8 leaving in turn: it owns nothing
+/// and is neither replica nor fallback, and the others keep the guarantees.
+/// Moving only the leaver's partitions is not always possible (its
+/// neighbours may leave no member that keeps windows distinct and counts
+/// balanced); it is when the leaver is the last joiner of a cluster that
+/// keeps at least target_n members and can keep windows distinct, and then
+/// nothing else moves.
+#[test]
+fn every_leave_keeps_balance_distinctness_and_moves_least() {
+    let (mut leaves, mut minimal) = (0, 0);
+    for partitions in ALL_PARTITIONS {
+        for target_n in 1..=MOST_TARGET_N {
+            for size in 2..=8.min(partitions as usize) {
+                let ids: Vec<NodeId> = (1..=size as NodeId).map(|i| i * 10).collect();
+                let layout = grow(partitions, target_n, &ids);
+                for &leaver in &ids {
+                    let context =
+                        format!("Q={partitions} target_n={target_n} M={size} leaver={leaver}");
+                    let next = layout.with_member_leaving(leaver).unwrap();
+                    assert_eq!(next.version(), layout.version() + 1, "{context}");
+                    assert_eq!(next.member(leaver).unwrap().state, MemberState::Leaving);
+                    assert_eq!(next.partitions_owned(leaver), 0, "{context}");
+                    check_guarantees(next.owners(), size - 1, target_n as usize)
+                        .map_err(|e| format!("{context}: {e}"))
+                        .unwrap();
+                    for partition in 0..partitions {
+                        let list = next.preference_list(partition, target_n as usize);
+                        assert!(
+                            !list.primaries.contains(&leaver) && !list.fallbacks.contains(&leaver),
+                            "{context}: the leaver is still listed for {partition}"
+                        );
+                        assert_eq!(list.primaries.len() + list.fallbacks.len(), size - 1);
+                    }
+                    let others_moved = (0..partitions)
+                        .filter(|&p| layout.owner(p) != leaver && layout.owner(p) != next.owner(p))
+                        .count();
+                    leaves += 1;
+                    minimal += usize::from(others_moved == 0);
+                    let w = (target_n as usize).min(size - 1);
+                    let distinct =
+                        (partitions as usize).div_ceil(size - 1) * w <= partitions as usize;
+                    if leaver == ids[size - 1] && size - 1 >= target_n as usize && distinct {
+                        assert_eq!(
+                            others_moved, 0,
+                            "{context}: undoing the last join moved others"
+                        );
+                    }
+                    // Decodes as valid, and cannot leave twice.
+                    assert_eq!(Layout::decode(&next.encode()).unwrap(), next);
+                    assert_eq!(
+                        next.with_member_leaving(leaver),
+                        Err(LeaveError::AlreadyLeaving)
+                    );
+                }
+            }
+        }
+    }
+    // Most leaves move nothing else (measured: see the assertion message).
+    assert!(
+        minimal * 2 > leaves,
+        "{minimal} of {leaves} leaves moved only the leaver's partitions"
+    );
+}
+
+#[test]
+fn leaving_refuses_what_it_cannot_do_and_a_join_skips_leaving_members() {
+    let layout = grow(16, 3, &[10, 20, 30, 40]);
+    assert_eq!(layout.with_member_leaving(99), Err(LeaveError::NotAMember));
+    let one = grow(16, 3, &[10]);
+    assert_eq!(one.with_member_leaving(10), Err(LeaveError::LastMember));
+    let left = layout.with_member_leaving(40).unwrap();
+    let last = left
+        .with_member_leaving(30)
+        .and_then(|l| l.with_member_leaving(20))
+        .unwrap();
+    assert_eq!(last.with_member_leaving(10), Err(LeaveError::LastMember));
+    assert!(last.owners().iter().all(|&owner| owner == 10));
+    // A leaving member that restarts and re-announces itself stays leaving,
+    // and its name cannot be taken over by a new id.
+    assert_eq!(left.with_member(member(40, "n40")), None);
+    let moved = left
+        .with_member(Member {
+            peer_addr: "elsewhere:7000".into(),
+            ..member(40, "n40")
+        })
+        .unwrap();
+    assert_eq!(moved.member(40).unwrap().state, MemberState::Leaving);
+    assert_eq!(moved.partitions_owned(40), 0);
+    assert_eq!(left.with_member(member(41, "n40")), None);
+    // A joiner is balanced against the valid members only.
+    let joined = left.with_member(member(50, "n50")).unwrap();
+    assert_eq!(joined.partitions_owned(40), 0);
+    check_guarantees(joined.owners(), 4, 3).unwrap();
+    // A layout in which a leaving member owns a partition does not decode.
+    let mut broken = raw(&left);
+    broken.owners[0] = 40;
+    assert_eq!(
+        Layout::decode(&encode_raw(&broken)),
+        Err(LayoutError::LeavingOwner {
+            partition: 0,
+            owner: 40
+        })
+    );
+}
+
 #[test]
 fn guarantees_are_as_documented_for_the_default_three_nodes() {
     // 3 nodes, target 3, Q = 64: 64 = 21·3 + 1, one member owns 22 and
@@ -326,15 +431,12 @@ fn with_member_updates_in_place_and_refuses_what_it_cannot_do() {
     assert_eq!(renamed.member(20).unwrap().name, "twenty");
     assert_eq!(renamed.owners(), layout.owners());
     assert_eq!(renamed.version(), layout.version() + 1);
-    // State changes are updates too.
-    let leaving = layout
-        .with_member(Member {
-            state: MemberState::Leaving,
-            ..member(30, "n30")
-        })
-        .unwrap();
-    assert_eq!(leaving.member(30).unwrap().state, MemberState::Leaving);
-    assert_eq!(leaving.owners(), layout.owners());
+    // A state in the update is ignored: leaving is `with_member_leaving`'s.
+    let update = Member {
+        state: MemberState::Leaving,
+        ..member(30, "n30")
+    };
+    assert_eq!(layout.with_member(update), None);
     // A full ring takes no new member, but still takes a replacement.
     let full = grow(2, 3, &[1, 2]);
     assert_eq!(full.with_member(member(3, "n3")), None);
@@ -524,6 +626,29 @@ proptest! {
             prop_assert!(false, "{}", e);
         }
         prop_assert!(next.members().windows(2).all(|pair| pair[0].id < pair[1].id));
+    }
+
+    #[test]
+    fn random_leaves_then_joins_keep_guarantees(
+        layout in layout_strategy(),
+        which in any::<prop::sample::Index>(),
+        id in any::<u64>(),
+    ) {
+        let members = layout.members().len();
+        let target_n = layout.target_n() as usize;
+        prop_assume!(members >= 2);
+        let leaver = layout.members()[which.index(members)].id;
+        let left = layout.with_member_leaving(leaver).unwrap();
+        prop_assert_eq!(left.partitions_owned(leaver), 0);
+        if let Err(e) = check_guarantees(left.owners(), members - 1, target_n) {
+            prop_assert!(false, "after the leave: {}", e);
+        }
+        prop_assume!(left.member(id).is_none() && members < left.partitions() as usize);
+        let joined = left.with_member(member(id, "joiner")).unwrap();
+        prop_assert_eq!(joined.partitions_owned(leaver), 0);
+        if let Err(e) = check_guarantees(joined.owners(), members, target_n) {
+            prop_assert!(false, "after the join: {}", e);
+        }
     }
 
     #[test]
