@@ -317,7 +317,7 @@ fn every_leave_keeps_balance_distinctness_and_moves_least() {
                     let w = (target_n as usize).min(size - 1);
                     let distinct =
                         (partitions as usize).div_ceil(size - 1) * w <= partitions as usize;
-                    if leaver == ids[size - 1] && size - 1 >= target_n as usize && distinct {
+                    if leaver == ids[size - 1] && size > target_n as usize && distinct {
                         assert_eq!(
                             others_moved, 0,
                             "{context}: undoing the last join moved others"
