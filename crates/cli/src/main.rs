@@ -86,6 +86,15 @@ enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Ask a member to leave: its partitions go to the others at once, and it
+    /// hands the data it holds to them; stop it once its
+    /// `ringkv_aae_handoff_pending` is 0 (its log says "handoff complete").
+    Leave {
+        /// The member's name (as `cluster status` lists it).
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -321,6 +330,13 @@ fn main() -> anyhow::Result<()> {
         } => {
             let status = Client::new(&target.url).cluster_status()?;
             println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Leave { name, target },
+        } => {
+            let answer = Client::new(&target.url).leave(&name)?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
     }

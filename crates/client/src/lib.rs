@@ -226,6 +226,27 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("cluster body: {e}")))
     }
 
+    /// `POST /v1/cluster/members/{name}/leave`: asks member `name` to leave;
+    /// answers the new layout as JSON (`layout_version`, `member`).
+    pub fn leave(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let url = format!(
+            "{}/v1/cluster/members/{}/leave",
+            self.base,
+            utf8_percent_encode(name, UNRESERVED)
+        );
+        let mut response = self
+            .agent
+            .post(&url)
+            .send_empty()
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = read_body(&mut response)?;
+        if status != 202 {
+            return Err(server_error(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("leave body: {e}")))
+    }
+
     /// `PUT /v1/buckets/{bucket}` with a JSON body such as `{"n":3,"r":2,"w":2,"conflict":"siblings"}`.
     pub fn set_bucket(&self, bucket: &str, props: &serde_json::Value) -> Result<(), ClientError> {
         let url = format!(

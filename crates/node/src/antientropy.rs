@@ -2,7 +2,11 @@
 //! rebuilt from storage at start, then every `--aae-interval-ms` this node
 //! runs one exchange per (partition, n) it is a primary of, with the next
 //! other primary in turn, and repairs every differing key by causal merge
-//! on both sides. The exchange logic itself is `ringkv_core::antientropy`.
+//! on both sides. For a (partition, n) it holds keys of but is no primary
+//! of (it is leaving, or a join or leave moved the partition), it
+//! exchanges with every primary: ownership handoff, counted by
+//! `ringkv_aae_handoff_pending` until a round finds them all in sync. The
+//! exchange logic itself is `ringkv_core::antientropy`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +15,7 @@ use ringkv_core::NodeId;
 use ringkv_core::antientropy::{Exchange, ExchangeLimits, ExchangeStep, answer};
 use ringkv_core::bucket::{validate_bucket_name, validate_key};
 use ringkv_core::message::{PeerRequest, PeerResponse};
-use ringkv_core::ring::{Layout, key_hash, partition_of};
+use ringkv_core::ring::{Layout, MemberState, key_hash, partition_of};
 use tracing::{debug, info, warn};
 
 use crate::node::{Node, merge_into, split_object_key};
@@ -84,16 +88,24 @@ impl Node {
             tokio::time::interval(Duration::from_millis(self.config.aae_interval_ms));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: usize = 0;
+        let mut handed_off = false;
         loop {
             interval.tick().await;
             round += 1;
             let layout = self.layout();
+            let mut pending = 0;
             for (partition, n) in self.store.trees().keys() {
-                if n < 2 {
-                    continue;
-                }
                 let preference = layout.preference_list(partition, n as usize);
                 if !preference.primaries.contains(&self.id) {
+                    if !self
+                        .hand_off(&layout, partition, n, &preference.primaries)
+                        .await
+                    {
+                        pending += 1;
+                    }
+                    continue;
+                }
+                if n < 2 {
                     continue;
                 }
                 let peers: Vec<NodeId> = preference
@@ -110,7 +122,51 @@ impl Node {
                     debug!(partition, peer = format!("{peer:016x}"), error = %e, "anti-entropy exchange failed");
                 }
             }
+            self.metrics.handoff_pending.set(pending);
+            let leaving = layout
+                .member(self.id)
+                .is_some_and(|m| m.state == MemberState::Leaving);
+            if leaving && pending == 0 && !handed_off {
+                info!("handoff complete: every replica holds this node's data; it can be stopped");
+            }
+            handed_off = leaving && pending == 0;
         }
+    }
+
+    /// Ownership handoff: this node holds keys of `(partition, n)` but is
+    /// no replica of it (it is leaving, or a join or leave gave the
+    /// partition to others). Exchanges with every replica, which repairs
+    /// whatever they lack; `true` once every exchange finds that they lack
+    /// nothing of this node's (keys they have and it lacks are copied here
+    /// too, as in every exchange, but do not hold the handoff up).
+    /// The data stays here (deleting it is a later step).
+    async fn hand_off(
+        self: &Arc<Self>,
+        layout: &Layout,
+        partition: u32,
+        n: u32,
+        primaries: &[NodeId],
+    ) -> bool {
+        let tree = self.store.trees().tree(partition, n);
+        if tree.lock().expect("tree lock").is_empty() {
+            return true;
+        }
+        let mut in_sync = true;
+        for &peer in primaries {
+            if !self.usable(peer) {
+                in_sync = false;
+                continue;
+            }
+            match self.exchange(layout, partition, n, peer).await {
+                Ok(Synced::Yes) => {}
+                Ok(Synced::No) => in_sync = false,
+                Err(e) => {
+                    in_sync = false;
+                    debug!(partition, peer = format!("{peer:016x}"), error = %e, "handoff exchange failed");
+                }
+            }
+        }
+        in_sync
     }
 
     async fn exchange(
@@ -119,7 +175,7 @@ impl Node {
         partition: u32,
         n: u32,
         peer: NodeId,
-    ) -> Result<(), String> {
+    ) -> Result<Synced, String> {
         let addr = Self::peer_addr(layout, peer).ok_or("peer left the layout")?;
         let tree = self.store.trees().tree(partition, n);
         let limits = ExchangeLimits {
@@ -158,8 +214,13 @@ impl Node {
         };
         self.metrics.exchanges.inc();
         if outcome.differences.is_empty() {
-            return Ok(());
+            return Ok(Synced::Yes);
         }
+        let mut synced = if outcome.truncated {
+            Synced::No
+        } else {
+            Synced::Yes
+        };
         debug!(
             partition,
             n,
@@ -168,18 +229,23 @@ impl Node {
             "anti-entropy found differences"
         );
         for difference in outcome.differences {
-            if let Err(e) = self
+            match self
                 .repair_key(partition, n, &difference.key, peer, &addr)
                 .await
             {
-                warn!(partition, error = %e, "anti-entropy repair failed");
+                Ok(Pushed::No) => {}
+                Ok(Pushed::Yes) => synced = Synced::No,
+                Err(e) => {
+                    synced = Synced::No;
+                    warn!(partition, error = %e, "anti-entropy repair failed");
+                }
             }
         }
-        Ok(())
+        Ok(synced)
     }
 
     /// Merges the local and the peer's copy of a key and stores the merge
-    /// wherever it is news.
+    /// wherever it is news; says whether the peer lacked it.
     async fn repair_key(
         &self,
         partition: u32,
@@ -187,7 +253,7 @@ impl Node {
         raw_key: &[u8],
         peer: NodeId,
         addr: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Pushed, String> {
         let (bucket, key) = split_object_key(raw_key).ok_or("malformed key in tree")?;
         validate_bucket_name(&bucket)
             .and(validate_key(&key))
@@ -225,7 +291,7 @@ impl Node {
             Err(e) => return Err(e.to_string()),
         };
         let merged = match (&local, &remote) {
-            (None, None) => return Ok(()),
+            (None, None) => return Ok(Pushed::No),
             (Some(l), None) => l.clone(),
             (None, Some(r)) => r.clone(),
             (Some(l), Some(r)) => l.merge(r, mode),
@@ -245,7 +311,8 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|()| "merge cannot fail".to_string())?;
-        if remote.as_ref() != Some(&merged) {
+        let pushed = remote.as_ref() != Some(&merged);
+        if pushed {
             let request = PeerRequest::ReplicaPut {
                 bucket,
                 key,
@@ -260,6 +327,20 @@ impl Node {
             }
         }
         self.metrics.keys_repaired.inc();
-        Ok(())
+        Ok(if pushed { Pushed::Yes } else { Pushed::No })
     }
+}
+
+/// Whether an exchange found the peer lacking nothing of this node's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Synced {
+    Yes,
+    No,
+}
+
+/// Whether a repair had to send the peer the merge.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    Yes,
+    No,
 }

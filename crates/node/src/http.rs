@@ -12,7 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use percent_encoding::percent_decode_str;
@@ -23,7 +23,7 @@ use ringkv_core::message::{ClientOp, ClientReply, OpError};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::node::Node;
+use crate::node::{LeaveRefusal, Node};
 
 pub const CONTEXT_HEADER: &str = "x-ringkv-context";
 const MAX_IN_FLIGHT_REQUESTS: usize = 4096;
@@ -34,6 +34,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/kv/{bucket}/{*key}", get(kv).put(kv).delete(kv))
         .route("/v1/buckets/{bucket}", put(put_bucket).get(get_bucket))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members/{name}/leave", post(leave))
         .route("/v1/preflist/{bucket}/{*key}", get(preflist))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -353,9 +354,31 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
         "layout_version": layout.version(),
         "partitions": layout.partitions(),
         "hints_pending": node.hints_pending(),
+        "handoff_pending": node.metrics.handoff_pending.get(),
         "members": members,
     }))
     .into_response()
+}
+
+async fn leave(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    match node.ask_to_leave(&name).await {
+        Ok(version) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "member": name, "layout_version": version })),
+        )
+            .into_response(),
+        Err(LeaveRefusal::NoSuchMember) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no member is named {name:?}"),
+        ),
+        Err(LeaveRefusal::Layout(e)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+        Err(LeaveRefusal::Store(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot persist the layout: {e}"),
+        ),
+    }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -80,6 +80,7 @@ pub struct Metrics {
     pub keys_repaired: Counter,
     pub exchanges: Counter,
     pub tree_keys: Gauge,
+    pub handoff_pending: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -188,6 +189,12 @@ impl Metrics {
             "Keys in this node's anti-entropy Merkle trees",
             tree_keys.clone(),
         );
+        let handoff_pending = Gauge::default();
+        registry.register(
+            "aae_handoff_pending",
+            "Trees of partitions this node holds data for but is no replica of (it is leaving, or a join or leave moved them), not yet found in sync with every replica",
+            handoff_pending.clone(),
+        );
         let exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -199,6 +206,7 @@ impl Metrics {
             keys_repaired,
             exchanges,
             tree_keys,
+            handoff_pending,
             hints_pending,
             hints_stored,
             hints_delivered,

@@ -1423,11 +1423,40 @@ impl Node {
         self.ensure_membership().await;
     }
 
+    /// Marks member `name` leaving ([`Layout::with_member_leaving`]),
+    /// adopts the layout and announces it; answers its version. As with a
+    /// join, a concurrent layout change at the same version may win the
+    /// gossip: `cluster status` shows whether the leave took.
+    pub async fn ask_to_leave(self: &Arc<Self>, name: &str) -> Result<u64, LeaveRefusal> {
+        let version = {
+            let _serial = self.membership.lock().await;
+            let layout = self.layout();
+            let member = layout
+                .member_by_name(name)
+                .ok_or(LeaveRefusal::NoSuchMember)?;
+            let next = layout
+                .with_member_leaving(member.id)
+                .map_err(LeaveRefusal::Layout)?;
+            let version = next.version();
+            self.adopt_layout(next).map_err(LeaveRefusal::Store)?;
+            info!(leaving = name, version, "member asked to leave");
+            version
+        };
+        let node = self.clone();
+        tokio::spawn(async move { node.announce().await });
+        Ok(version)
+    }
+
     /// If the layout lost this node (a concurrent change won) or has stale
-    /// addresses for it, put it back.
+    /// addresses for it, put it back. Its state is the layout's to keep.
     async fn ensure_membership(self: &Arc<Self>) {
         let layout = self.layout();
-        if layout.member(self.id) == Some(&self.me) {
+        if layout.member(self.id).is_some_and(|m| {
+            m.name == self.me.name
+                && m.peer_addr == self.me.peer_addr
+                && m.http_addr == self.me.http_addr
+                && m.resp_addr == self.me.resp_addr
+        }) {
             return;
         }
         let _serial = self.membership.lock().await;
@@ -1512,4 +1541,12 @@ fn incoming_write(bucket: &str, key: &[u8], object: &[u8]) -> Result<Object, Pee
         .and(validate_key(key))
         .map_err(|e| refused(e.to_string()))?;
     Object::decode(object).map_err(|e| refused(e.to_string()))
+}
+
+/// Why [`Node::ask_to_leave`] refused.
+#[derive(Debug)]
+pub enum LeaveRefusal {
+    NoSuchMember,
+    Layout(ringkv_core::ring::LeaveError),
+    Store(StoreError),
 }

@@ -1,0 +1,141 @@
+//! Leaving a cluster, on real processes: `ringkv cluster leave` gives the
+//! leaver's partitions to the others, the leaver hands its data to them,
+//! says when it is done, and can then be stopped without losing a write —
+//! checked with N=1, where the leaver holds the only copy of its keys.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use ringkv_client::GetResult;
+use serde_json::json;
+use support::{BIN, Cluster, TestNode, eventually, http_get, metric};
+
+const BUCKET: &str = "solo";
+
+fn put(node: &TestNode, key: &str) {
+    node.client()
+        .put(
+            BUCKET,
+            key.as_bytes(),
+            key.as_bytes(),
+            "text/plain",
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("writing {key} through {}: {e}", node.name));
+}
+
+/// `ringkv cluster leave NAME --url URL`: exit status and output.
+fn leave(url: &str, name: &str) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(["cluster", "leave", name, "--url", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// `(state, partitions owned)` of member `name` as `node` sees it.
+fn member_state(node: &TestNode, name: &str) -> Option<(String, u64)> {
+    let status = node.client().cluster_status().ok()?;
+    let member = status["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)?
+        .clone();
+    Some((
+        member["state"].as_str()?.to_string(),
+        member["partitions_owned"].as_u64()?,
+    ))
+}
+
+#[test]
+fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
+    let mut cluster = Cluster::start_with(
+        4,
+        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+    );
+    cluster.nodes[0]
+        .client()
+        .set_bucket(BUCKET, &json!({"n": 1, "r": 1, "w": 1}))
+        .unwrap();
+    for node in &cluster.nodes {
+        eventually("bucket props to spread", Duration::from_secs(10), || {
+            http_get(&format!("{}/v1/buckets/{BUCKET}", node.url()))
+                .contains("\"n\":1")
+                .then_some(())
+        });
+    }
+    let mut keys: Vec<String> = (0..200).map(|i| format!("before-{i}")).collect();
+    for key in &keys {
+        put(&cluster.nodes[0], key);
+    }
+    let held = metric(&cluster.nodes[3], "ringkv_aae_tree_keys");
+    assert!(held > 10, "node4 holds the only copy of {held} keys");
+
+    // Bad requests change nothing.
+    let (ok, text) = leave(&cluster.nodes[1].url(), "nobody");
+    assert!(!ok && text.contains("404"), "{text}");
+
+    let (ok, text) = leave(&cluster.nodes[1].url(), "node4");
+    assert!(ok && text.contains("layout_version"), "{text}");
+    for node in &cluster.nodes {
+        eventually(
+            "every node to see node4 leaving",
+            Duration::from_secs(10),
+            || (member_state(node, "node4")? == ("leaving".to_string(), 0)).then_some(()),
+        );
+    }
+    let (ok, text) = leave(&cluster.nodes[0].url(), "node4");
+    assert!(
+        !ok && text.contains("409") && text.contains("already leaving"),
+        "{text}"
+    );
+
+    // Writes go on meanwhile, to the members that stay.
+    for i in 0..50 {
+        let key = format!("during-{i}");
+        put(&cluster.nodes[i % 4], &key);
+        keys.push(key);
+    }
+    eventually(
+        "node4 to finish its handoff",
+        Duration::from_secs(60),
+        || {
+            cluster.nodes[3]
+                .log()
+                .contains("handoff complete")
+                .then_some(())
+        },
+    );
+    assert_eq!(metric(&cluster.nodes[3], "ringkv_aae_handoff_pending"), 0);
+
+    // A restart does not make it a valid member again.
+    cluster.nodes[3].stop();
+    let seed = cluster.nodes[0].peer.clone();
+    cluster.nodes[3].start(Some(&seed));
+    eventually("node4 to be back", Duration::from_secs(10), || {
+        member_state(&cluster.nodes[3], "node4")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for node in &cluster.nodes {
+        assert_eq!(
+            member_state(node, "node4"),
+            Some(("leaving".to_string(), 0)),
+            "as {} sees it",
+            node.name
+        );
+    }
+
+    // Stopped for good, it takes nothing with it.
+    cluster.nodes[3].kill9();
+    for key in &keys {
+        match cluster.nodes[1].client().get(BUCKET, key.as_bytes(), None) {
+            Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+}
