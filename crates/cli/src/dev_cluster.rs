@@ -1,7 +1,9 @@
 //! `ringkv dev-cluster`: starts N real `ringkv server` processes on
 //! 127.0.0.1, waits until they agree on the layout, prints how to reach
 //! them, and stops every one of them (by pid, the processes it started) on
-//! Ctrl-C or when one of them dies.
+//! Ctrl-C. A node that dies (killed to try a failure, or after `cluster
+//! leave`) leaves the others serving: it prints the command that restarts
+//! it, and ends once every node it started has exited.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -42,7 +44,10 @@ struct DevNode {
     name: String,
     http: String,
     resp: String,
+    /// The command line that starts it again, for the user to copy.
+    command_line: String,
     child: Child,
+    exited: bool,
 }
 
 async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
@@ -89,6 +94,15 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
         if i > 0 {
             command.args(["--join", &first_peer]);
         }
+        let command_line = std::iter::once(exe.display().to_string())
+            .chain(
+                command
+                    .as_std()
+                    .get_args()
+                    .map(|arg| arg.to_string_lossy().into_owned()),
+            )
+            .collect::<Vec<_>>()
+            .join(" ");
         let child = command
             .spawn()
             .with_context(|| format!("while starting {name}"))?;
@@ -96,7 +110,9 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
             name,
             http,
             resp,
+            command_line,
             child,
+            exited: false,
         });
     }
     let result = wait_until_ready(&mut nodes, &args).await;
@@ -105,20 +121,47 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     print_tour(&nodes, &args);
-    let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        (name, status) = first_exit(&mut nodes) => Err(anyhow::anyhow!("{name} exited ({status}); see its log under {}", args.data_dir.display())),
+    let outcome = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            (index, status) = next_exit(&mut nodes) => {
+                let node = &nodes[index];
+                let log = args.data_dir.join(format!("{}.log", node.name));
+                if status.success() {
+                    // It stopped cleanly: it left the cluster, or was asked to stop.
+                    eprintln!("{} stopped; the others keep serving (see {}).", node.name, log.display());
+                } else {
+                    eprintln!(
+                        "{} exited ({status}); the others keep serving (see {}). To start it again, in another terminal (Ctrl-C here will not stop it):\n  {}",
+                        node.name,
+                        log.display(),
+                        node.command_line
+                    );
+                }
+                if nodes.iter().all(|node| node.exited) {
+                    break Err(anyhow::anyhow!(
+                        "every node has exited; see the logs under {}",
+                        args.data_dir.display()
+                    ));
+                }
+            }
+        }
     };
     eprintln!("stopping the dev cluster");
     stop(&mut nodes).await;
     outcome
 }
 
-async fn first_exit(nodes: &mut [DevNode]) -> (String, String) {
+/// Waits until a node not seen exiting yet exits; marks it and returns its
+/// index and exit status.
+async fn next_exit(nodes: &mut [DevNode]) -> (usize, std::process::ExitStatus) {
     loop {
-        for node in nodes.iter_mut() {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                return (node.name.clone(), status.to_string());
+        for (index, node) in nodes.iter_mut().enumerate() {
+            if !node.exited
+                && let Ok(Some(status)) = node.child.try_wait()
+            {
+                node.exited = true;
+                return (index, status);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -86,9 +86,9 @@ enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Ask a member to leave: its partitions go to the others at once, and it
-    /// hands the data it holds to them; stop it once its
-    /// `ringkv_aae_handoff_pending` is 0 (its log says "handoff complete").
+    /// Ask a member to leave: its partitions go to the others at once; it
+    /// hands them the data it holds, then removes itself and stops.
+    /// `ringkv_aae_handoff_pending` on it counts what is left to hand off.
     Leave {
         /// The member's name (as `cluster status` lists it).
         name: String,
@@ -231,7 +231,10 @@ fn main() -> anyhow::Result<()> {
             let node = runtime.block_on(async {
                 let running = ringkv_node::start(config).await?;
                 tracing::info!(http = %running.http_addr, resp = %running.resp_addr, "ringkv node ready");
-                shutdown_signal().await;
+                tokio::select! {
+                    () = shutdown_signal() => {}
+                    () = running.node.has_left() => {}
+                }
                 tracing::info!("shutting down");
                 anyhow::Ok(running.node)
             })?;

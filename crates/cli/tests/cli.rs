@@ -86,7 +86,7 @@ fn cli_put_get_delete_and_cluster_status() {
 }
 
 #[test]
-fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
+fn dev_cluster_starts_three_nodes_survives_losing_one_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let (http, resp, peer) = (free_ports(3), free_ports(3), free_ports(3));
     let mut child = Command::new(BIN)
@@ -130,6 +130,22 @@ fn dev_cluster_starts_three_nodes_and_stops_them_on_ctrl_c() {
         .unwrap();
     assert!(
         matches!(last.get("demo", b"hello", None).unwrap(), GetResult::Found { value, .. } if value == b"world")
+    );
+    // A node that dies leaves the others serving (the README's tour kills one).
+    Command::new("kill")
+        .args(["-KILL", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "dev-cluster ended when one node died"
+    );
+    first
+        .put("demo", b"after", b"one down", "text/plain", None, None)
+        .unwrap();
+    assert!(
+        matches!(last.get("demo", b"after", None).unwrap(), GetResult::Found { value, .. } if value == b"one down")
     );
     // Ctrl-C (SIGINT) stops the cluster and every node process.
     Command::new("kill")

@@ -1,6 +1,6 @@
 //! Leaving a cluster, on real processes: `ringkv cluster leave` gives the
 //! leaver's partitions to the others, the leaver hands its data to them,
-//! says when it is done, and can then be stopped without losing a write —
+//! then takes itself out of the layout and stops, without losing a write —
 //! checked with N=1, where the leaver holds the only copy of its keys.
 
 mod support;
@@ -8,23 +8,36 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use ringkv_client::GetResult;
+use ringkv_client::{ClientError, GetResult};
 use serde_json::json;
 use support::{BIN, Cluster, TestNode, eventually, http_get, metric};
 
 const BUCKET: &str = "solo";
 
+/// Writes `key` through `node`, retrying a 503 for up to 2 s as a client
+/// would: for up to a second after a peer comes back, a node's connection
+/// to it may still be waiting to reconnect (ARCHITECTURE, known debt).
 fn put(node: &TestNode, key: &str) {
-    node.client()
-        .put(
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let written = node.client().put(
             BUCKET,
             key.as_bytes(),
             key.as_bytes(),
             "text/plain",
             None,
             None,
-        )
-        .unwrap_or_else(|e| panic!("writing {key} through {}: {e}", node.name));
+        );
+        match written {
+            Ok(_) => return,
+            Err(ClientError::Server { status: 503, .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("writing {key} through {}: {e}", node.name),
+        }
+    }
 }
 
 /// `ringkv cluster leave NAME --url URL`: exit status and output.
@@ -80,9 +93,12 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
     let (ok, text) = leave(&cluster.nodes[1].url(), "nobody");
     assert!(!ok && text.contains("404"), "{text}");
 
+    // While node3 is down, node4 cannot hand it the partitions it gets:
+    // the leave waits, and a restart of node4 keeps it leaving.
+    cluster.nodes[2].kill9();
     let (ok, text) = leave(&cluster.nodes[1].url(), "node4");
     assert!(ok && text.contains("layout_version"), "{text}");
-    for node in &cluster.nodes {
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
         eventually(
             "every node to see node4 leaving",
             Duration::from_secs(10),
@@ -94,26 +110,11 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
         !ok && text.contains("409") && text.contains("already leaving"),
         "{text}"
     );
-
-    // Writes go on meanwhile, to the members that stay.
-    for i in 0..50 {
-        let key = format!("during-{i}");
-        put(&cluster.nodes[i % 4], &key);
-        keys.push(key);
-    }
     eventually(
-        "node4 to finish its handoff",
-        Duration::from_secs(60),
-        || {
-            cluster.nodes[3]
-                .log()
-                .contains("handoff complete")
-                .then_some(())
-        },
+        "node4 to count its pending handoffs",
+        Duration::from_secs(10),
+        || (metric(&cluster.nodes[3], "ringkv_aae_handoff_pending") > 0).then_some(()),
     );
-    assert_eq!(metric(&cluster.nodes[3], "ringkv_aae_handoff_pending"), 0);
-
-    // A restart does not make it a valid member again.
     cluster.nodes[3].stop();
     let seed = cluster.nodes[0].peer.clone();
     cluster.nodes[3].start(Some(&seed));
@@ -121,7 +122,7 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
         member_state(&cluster.nodes[3], "node4")
     });
     std::thread::sleep(Duration::from_secs(1));
-    for node in &cluster.nodes {
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
         assert_eq!(
             member_state(node, "node4"),
             Some(("leaving".to_string(), 0)),
@@ -129,12 +130,54 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
             node.name
         );
     }
+    assert!(!cluster.nodes[3].log().contains("handoff complete"));
 
-    // Stopped for good, it takes nothing with it.
-    cluster.nodes[3].kill9();
+    // Writes go on meanwhile, to the members that stay.
+    cluster.nodes[2].start(Some(&seed));
+    for i in 0..50 {
+        let key = format!("during-{i}");
+        put(&cluster.nodes[i % 4], &key);
+        keys.push(key);
+    }
+
+    // With node3 back, node4 hands everything off, leaves the layout and
+    // stops by itself; its data dir does not start again.
+    let status = cluster.nodes[3].wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "node4 exited with {status}");
+    let log = cluster.nodes[3].log();
+    assert!(
+        log.contains("handoff complete") && log.contains("left the cluster"),
+        "{log}"
+    );
+    for node in &cluster.nodes[..3] {
+        eventually(
+            "node4 to be gone from every layout",
+            Duration::from_secs(10),
+            || {
+                let status = node.client().cluster_status().ok()?;
+                (status["members"].as_array()?.len() == 3).then_some(())
+            },
+        );
+    }
+    let status = cluster.nodes[3].start_refused(Some(&seed));
+    assert!(!status.success());
+    assert!(
+        cluster.nodes[3].log().contains("left its cluster"),
+        "{}",
+        cluster.nodes[3].log()
+    );
+
+    // It took nothing with it.
     for key in &keys {
         match cluster.nodes[1].client().get(BUCKET, key.as_bytes(), None) {
             Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
+            // A retried 503 may have been stored both times: two blind writes.
+            Ok(GetResult::Siblings { siblings, .. }) => {
+                assert!(
+                    siblings.iter().all(|s| s.value == key.as_bytes()),
+                    "{key}: {siblings:?}"
+                );
+            }
             other => panic!("{key}: {other:?}"),
         }
     }

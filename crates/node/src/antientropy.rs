@@ -88,7 +88,6 @@ impl Node {
             tokio::time::interval(Duration::from_millis(self.config.aae_interval_ms));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: usize = 0;
-        let mut handed_off = false;
         loop {
             interval.tick().await;
             round += 1;
@@ -126,10 +125,11 @@ impl Node {
             let leaving = layout
                 .member(self.id)
                 .is_some_and(|m| m.state == MemberState::Leaving);
-            if leaving && pending == 0 && !handed_off {
-                info!("handoff complete: every replica holds this node's data; it can be stopped");
+            // Hints it holds for others are delivered first too.
+            if leaving && pending == 0 && self.hints_pending() == 0 {
+                info!("handoff complete: every replica holds this node's data");
+                self.finish_leaving().await;
             }
-            handed_off = leaving && pending == 0;
         }
     }
 

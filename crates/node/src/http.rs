@@ -428,7 +428,7 @@ async fn preflist(State(node): State<Arc<Node>>, uri: Uri) -> Response {
     }
     let layout = node.layout();
     let n = (node.bucket_props(&bucket).n as usize)
-        .min(layout.members().len())
+        .min(layout.valid_members())
         .max(1);
     let partition = ringkv_core::ring::partition_of(
         ringkv_core::ring::key_hash(bucket.as_bytes(), &key),

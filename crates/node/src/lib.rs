@@ -30,7 +30,7 @@ use tracing::{info, warn};
 pub use config::NodeConfig;
 pub use node::Node;
 
-use crate::node::{META_ACTOR, META_BUCKETS, META_IDENTITY, META_LAYOUT};
+use crate::node::{META_ACTOR, META_BUCKETS, META_IDENTITY, META_LAYOUT, META_LEFT};
 use crate::store::LocalStore;
 use crate::transport::Peers;
 
@@ -113,6 +113,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     );
     let store = LocalStore::new(storage, committer);
 
+    if let Some(version) = store.meta_get(META_LEFT)? {
+        let version = <[u8; 8]>::try_from(version.as_slice()).map_or(0, u64::from_be_bytes);
+        bail!(
+            "the node in {} left its cluster (layout version {version}); to join a cluster again, start it with an empty data dir",
+            config.data_dir.display()
+        );
+    }
     let identity = match store.meta_get(META_IDENTITY)? {
         Some(bytes) => {
             let identity: Identity = decode_meta("identity", &bytes)?;

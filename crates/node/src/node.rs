@@ -8,7 +8,7 @@
 //! the storage engine's group committer, which batches many writes into
 //! one durable commit.
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +37,9 @@ pub const META_IDENTITY: &str = "identity";
 pub const META_LAYOUT: &str = "layout";
 pub const META_BUCKETS: &str = "buckets";
 pub const META_ACTOR: &str = "actor";
+/// Present once this node has left its cluster: the layout version that
+/// removed it (u64 BE). A data dir with it does not start again.
+pub const META_LEFT: &str = "left";
 
 /// Extra time a forwarding node waits beyond the operation's own timeout.
 const FORWARD_GRACE: Duration = Duration::from_millis(500);
@@ -65,6 +68,10 @@ pub struct Node {
     /// never). For `LOCAL_FAILURE_BACKOFF_MS` after it, writes this node would
     /// coordinate go to another replica instead (a full or failing disk).
     local_write_failed_ms: AtomicU64,
+    /// Set once this node takes itself out of the layout (`finish_leaving`).
+    left: AtomicBool,
+    /// True once it has told the others too: the server stops.
+    stop: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
 }
 
@@ -174,6 +181,8 @@ impl Node {
             actor,
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             local_write_failed_ms: AtomicU64::new(0),
+            left: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
             metrics,
         })
     }
@@ -219,7 +228,7 @@ impl Node {
 
     pub(crate) fn effective(&self, bucket: &str, layout: &Layout) -> Effective {
         let props = self.bucket_props(bucket);
-        let n = (props.n as usize).min(layout.members().len()).max(1);
+        let n = (props.n as usize).min(layout.valid_members()).max(1);
         let durability = props.durability.unwrap_or(self.config.durability);
         Effective {
             props,
@@ -1450,6 +1459,9 @@ impl Node {
     /// If the layout lost this node (a concurrent change won) or has stale
     /// addresses for it, put it back. Its state is the layout's to keep.
     async fn ensure_membership(self: &Arc<Self>) {
+        if self.left.load(AtomicOrdering::SeqCst) {
+            return;
+        }
         let layout = self.layout();
         if layout.member(self.id).is_some_and(|m| {
             m.name == self.me.name
@@ -1477,17 +1489,73 @@ impl Node {
         }
     }
 
-    async fn gossip_with(self: &Arc<Self>, addr: &str) {
+    /// Exchanges state with the member at `addr`; `true` if it answered.
+    async fn gossip_with(self: &Arc<Self>, addr: &str) -> bool {
         let timeout = Duration::from_millis(self.config.gossip_interval_ms.max(1000));
         match self
             .peers
             .request(addr, PeerRequest::Gossip(self.gossip_state()), timeout)
             .await
         {
-            Ok(PeerResponse::Gossip(state)) => self.absorb(state).await,
-            Ok(_) => {}
-            Err(e) => debug!(peer = %addr, error = %e, "gossip failed"),
+            Ok(PeerResponse::Gossip(state)) => {
+                self.absorb(state).await;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                debug!(peer = %addr, error = %e, "gossip failed");
+                false
+            }
         }
+    }
+
+    /// Once a leaving node has handed everything off: takes it out of the
+    /// layout, records that in its data dir (it will not start again),
+    /// tells every other member (trying for a few seconds until one
+    /// answers), and wakes [`Node::has_left`], on which the server stops.
+    pub(crate) async fn finish_leaving(self: &Arc<Self>) {
+        let next = {
+            let _serial = self.membership.lock().await;
+            let Some(next) = self.layout().without_member(self.id) else {
+                return;
+            };
+            self.left.store(true, AtomicOrdering::SeqCst);
+            if let Err(e) = self
+                .store
+                .meta_put_sync(META_LEFT, next.version().to_be_bytes().to_vec())
+                .and_then(|()| self.adopt_layout(next.clone()).map(drop))
+            {
+                error!(error = %e, "cannot record leaving the cluster; staying");
+                self.left.store(false, AtomicOrdering::SeqCst);
+                return;
+            }
+            next
+        };
+        let addrs: Vec<String> = next.members().iter().map(|m| m.peer_addr.clone()).collect();
+        let mut told = 0;
+        for _attempt in 0..10 {
+            for addr in &addrs {
+                told += usize::from(self.gossip_with(addr).await);
+            }
+            if told > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if told == 0 {
+            warn!(
+                "no member answered: the others list this node as leaving until a member is told"
+            );
+        }
+        info!(version = next.version(), told, "left the cluster; stopping");
+        self.stop.send_replace(true);
+    }
+
+    /// Returns once this node has left the cluster and told the others.
+    pub async fn has_left(&self) {
+        let mut stop = self.stop.subscribe();
+        // The sender lives as long as `self`, so this waits until it is true.
+        let _ = stop.wait_for(|stop| *stop).await;
     }
 
     /// Every interval, exchanges state with one random other member.

@@ -95,6 +95,44 @@ impl TestNode {
 
     pub fn start(&mut self, join: Option<&str>) {
         assert!(self.child.is_none(), "{} is already running", self.name);
+        self.child = Some(self.command(join).spawn().expect("start ringkv server"));
+        let url = self.url();
+        eventually(
+            &format!("{} to serve HTTP", self.name),
+            Duration::from_secs(30),
+            || {
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("{} exited with {status}; log:\n{}", self.name, self.log());
+                }
+                Client::new(&url).cluster_status().ok()
+            },
+        );
+    }
+
+    /// Starts the server expecting it to refuse to: its exit status.
+    pub fn start_refused(&mut self, join: Option<&str>) -> std::process::ExitStatus {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let mut child = self.command(join).spawn().expect("start ringkv server");
+        eventually(
+            &format!("{} to exit", self.name),
+            Duration::from_secs(30),
+            || child.try_wait().unwrap(),
+        )
+    }
+
+    /// Waits for the process to exit by itself: its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = eventually(&format!("{} to exit", self.name), timeout, || {
+            child.try_wait().unwrap()
+        });
+        self.child = None;
+        status
+    }
+
+    fn command(&self, join: Option<&str>) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -127,20 +165,7 @@ impl TestNode {
         if let Some(join) = join {
             command.args(["--join", join]);
         }
-        self.child = Some(command.spawn().expect("start ringkv server"));
-        let url = self.url();
-        eventually(
-            &format!("{} to serve HTTP", self.name),
-            Duration::from_secs(30),
-            || {
-                if let Some(child) = self.child.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    panic!("{} exited with {status}; log:\n{}", self.name, self.log());
-                }
-                Client::new(&url).cluster_status().ok()
-            },
-        );
+        command
     }
 
     /// SIGKILL: no chance to flush anything.

@@ -254,6 +254,19 @@ impl Layout {
         })
     }
 
+    /// The layout without member `id`, at version + 1, once it has left:
+    /// `None` unless it is a leaving member (one that owns nothing).
+    pub fn without_member(&self, id: NodeId) -> Option<Layout> {
+        let index = self.index_of(id)?;
+        if self.members[index].state != MemberState::Leaving {
+            return None;
+        }
+        let mut next = self.clone();
+        next.version = self.version.checked_add(1)?;
+        next.members.remove(index);
+        Some(next)
+    }
+
     /// The ids of the valid members (sorted), and each partition's owner as
     /// an index into them.
     fn valid_owner_indices(&self) -> (Vec<NodeId>, Vec<usize>) {
@@ -291,6 +304,14 @@ impl Layout {
     /// Sorted by id.
     pub fn members(&self) -> &[Member] {
         &self.members
+    }
+
+    /// Members that are not leaving: those that own partitions and hold replicas.
+    pub fn valid_members(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|member| member.state == MemberState::Valid)
+            .count()
     }
 
     pub fn member(&self, id: NodeId) -> Option<&Member> {

@@ -31,10 +31,7 @@ impl Layout {
             "partition {partition} is outside 0..{partitions}"
         );
         let members = self.members();
-        let valid = members
-            .iter()
-            .filter(|member| member.state == MemberState::Valid)
-            .count();
+        let valid = self.valid_members();
         let mut taken = vec![false; members.len()];
         let mut walk = Vec::with_capacity(valid);
         for step in 0..partitions {

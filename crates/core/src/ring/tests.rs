@@ -369,6 +369,15 @@ fn leaving_refuses_what_it_cannot_do_and_a_join_skips_leaving_members() {
     let joined = left.with_member(member(50, "n50")).unwrap();
     assert_eq!(joined.partitions_owned(40), 0);
     check_guarantees(joined.owners(), 4, 3).unwrap();
+    // Only a leaving member can be removed, and then nothing else changes.
+    assert_eq!(left.without_member(10), None);
+    assert_eq!(left.without_member(99), None);
+    let removed = left.without_member(40).unwrap();
+    assert_eq!(removed.version(), left.version() + 1);
+    assert_eq!(removed.member(40), None);
+    assert_eq!(removed.owners(), left.owners());
+    assert_eq!(removed.valid_members(), 3);
+    assert_eq!(Layout::decode(&removed.encode()).unwrap(), removed);
     // A layout in which a leaving member owns a partition does not decode.
     let mut broken = raw(&left);
     broken.owners[0] = 40;
