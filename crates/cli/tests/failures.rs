@@ -61,6 +61,68 @@ fn a_killed_node_is_seen_down_within_seconds_and_up_after_restart() {
     });
 }
 
+/// A node that comes back is heard from (its heartbeats reach the others)
+/// before the others' connections to it have reconnected, which back off
+/// up to a second: writes it is the only replica of (N=1) must not fail
+/// meanwhile, but go to a fallback as hints.
+#[test]
+fn writes_right_after_a_replica_returns_do_not_fail() {
+    let mut cluster = Cluster::start(3);
+    cluster.nodes[0]
+        .client()
+        .set_bucket("solo", &serde_json::json!({"n": 1, "r": 1, "w": 1}))
+        .unwrap();
+    for node in &cluster.nodes {
+        eventually("bucket props to spread", Duration::from_secs(10), || {
+            support::http_get(&format!("{}/v1/buckets/solo", node.url()))
+                .contains("\"n\":1")
+                .then_some(())
+        });
+    }
+    cluster.nodes[2].kill9();
+    for observer in 0..2 {
+        eventually("node3 to be seen down", Duration::from_secs(5), || {
+            (liveness(&cluster, observer, "node3") == "down").then_some(())
+        });
+    }
+    // Long enough for the reconnect backoff to reach a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let seed = cluster.nodes[0].peer.clone();
+    cluster.nodes[2].start(Some(&seed));
+    let mut failed = Vec::new();
+    for i in 0..40 {
+        let key = format!("back-{i}");
+        if let Err(e) = cluster.nodes[i % 2].client().put(
+            "solo",
+            key.as_bytes(),
+            key.as_bytes(),
+            "text/plain",
+            None,
+            None,
+        ) {
+            failed.push(format!("{key}: {e}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 40 writes failed: {failed:?}",
+        failed.len()
+    );
+    for i in 0..40 {
+        let key = format!("back-{i}");
+        eventually(
+            "every write to be readable",
+            Duration::from_secs(10),
+            || match cluster.nodes[0].client().get("solo", key.as_bytes(), None) {
+                Ok(ringkv_client::GetResult::Found { value, .. }) => {
+                    (value == key.as_bytes()).then_some(())
+                }
+                _ => None,
+            },
+        );
+    }
+}
+
 #[test]
 fn sloppy_quorum_keeps_writes_flowing_and_hints_reach_the_primaries() {
     let mut cluster = Cluster::start(5);

@@ -261,8 +261,20 @@ impl Node {
             .view(id, now_ms())
     }
 
+    /// Worth sending a request to: not down by the failure detector, and
+    /// (another node) not behind a connection of ours that is down. A peer
+    /// that comes back is heard from before this node's connection to it
+    /// has reconnected (up to a second of backoff), and until then a
+    /// request to it would fail at once: a fallback stands in meanwhile.
     pub(crate) fn usable(&self, id: NodeId) -> bool {
-        self.peer_view(id).liveness.is_usable()
+        if !self.peer_view(id).liveness.is_usable() {
+            return false;
+        }
+        id == self.id
+            || self
+                .layout()
+                .member(id)
+                .is_none_or(|member| !self.peers.is_down(&member.peer_addr))
     }
 
     /// Feeds the failure detector with the outcome of a request to a peer.

@@ -113,6 +113,16 @@ impl Peers {
         link
     }
 
+    /// The connection to `addr` is down (its last attempt failed or it
+    /// closed, and it waits to reconnect): a request now would fail at once.
+    pub fn is_down(&self, addr: &str) -> bool {
+        self.links
+            .lock()
+            .expect("links lock")
+            .get(addr)
+            .is_some_and(|link| link.state() == LinkState::Down)
+    }
+
     /// Sends a request and waits for its answer at most `timeout`.
     pub async fn request(
         &self,
