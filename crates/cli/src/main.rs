@@ -95,6 +95,16 @@ enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Take a member that is gone for good (a dead machine) out of the
+    /// cluster at once, without a handoff: its partitions go to the others,
+    /// which refill them from the remaining replicas by anti-entropy.
+    /// Refused while the node asked sees it up.
+    Remove {
+        /// The member's name (as `cluster status` lists it).
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -339,6 +349,13 @@ fn main() -> anyhow::Result<()> {
             command: ClusterCommand::Leave { name, target },
         } => {
             let answer = Client::new(&target.url).leave(&name)?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Remove { name, target },
+        } => {
+            let answer = Client::new(&target.url).remove(&name)?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }

@@ -162,3 +162,82 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
         }
     }
 }
+
+/// `ringkv cluster remove`: a dead member is taken out without a handoff,
+/// and anti-entropy restores N copies on the members that stay.
+#[test]
+fn a_dead_node_is_removed_and_its_copies_are_restored_on_the_others() {
+    let mut cluster = Cluster::start_with(
+        4,
+        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+    );
+    let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        cluster.nodes[0]
+            .client()
+            .put(
+                "three",
+                key.as_bytes(),
+                key.as_bytes(),
+                "text/plain",
+                None,
+                Some(3),
+            )
+            .unwrap();
+    }
+    let remove = |url: &str, name: &str| -> (bool, String) {
+        let output = Command::new(BIN)
+            .args(["cluster", "remove", name, "--url", url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    // A running node is not removed: it should leave instead.
+    let (ok, text) = remove(&cluster.nodes[0].url(), "node4");
+    assert!(
+        !ok && text.contains("409") && text.contains("cluster leave"),
+        "{text}"
+    );
+    let (ok, text) = remove(&cluster.nodes[0].url(), "node1");
+    assert!(!ok && text.contains("409"), "{text}");
+    assert_eq!(
+        member_state(&cluster.nodes[0], "node4"),
+        Some(("valid".to_string(), 16))
+    );
+
+    cluster.nodes[3].kill9();
+    eventually("node1 to see node4 down", Duration::from_secs(10), || {
+        let (ok, text) = remove(&cluster.nodes[0].url(), "node4");
+        assert!(ok || text.contains("409"), "{text}");
+        ok.then_some(())
+    });
+    for node in &cluster.nodes[..3] {
+        eventually(
+            "node4 to be gone from every layout",
+            Duration::from_secs(10),
+            || {
+                let status = node.client().cluster_status().ok()?;
+                (status["members"].as_array()?.len() == 3).then_some(())
+            },
+        );
+    }
+    // With 3 members and N=3, every one of them ends up with every key.
+    for node in &cluster.nodes[..3] {
+        eventually(
+            "anti-entropy to restore 3 copies",
+            Duration::from_secs(60),
+            || (metric(node, "ringkv_aae_tree_keys") >= keys.len() as u64).then_some(()),
+        );
+    }
+    for key in &keys {
+        match cluster.nodes[1]
+            .client()
+            .get("three", key.as_bytes(), Some(3))
+        {
+            Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+}

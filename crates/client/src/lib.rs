@@ -229,8 +229,22 @@ impl Client {
     /// `POST /v1/cluster/members/{name}/leave`: asks member `name` to leave;
     /// answers the new layout as JSON (`layout_version`, `member`).
     pub fn leave(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.membership_change(name, "leave")
+    }
+
+    /// `POST /v1/cluster/members/{name}/remove`: takes a member that is gone
+    /// for good out of the cluster, without a handoff.
+    pub fn remove(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.membership_change(name, "remove")
+    }
+
+    fn membership_change(
+        &self,
+        name: &str,
+        change: &str,
+    ) -> Result<serde_json::Value, ClientError> {
         let url = format!(
-            "{}/v1/cluster/members/{}/leave",
+            "{}/v1/cluster/members/{}/{change}",
             self.base,
             utf8_percent_encode(name, UNRESERVED)
         );
@@ -244,7 +258,8 @@ impl Client {
         if status != 202 {
             return Err(server_error(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("leave body: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("{change} body: {e}")))
     }
 
     /// `PUT /v1/buckets/{bucket}` with a JSON body such as `{"n":3,"r":2,"w":2,"conflict":"siblings"}`.

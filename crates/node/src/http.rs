@@ -35,6 +35,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/buckets/{bucket}", put(put_bucket).get(get_bucket))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/members/{name}/leave", post(leave))
+        .route("/v1/cluster/members/{name}/remove", post(remove))
         .route("/v1/preflist/{bucket}/{*key}", get(preflist))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -361,7 +362,15 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn leave(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
-    match node.ask_to_leave(&name).await {
+    membership_change(node.ask_to_leave(&name).await, &name)
+}
+
+async fn remove(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    membership_change(node.ask_to_remove(&name).await, &name)
+}
+
+fn membership_change(outcome: Result<u64, LeaveRefusal>, name: &str) -> Response {
+    match outcome {
         Ok(version) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "member": name, "layout_version": version })),
@@ -371,6 +380,13 @@ async fn leave(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Respo
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no member is named {name:?}"),
+        ),
+        Err(LeaveRefusal::Running) => error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "{name} is this node or is up: ask it to leave (cluster leave), which hands its data off first"
+            ),
         ),
         Err(LeaveRefusal::Layout(e)) => error(StatusCode::CONFLICT, "conflict", e.to_string()),
         Err(LeaveRefusal::Store(e)) => error(

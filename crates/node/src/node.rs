@@ -1468,6 +1468,37 @@ impl Node {
         Ok(version)
     }
 
+    /// Takes member `name` out of the layout at once, without a handoff
+    /// ([`Layout::with_member_removed`]): for a node that is gone for good.
+    /// Refused for this node itself and for a member this node hears from
+    /// (up or suspect): `cluster leave` hands a running node's data off first.
+    pub async fn ask_to_remove(self: &Arc<Self>, name: &str) -> Result<u64, LeaveRefusal> {
+        let version = {
+            let _serial = self.membership.lock().await;
+            let layout = self.layout();
+            let member = layout
+                .member_by_name(name)
+                .ok_or(LeaveRefusal::NoSuchMember)?;
+            let heard = matches!(
+                self.peer_view(member.id).liveness,
+                Liveness::Up | Liveness::Suspect
+            );
+            if member.id == self.id || heard {
+                return Err(LeaveRefusal::Running);
+            }
+            let next = layout
+                .with_member_removed(member.id)
+                .map_err(LeaveRefusal::Layout)?;
+            let version = next.version();
+            self.adopt_layout(next).map_err(LeaveRefusal::Store)?;
+            warn!(removed = name, version, "member removed without a handoff");
+            version
+        };
+        let node = self.clone();
+        tokio::spawn(async move { node.announce().await });
+        Ok(version)
+    }
+
     /// If the layout lost this node (a concurrent change won) or has stale
     /// addresses for it, put it back. Its state is the layout's to keep.
     async fn ensure_membership(self: &Arc<Self>) {
@@ -1623,10 +1654,12 @@ fn incoming_write(bucket: &str, key: &[u8], object: &[u8]) -> Result<Object, Pee
     Object::decode(object).map_err(|e| refused(e.to_string()))
 }
 
-/// Why [`Node::ask_to_leave`] refused.
+/// Why [`Node::ask_to_leave`] or [`Node::ask_to_remove`] refused.
 #[derive(Debug)]
 pub enum LeaveRefusal {
     NoSuchMember,
+    /// A removal of a member that is running: it should leave instead.
+    Running,
     Layout(ringkv_core::ring::LeaveError),
     Store(StoreError),
 }

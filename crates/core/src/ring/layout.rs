@@ -267,6 +267,21 @@ impl Layout {
         Some(next)
     }
 
+    /// The layout without member `id`, at version + 1, whether it was
+    /// leaving or valid (then its partitions move as in
+    /// [`Layout::with_member_leaving`]): for a member that is gone for good
+    /// without handing anything off (Riak's force-remove).
+    pub fn with_member_removed(&self, id: NodeId) -> Result<Layout, LeaveError> {
+        let leaving = match self.member(id) {
+            None => return Err(LeaveError::NotAMember),
+            Some(member) if member.state == MemberState::Leaving => self.clone(),
+            Some(_) => self.with_member_leaving(id)?,
+        };
+        let mut next = leaving.without_member(id).ok_or(LeaveError::LastVersion)?;
+        next.version = self.version.checked_add(1).ok_or(LeaveError::LastVersion)?;
+        Ok(next)
+    }
+
     /// The ids of the valid members (sorted), and each partition's owner as
     /// an index into them.
     fn valid_owner_indices(&self) -> (Vec<NodeId>, Vec<usize>) {

@@ -378,6 +378,15 @@ fn leaving_refuses_what_it_cannot_do_and_a_join_skips_leaving_members() {
     assert_eq!(removed.owners(), left.owners());
     assert_eq!(removed.valid_members(), 3);
     assert_eq!(Layout::decode(&removed.encode()).unwrap(), removed);
+    // A forced removal takes a valid or a leaving member out in one version.
+    let forced = layout.with_member_removed(30).unwrap();
+    assert_eq!(forced.version(), layout.version() + 1);
+    assert_eq!(forced.member(30), None);
+    check_guarantees(forced.owners(), 3, 3).unwrap();
+    let forced_leaver = left.with_member_removed(40).unwrap();
+    assert_eq!(forced_leaver, left.without_member(40).unwrap());
+    assert_eq!(layout.with_member_removed(99), Err(LeaveError::NotAMember));
+    assert_eq!(one.with_member_removed(10), Err(LeaveError::LastMember));
     // A layout in which a leaving member owns a partition does not decode.
     let mut broken = raw(&left);
     broken.owners[0] = 40;
