@@ -158,8 +158,8 @@ impl Node {
                 continue;
             }
             match self.exchange(layout, partition, n, peer).await {
-                Ok(Synced::Yes) => {}
-                Ok(Synced::No) => in_sync = false,
+                Ok(true) => {}
+                Ok(false) => in_sync = false,
                 Err(e) => {
                     in_sync = false;
                     debug!(partition, peer = format!("{peer:016x}"), error = %e, "handoff exchange failed");
@@ -169,13 +169,15 @@ impl Node {
         in_sync
     }
 
+    /// One exchange with `peer`, repairing what differs; `Ok(true)` if the
+    /// peer lacked nothing of this node's.
     async fn exchange(
         self: &Arc<Self>,
         layout: &Layout,
         partition: u32,
         n: u32,
         peer: NodeId,
-    ) -> Result<Synced, String> {
+    ) -> Result<bool, String> {
         let addr = Self::peer_addr(layout, peer).ok_or("peer left the layout")?;
         let tree = self.store.trees().tree(partition, n);
         let limits = ExchangeLimits {
@@ -214,13 +216,9 @@ impl Node {
         };
         self.metrics.exchanges.inc();
         if outcome.differences.is_empty() {
-            return Ok(Synced::Yes);
+            return Ok(true);
         }
-        let mut synced = if outcome.truncated {
-            Synced::No
-        } else {
-            Synced::Yes
-        };
+        let mut synced = !outcome.truncated;
         debug!(
             partition,
             n,
@@ -233,10 +231,9 @@ impl Node {
                 .repair_key(partition, n, &difference.key, peer, &addr)
                 .await
             {
-                Ok(Pushed::No) => {}
-                Ok(Pushed::Yes) => synced = Synced::No,
+                Ok(pushed) => synced &= !pushed,
                 Err(e) => {
-                    synced = Synced::No;
+                    synced = false;
                     warn!(partition, error = %e, "anti-entropy repair failed");
                 }
             }
@@ -245,7 +242,7 @@ impl Node {
     }
 
     /// Merges the local and the peer's copy of a key and stores the merge
-    /// wherever it is news; says whether the peer lacked it.
+    /// wherever it is news; `Ok(true)` if the peer lacked it (was sent it).
     async fn repair_key(
         &self,
         partition: u32,
@@ -253,7 +250,7 @@ impl Node {
         raw_key: &[u8],
         peer: NodeId,
         addr: &str,
-    ) -> Result<Pushed, String> {
+    ) -> Result<bool, String> {
         let (bucket, key) = split_object_key(raw_key).ok_or("malformed key in tree")?;
         validate_bucket_name(&bucket)
             .and(validate_key(&key))
@@ -291,7 +288,7 @@ impl Node {
             Err(e) => return Err(e.to_string()),
         };
         let merged = match (&local, &remote) {
-            (None, None) => return Ok(Pushed::No),
+            (None, None) => return Ok(false),
             (Some(l), None) => l.clone(),
             (None, Some(r)) => r.clone(),
             (Some(l), Some(r)) => l.merge(r, mode),
@@ -327,20 +324,6 @@ impl Node {
             }
         }
         self.metrics.keys_repaired.inc();
-        Ok(if pushed { Pushed::Yes } else { Pushed::No })
+        Ok(pushed)
     }
-}
-
-/// Whether an exchange found the peer lacking nothing of this node's.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Synced {
-    Yes,
-    No,
-}
-
-/// Whether a repair had to send the peer the merge.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pushed {
-    Yes,
-    No,
 }

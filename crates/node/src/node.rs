@@ -1449,23 +1449,12 @@ impl Node {
     /// join, a concurrent layout change at the same version may win the
     /// gossip: `cluster status` shows whether the leave took.
     pub async fn ask_to_leave(self: &Arc<Self>, name: &str) -> Result<u64, LeaveRefusal> {
-        let version = {
-            let _serial = self.membership.lock().await;
-            let layout = self.layout();
-            let member = layout
-                .member_by_name(name)
-                .ok_or(LeaveRefusal::NoSuchMember)?;
-            let next = layout
+        self.change_membership(name, |layout, member| {
+            layout
                 .with_member_leaving(member.id)
-                .map_err(LeaveRefusal::Layout)?;
-            let version = next.version();
-            self.adopt_layout(next).map_err(LeaveRefusal::Store)?;
-            info!(leaving = name, version, "member asked to leave");
-            version
-        };
-        let node = self.clone();
-        tokio::spawn(async move { node.announce().await });
-        Ok(version)
+                .map_err(LeaveRefusal::Layout)
+        })
+        .await
     }
 
     /// Takes member `name` out of the layout at once, without a handoff
@@ -1473,12 +1462,7 @@ impl Node {
     /// Refused for this node itself and for a member this node hears from
     /// (up or suspect): `cluster leave` hands a running node's data off first.
     pub async fn ask_to_remove(self: &Arc<Self>, name: &str) -> Result<u64, LeaveRefusal> {
-        let version = {
-            let _serial = self.membership.lock().await;
-            let layout = self.layout();
-            let member = layout
-                .member_by_name(name)
-                .ok_or(LeaveRefusal::NoSuchMember)?;
+        self.change_membership(name, |layout, member| {
             let heard = matches!(
                 self.peer_view(member.id).liveness,
                 Liveness::Up | Liveness::Suspect
@@ -1486,12 +1470,30 @@ impl Node {
             if member.id == self.id || heard {
                 return Err(LeaveRefusal::Running);
             }
-            let next = layout
+            layout
                 .with_member_removed(member.id)
-                .map_err(LeaveRefusal::Layout)?;
+                .map_err(LeaveRefusal::Layout)
+        })
+        .await
+    }
+
+    /// Applies `change` to member `name` of the current layout, adopts the
+    /// result and announces it; answers its version.
+    async fn change_membership(
+        self: &Arc<Self>,
+        name: &str,
+        change: impl FnOnce(&Layout, &Member) -> Result<Layout, LeaveRefusal>,
+    ) -> Result<u64, LeaveRefusal> {
+        let version = {
+            let _serial = self.membership.lock().await;
+            let layout = self.layout();
+            let member = layout
+                .member_by_name(name)
+                .ok_or(LeaveRefusal::NoSuchMember)?;
+            let next = change(&layout, member)?;
             let version = next.version();
             self.adopt_layout(next).map_err(LeaveRefusal::Store)?;
-            warn!(removed = name, version, "member removed without a handoff");
+            info!(member = name, version, "membership changed");
             version
         };
         let node = self.clone();
@@ -1506,12 +1508,13 @@ impl Node {
             return;
         }
         let layout = self.layout();
-        if layout.member(self.id).is_some_and(|m| {
-            m.name == self.me.name
-                && m.peer_addr == self.me.peer_addr
-                && m.http_addr == self.me.http_addr
-                && m.resp_addr == self.me.resp_addr
-        }) {
+        let listed_as_me = |m: &Member| {
+            *m == Member {
+                state: m.state,
+                ..self.me.clone()
+            }
+        };
+        if layout.member(self.id).is_some_and(listed_as_me) {
             return;
         }
         let _serial = self.membership.lock().await;
@@ -1563,11 +1566,12 @@ impl Node {
                 return;
             };
             self.left.store(true, AtomicOrdering::SeqCst);
-            if let Err(e) = self
-                .store
-                .meta_put_sync(META_LEFT, next.version().to_be_bytes().to_vec())
-                .and_then(|()| self.adopt_layout(next.clone()).map(drop))
-            {
+            // The layout first: a marker without it would keep a node that
+            // is still a member from starting again.
+            if let Err(e) = self.adopt_layout(next.clone()).and_then(|_| {
+                self.store
+                    .meta_put_sync(META_LEFT, next.version().to_be_bytes().to_vec())
+            }) {
                 error!(error = %e, "cannot record leaving the cluster; staying");
                 self.left.store(false, AtomicOrdering::SeqCst);
                 return;
