@@ -29,8 +29,17 @@ fn put(node: &TestNode, key: &str) {
 
 /// `ringkv cluster leave NAME --url URL`: exit status and output.
 fn leave(url: &str, name: &str) -> (bool, String) {
+    cluster_command("leave", url, name)
+}
+
+/// `ringkv cluster remove NAME --url URL`: exit status and output.
+fn remove(url: &str, name: &str) -> (bool, String) {
+    cluster_command("remove", url, name)
+}
+
+fn cluster_command(command: &str, url: &str, name: &str) -> (bool, String) {
     let output = Command::new(BIN)
-        .args(["cluster", "leave", name, "--url", url])
+        .args(["cluster", command, name, "--url", url])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).to_string()
@@ -185,15 +194,6 @@ fn a_dead_node_is_removed_and_its_copies_are_restored_on_the_others() {
             )
             .unwrap();
     }
-    let remove = |url: &str, name: &str| -> (bool, String) {
-        let output = Command::new(BIN)
-            .args(["cluster", "remove", name, "--url", url])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
-    };
     // A running node is not removed: it should leave instead.
     let (ok, text) = remove(&cluster.nodes[0].url(), "node4");
     assert!(
