@@ -5,10 +5,16 @@
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use ringkv_client::GetResult;
+use ringkv_core::bucket::BucketRegistry;
+use ringkv_core::message::{GossipState, PeerRequest};
+use ringkv_core::ring::{Layout, Member, MemberState};
+use ringkv_wire::{Frame, encode_frame};
 use serde_json::json;
 use support::{BIN, Cluster, TestNode, eventually, http_get, metric};
 
@@ -236,6 +242,111 @@ fn a_dead_node_is_removed_and_its_copies_are_restored_on_the_others() {
             .client()
             .get("three", key.as_bytes(), Some(3))
         {
+            Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+}
+
+/// A leave that loses the gossip to a concurrent layout change (here a
+/// forged newer layout listing the leaver as valid, sent over the peer
+/// port) is applied again by the nodes that saw it, and still completes.
+#[test]
+fn a_leave_lost_to_a_concurrent_change_is_applied_again() {
+    let mut cluster = Cluster::start_with(
+        4,
+        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+    );
+    cluster.nodes[0]
+        .client()
+        .set_bucket(BUCKET, &json!({"n": 1, "r": 1, "w": 1}))
+        .unwrap();
+    for node in &cluster.nodes {
+        eventually("bucket props to spread", Duration::from_secs(10), || {
+            http_get(&format!("{}/v1/buckets/{BUCKET}", node.url()))
+                .contains("\"n\":1")
+                .then_some(())
+        });
+    }
+    for i in 0..100 {
+        put(&cluster.nodes[0], &format!("k-{i}"));
+    }
+    // With node3 down, node4's handoff cannot finish: it stays leaving.
+    cluster.nodes[2].kill9();
+    let (ok, text) = leave(&cluster.nodes[0].url(), "node4");
+    assert!(ok, "{text}");
+    for node in [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[3]] {
+        eventually("node4 to be seen leaving", Duration::from_secs(10), || {
+            (member_state(node, "node4")?.0 == "leaving").then_some(())
+        });
+    }
+
+    // A newer layout in which node4 is valid, as a concurrent join elsewhere
+    // that won the gossip would be.
+    let status = cluster.nodes[0].client().cluster_status().unwrap();
+    let version = status["layout_version"].as_u64().unwrap();
+    let members: Vec<Member> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Member {
+            id: u64::from_str_radix(m["id"].as_str().unwrap(), 16).unwrap(),
+            name: m["name"].as_str().unwrap().to_string(),
+            peer_addr: m["peer_addr"].as_str().unwrap().to_string(),
+            http_addr: m["http_addr"].as_str().unwrap().to_string(),
+            resp_addr: m["resp_addr"].as_str().unwrap().to_string(),
+            state: MemberState::Valid,
+        })
+        .collect();
+    let mut forged = Layout::new(64, 3, members[0].clone()).unwrap();
+    for member in &members[1..] {
+        forged = forged.with_member(member.clone()).unwrap();
+    }
+    while forged.version() <= version {
+        let moved = Member {
+            http_addr: "127.0.0.1:1".to_string(),
+            ..members[0].clone()
+        };
+        forged = forged.with_member(moved).unwrap();
+        forged = forged.with_member(members[0].clone()).unwrap();
+    }
+    assert_eq!(
+        forged.member_by_name("node4").unwrap().state,
+        MemberState::Valid
+    );
+    let gossip = Frame::Request {
+        id: 1,
+        body: PeerRequest::Gossip(GossipState {
+            from: members[0].id,
+            layout: forged.encode(),
+            buckets: BucketRegistry::default(),
+        }),
+    };
+    let frame = encode_frame(&gossip).unwrap();
+    let mut peer = TcpStream::connect(&cluster.nodes[1].peer).unwrap();
+    peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    peer.write_all(&frame).unwrap();
+    let mut length = [0u8; 4];
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    peer.read_exact(&mut length).unwrap(); // answered: the layout was taken in
+
+    // The leave is applied again on top of the forged layout.
+    for node in [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[3]] {
+        eventually("node4 to be leaving again", Duration::from_secs(10), || {
+            let status = node.client().cluster_status().ok()?;
+            let newer = status["layout_version"].as_u64()? > forged.version();
+            (newer && member_state(node, "node4")? == ("leaving".to_string(), 0)).then_some(())
+        });
+    }
+    // And it completes once node3 is back.
+    let seed = cluster.nodes[0].peer.clone();
+    cluster.nodes[2].start(Some(&seed));
+    let status = cluster.nodes[3].wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "node4 exited with {status}");
+    for i in 0..100 {
+        let key = format!("k-{i}");
+        match cluster.nodes[1].client().get(BUCKET, key.as_bytes(), None) {
             Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
             other => panic!("{key}: {other:?}"),
         }

@@ -23,7 +23,7 @@ use ringkv_core::membership::{DetectorConfig, FailureDetector, Liveness, PeerVie
 use ringkv_core::message::{
     ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse,
 };
-use ringkv_core::ring::{Layout, Member, key_hash, partition_of};
+use ringkv_core::ring::{Layout, Member, MemberState, key_hash, partition_of};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -70,6 +70,10 @@ pub struct Node {
     local_write_failed_ms: AtomicU64,
     /// Set once this node takes itself out of the layout (`finish_leaving`).
     left: AtomicBool,
+    /// Members seen leaving in an adopted layout: if a concurrent layout
+    /// change wins the gossip and lists one as valid again, the leave is
+    /// applied again (`ensure_leaves`). Ids are never reused.
+    leavers: Mutex<std::collections::BTreeSet<NodeId>>,
     /// True once it has told the others too: the server stops.
     stop: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
@@ -182,6 +186,7 @@ impl Node {
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             local_write_failed_ms: AtomicU64::new(0),
             left: AtomicBool::new(false),
+            leavers: Mutex::new(std::collections::BTreeSet::new()),
             stop: tokio::sync::watch::Sender::new(false),
             metrics,
         })
@@ -1393,6 +1398,17 @@ impl Node {
             "using new layout"
         );
         self.metrics.layout_version.set(layout.version() as i64);
+        {
+            let mut leavers = self.leavers.lock().expect("leavers lock");
+            leavers.retain(|id| layout.member(*id).is_some());
+            leavers.extend(
+                layout
+                    .members()
+                    .iter()
+                    .filter(|m| m.state == MemberState::Leaving)
+                    .map(|m| m.id),
+            );
+        }
         *current = Arc::new(layout);
         Ok(true)
     }
@@ -1442,6 +1458,44 @@ impl Node {
             debug!("bucket properties updated by gossip");
         }
         self.ensure_membership().await;
+        self.ensure_leaves().await;
+    }
+
+    /// Applies again the leave of a member seen leaving that a newer layout
+    /// lists as valid (a concurrent change won the gossip over the leave).
+    async fn ensure_leaves(&self) {
+        let lost: Vec<NodeId> = {
+            let layout = self.layout();
+            let leavers = self.leavers.lock().expect("leavers lock");
+            leavers
+                .iter()
+                .copied()
+                .filter(|id| {
+                    layout
+                        .member(*id)
+                        .is_some_and(|m| m.state == MemberState::Valid)
+                })
+                .collect()
+        };
+        for id in lost {
+            let outcome = self
+                .apply_membership_change(id, |layout, member| {
+                    layout
+                        .with_member_leaving(member.id)
+                        .map_err(LeaveRefusal::Layout)
+                })
+                .await;
+            match outcome {
+                Ok(version) => info!(
+                    member = format!("{id:016x}"),
+                    version, "a lost leave applied again"
+                ),
+                Err(e) => {
+                    warn!(member = format!("{id:016x}"), error = ?e, "cannot apply a lost leave again");
+                    self.leavers.lock().expect("leavers lock").remove(&id);
+                }
+            }
+        }
     }
 
     /// Marks member `name` leaving ([`Layout::with_member_leaving`]),
@@ -1484,20 +1538,31 @@ impl Node {
         name: &str,
         change: impl FnOnce(&Layout, &Member) -> Result<Layout, LeaveRefusal>,
     ) -> Result<u64, LeaveRefusal> {
-        let version = {
-            let _serial = self.membership.lock().await;
-            let layout = self.layout();
-            let member = layout
-                .member_by_name(name)
-                .ok_or(LeaveRefusal::NoSuchMember)?;
-            let next = change(&layout, member)?;
-            let version = next.version();
-            self.adopt_layout(next).map_err(LeaveRefusal::Store)?;
-            info!(member = name, version, "membership changed");
-            version
-        };
+        let id = self
+            .layout()
+            .member_by_name(name)
+            .ok_or(LeaveRefusal::NoSuchMember)?
+            .id;
+        let version = self.apply_membership_change(id, change).await?;
         let node = self.clone();
         tokio::spawn(async move { node.announce().await });
+        Ok(version)
+    }
+
+    /// Applies `change` to member `id` and adopts the result (gossip
+    /// spreads it); answers its version.
+    async fn apply_membership_change(
+        &self,
+        id: NodeId,
+        change: impl FnOnce(&Layout, &Member) -> Result<Layout, LeaveRefusal>,
+    ) -> Result<u64, LeaveRefusal> {
+        let _serial = self.membership.lock().await;
+        let layout = self.layout();
+        let member = layout.member(id).ok_or(LeaveRefusal::NoSuchMember)?;
+        let next = change(&layout, member)?;
+        let version = next.version();
+        self.adopt_layout(next).map_err(LeaveRefusal::Store)?;
+        info!(member = %member.name, version, "membership changed");
         Ok(version)
     }
 
