@@ -352,3 +352,70 @@ fn a_leave_lost_to_a_concurrent_change_is_applied_again() {
         }
     }
 }
+
+/// Writes acknowledged while a node leaves (N=3, W=2, writers on every
+/// node that stays) are all readable once it has gone.
+#[test]
+fn no_write_acknowledged_during_a_leave_is_lost() {
+    let mut cluster = Cluster::start_with(
+        4,
+        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+    );
+    let urls: Vec<String> = cluster.nodes[..3].iter().map(TestNode::url).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = urls
+        .iter()
+        .enumerate()
+        .map(|(w, url)| {
+            let client = ringkv_client::Client::new(url);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let mut acked = Vec::new();
+                // Bounded in count and time.
+                for i in 0..5_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || started.elapsed() > Duration::from_secs(60)
+                    {
+                        break;
+                    }
+                    let key = format!("w{w}-{i}");
+                    let put = client.put(
+                        "three",
+                        key.as_bytes(),
+                        key.as_bytes(),
+                        "text/plain",
+                        None,
+                        None,
+                    );
+                    if put.is_ok() {
+                        acked.push(key);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, text) = leave(&cluster.nodes[0].url(), "node4");
+    assert!(ok, "{text}");
+    let status = cluster.nodes[3].wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "node4 exited with {status}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 50,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    for key in &acked {
+        match cluster.nodes[1].client().get("three", key.as_bytes(), None) {
+            Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
+            other => panic!("{key} was acknowledged: {other:?}"),
+        }
+    }
+}
