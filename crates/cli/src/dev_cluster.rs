@@ -1,7 +1,7 @@
 //! `ringkv dev-cluster`: starts N real `ringkv server` processes on
 //! 127.0.0.1, waits until they agree on the layout, prints how to reach
 //! them, and stops every one of them (by pid, the processes it started) on
-//! Ctrl-C. A node that dies (killed to try a failure, or after `cluster
+//! Ctrl-C or SIGTERM. A node that dies (killed to try a failure, or after `cluster
 //! leave`) leaves the others serving: it prints the command that restarts
 //! it, and ends once every node it started has exited.
 
@@ -121,9 +121,12 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     print_tour(&nodes, &args);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("while setting up the SIGTERM handler")?;
     let outcome = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
             (index, status) = next_exit(&mut nodes) => {
                 let node = &nodes[index];
                 let log = args.data_dir.join(format!("{}.log", node.name));

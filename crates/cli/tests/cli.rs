@@ -85,14 +85,14 @@ fn cli_put_get_delete_and_cluster_status() {
     assert!(err.contains("400 bad_request"), "{err}");
 }
 
-#[test]
-fn dev_cluster_starts_three_nodes_survives_losing_one_and_stops_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `ringkv dev-cluster` in `dir`; returns it, its nodes' pids as it
+/// printed them, and node1's HTTP port, once it has printed its tour.
+fn start_dev_cluster(dir: &std::path::Path) -> (std::process::Child, Vec<u32>, u16) {
     let (http, resp, peer) = (free_ports(3), free_ports(3), free_ports(3));
     let mut child = Command::new(BIN)
         .args(["dev-cluster", "--nodes", "3"])
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .args([
             "--http-port",
             &http.to_string(),
@@ -123,6 +123,35 @@ fn dev_cluster_starts_three_nodes_survives_losing_one_and_stops_on_ctrl_c() {
         .map(|p| p.trim().parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 3, "{printed}");
+    (child, pids, http)
+}
+
+/// Sends `signal` to dev-cluster: it exits with 0 and so does every node.
+fn assert_signal_stops(mut child: std::process::Child, signal: &str, pids: &[u32], http: u16) {
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "dev-cluster exited with {status}");
+    for pid in pids {
+        eventually("node processes to exit", Duration::from_secs(10), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")))
+            .then_some(())
+        });
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", http)).is_err(),
+        "node1 still serves HTTP"
+    );
+}
+
+#[test]
+fn dev_cluster_starts_three_nodes_survives_losing_one_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, pids, http) = start_dev_cluster(dir.path());
     let first = Client::new(&format!("http://127.0.0.1:{http}"));
     let last = Client::new(&format!("http://127.0.0.1:{}", http + 2));
     first
@@ -148,22 +177,14 @@ fn dev_cluster_starts_three_nodes_survives_losing_one_and_stops_on_ctrl_c() {
         matches!(last.get("demo", b"after", None).unwrap(), GetResult::Found { value, .. } if value == b"one down")
     );
     // Ctrl-C (SIGINT) stops the cluster and every node process.
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "dev-cluster exited with {status}");
-    for pid in pids {
-        eventually("node processes to exit", Duration::from_secs(10), || {
-            (!std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z ")))
-            .then_some(())
-        });
-    }
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", http)).is_err(),
-        "node1 still serves HTTP"
-    );
+    assert_signal_stops(child, "-INT", &pids, http);
+}
+
+/// A service manager or `timeout` stops it with SIGTERM: its nodes stop too
+/// (they used to be left running).
+#[test]
+fn dev_cluster_stops_its_nodes_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, pids, http) = start_dev_cluster(dir.path());
+    assert_signal_stops(child, "-TERM", &pids, http);
 }
