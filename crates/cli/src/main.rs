@@ -83,6 +83,9 @@ enum Command {
 enum ClusterCommand {
     /// Members, their liveness as seen by the node asked, and partitions owned.
     Status {
+        /// Print `GET /v1/cluster` as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -339,10 +342,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args),
         Command::Cluster {
-            command: ClusterCommand::Status { target },
+            command: ClusterCommand::Status { json, target },
         } => {
             let status = Client::new(&target.url).cluster_status()?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status_table(&status));
+            }
             Ok(())
         }
         Command::Cluster {
@@ -360,6 +367,45 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `GET /v1/cluster` as a table, one member a line.
+fn status_table(status: &serde_json::Value) -> String {
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "layout version {}, {} partitions; as {} sees it (hints pending {}, handoffs pending {})\n",
+        text(&status["layout_version"]),
+        text(&status["partitions"]),
+        text(&status["node"]),
+        text(&status["hints_pending"]),
+        text(&status["handoff_pending"]),
+    );
+    out.push_str(&format!(
+        "{:<16} {:<8} {:<8} {:>10} {:<22} {:<22} {}\n",
+        "name", "state", "liveness", "partitions", "http", "resp", "peer"
+    ));
+    let mut members: Vec<&serde_json::Value> = status["members"]
+        .as_array()
+        .map(|members| members.iter().collect())
+        .unwrap_or_default();
+    members.sort_by_key(|m| text(&m["name"]));
+    for m in members {
+        out.push_str(&format!(
+            "{:<16} {:<8} {:<8} {:>10} {:<22} {:<22} {}\n",
+            text(&m["name"]),
+            text(&m["state"]),
+            text(&m["liveness"]),
+            text(&m["partitions_owned"]),
+            text(&m["http_addr"]),
+            text(&m["resp_addr"]),
+            text(&m["peer_addr"]),
+        ));
+    }
+    out
 }
 
 fn init_logging() {

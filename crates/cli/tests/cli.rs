@@ -76,10 +76,22 @@ fn cli_put_get_delete_and_cluster_status() {
     let (ok, _, err) = run(&["get", "demo", "k1"]);
     assert!(!ok);
     assert!(err.contains("not found"), "{err}");
-    let (ok, out, err) = run(&["cluster", "status"]);
+    let (ok, out, err) = run(&["cluster", "status", "--json"]);
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    let (ok, out, err) = run(&["cluster", "status"]);
+    assert!(ok, "{err}");
+    for node in &cluster.nodes {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", node.name)))
+            .unwrap_or_else(|| panic!("no line for {}:\n{out}", node.name));
+        assert!(
+            line.contains(" valid ") && line.contains(&node.http),
+            "{out}"
+        );
+    }
     let (ok, _, err) = run(&["put", "bad bucket", "k", "v"]);
     assert!(!ok);
     assert!(err.contains("400 bad_request"), "{err}");
