@@ -133,6 +133,15 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
         );
     }
     assert!(!cluster.nodes[3].log().contains("handoff complete"));
+    // Its name is not free meanwhile: a new node by that name is refused.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut namesake = TestNode::new("node4", scratch.path().join("node4"), &[]);
+    assert!(!namesake.start_refused(Some(&seed)).success());
+    assert!(
+        namesake.log().contains("member that is leaving"),
+        "{}",
+        namesake.log()
+    );
 
     // Writes go on meanwhile, to the members that stay.
     cluster.nodes[2].start(Some(&seed));

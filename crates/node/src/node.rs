@@ -1143,13 +1143,30 @@ impl Node {
         }
         {
             let _serial = self.membership.lock().await;
-            if let Some(next) = self.layout().with_member(member.clone()) {
-                info!(joining = %member.name, version = next.version(), "member joined");
-                if let Err(e) = self.adopt_layout(next) {
-                    return PeerResponse::Refused {
-                        message: e.to_string(),
-                    };
+            let layout = self.layout();
+            match layout.with_member(member.clone()) {
+                Some(next) => {
+                    info!(joining = %member.name, version = next.version(), "member joined");
+                    if let Err(e) = self.adopt_layout(next) {
+                        return PeerResponse::Refused {
+                            message: e.to_string(),
+                        };
+                    }
                 }
+                None if layout.member(member.id).is_none() => {
+                    let message = match layout.member_by_name(&member.name) {
+                        Some(m) if m.state == MemberState::Leaving => format!(
+                            "{} is the name of a member that is leaving: wait until it has left, or use another name",
+                            member.name
+                        ),
+                        _ => format!(
+                            "the cluster is full: {} partitions, each member owns at least one",
+                            layout.partitions()
+                        ),
+                    };
+                    return PeerResponse::Refused { message };
+                }
+                None => {} // already a member, unchanged
             }
         }
         let node = self.clone();
