@@ -158,6 +158,9 @@ pub enum PeerResponse {
     Gossip(GossipState),
     Joined {
         layout: Vec<u8>,
+        /// The bucket properties, so that the joiner stores its first
+        /// writes under their buckets' `n` (their Merkle trees).
+        buckets: BucketRegistry,
     },
     /// The request could not be served (bad input, storage error, overload).
     Refused {

@@ -195,6 +195,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let peers = Peers::new(config.max_frame_bytes);
 
+    let mut joined_buckets = None;
     let layout = match store.meta_get(META_LAYOUT)? {
         Some(bytes) => {
             let layout = Layout::decode(&bytes).context("while decoding the stored layout")?;
@@ -208,12 +209,21 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             info!(partitions = config.partitions, "new cluster");
             layout
         }
-        None => join(&peers, &config.join, &me).await?,
+        None => {
+            let (layout, buckets) = join(&peers, &config.join, &me).await?;
+            joined_buckets = Some(buckets);
+            layout
+        }
     };
-    let buckets = match store.meta_get(META_BUCKETS)? {
+    let mut buckets = match store.meta_get(META_BUCKETS)? {
         Some(bytes) => decode_meta::<BucketRegistry>("bucket properties", &bytes)?,
         None => BucketRegistry::default(),
     };
+    if let Some(joined) = joined_buckets
+        && buckets.merge(&joined)
+    {
+        store.meta_put_sync(META_BUCKETS, encode_meta(&buckets))?;
+    }
     store.meta_put_sync(META_LAYOUT, layout.encode())?;
 
     let node = Node::new(
@@ -344,18 +354,24 @@ pub fn stop_cleanly(node: Arc<Node>) -> bool {
     }
 }
 
-async fn join(peers: &Peers, seeds: &[String], me: &Member) -> anyhow::Result<Layout> {
+/// Joins through one of `seeds`: the layout with this node in it, and the
+/// cluster's bucket properties.
+async fn join(
+    peers: &Peers,
+    seeds: &[String],
+    me: &Member,
+) -> anyhow::Result<(Layout, BucketRegistry)> {
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     loop {
         for seed in seeds {
             let request = PeerRequest::Join { member: me.clone() };
             match peers.request(seed, request, Duration::from_secs(5)).await {
-                Ok(PeerResponse::Joined { layout }) => {
+                Ok(PeerResponse::Joined { layout, buckets }) => {
                     let layout = Layout::decode(&layout)
                         .context("while decoding the layout sent by the seed")?;
                     if layout.member(me.id).is_some() {
                         info!(%seed, version = layout.version(), "joined the cluster");
-                        return Ok(layout);
+                        return Ok((layout, buckets));
                     }
                     warn!(%seed, "seed answered without adding this node; retrying");
                 }

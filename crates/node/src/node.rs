@@ -1173,6 +1173,7 @@ impl Node {
         tokio::spawn(async move { node.announce().await });
         PeerResponse::Joined {
             layout: self.layout().encode(),
+            buckets: (*self.buckets()).clone(),
         }
     }
 
