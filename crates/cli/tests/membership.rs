@@ -383,61 +383,170 @@ fn no_write_acknowledged_during_a_leave_is_lost() {
         4,
         &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
     );
-    let urls: Vec<String> = cluster.nodes[..3].iter().map(TestNode::url).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers: Vec<_> = urls
-        .iter()
-        .enumerate()
-        .map(|(w, url)| {
-            let client = ringkv_client::Client::new(url);
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let started = std::time::Instant::now();
-                let mut acked = Vec::new();
-                // Bounded in count and time.
-                for i in 0..5_000 {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed)
-                        || started.elapsed() > Duration::from_secs(60)
-                    {
-                        break;
-                    }
-                    let key = format!("w{w}-{i}");
-                    let put = client.put(
-                        "three",
-                        key.as_bytes(),
-                        key.as_bytes(),
-                        "text/plain",
-                        None,
-                        None,
-                    );
-                    if put.is_ok() {
-                        acked.push(key);
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
+    let writers = Writers::start(&cluster.nodes[..3], "three");
     std::thread::sleep(Duration::from_millis(300));
     let (ok, text) = leave(&cluster.nodes[0].url(), "node4");
     assert!(ok, "{text}");
     let status = cluster.nodes[3].wait_exit(Duration::from_secs(60));
     assert!(status.success(), "node4 exited with {status}");
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let acked: Vec<String> = writers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
-    assert!(
-        acked.len() > 50,
-        "only {} writes were acknowledged",
-        acked.len()
-    );
-    for key in &acked {
+    for key in &writers.stop().0 {
         match cluster.nodes[1].client().get("three", key.as_bytes(), None) {
             Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
             other => panic!("{key} was acknowledged: {other:?}"),
+        }
+    }
+}
+
+/// One writer thread per node, each writing keys of its own to `bucket`
+/// until stopped (bounded: 5,000 writes or 60 s), recording the
+/// acknowledged ones.
+struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Each thread's acknowledged keys, and how many writes failed.
+    threads: Vec<std::thread::JoinHandle<(Vec<String>, u64)>>,
+}
+
+impl Writers {
+    fn start(nodes: &[TestNode], bucket: &'static str) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = nodes
+            .iter()
+            .enumerate()
+            .map(|(w, node)| {
+                let client = node.client();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let started = std::time::Instant::now();
+                    let (mut acked, mut failed) = (Vec::new(), 0);
+                    for i in 0..5_000 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed)
+                            || started.elapsed() > Duration::from_secs(60)
+                        {
+                            break;
+                        }
+                        let key = format!("w{w}-{i}");
+                        let put = client.put(
+                            bucket,
+                            key.as_bytes(),
+                            key.as_bytes(),
+                            "text/plain",
+                            None,
+                            None,
+                        );
+                        match put {
+                            Ok(_) => acked.push(key),
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (acked, failed)
+                })
+            })
+            .collect();
+        Writers { stop, threads }
+    }
+
+    /// Stops them: the acknowledged keys (at least 50 of them), and the
+    /// number of failed writes (which may or may not have been stored).
+    fn stop(self) -> (Vec<String>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut acked, mut failed) = (Vec::new(), 0);
+        for thread in self.threads {
+            let (keys, failures) = thread.join().unwrap();
+            acked.extend(keys);
+            failed += failures;
+        }
+        assert!(
+            acked.len() > 50,
+            "only {} writes were acknowledged",
+            acked.len()
+        );
+        (acked, failed)
+    }
+}
+
+/// After a join, the nodes that gave partitions to the joiner hand their
+/// copies to it and then delete them: every key ends up stored once (N=1),
+/// and every key stays readable.
+#[test]
+fn after_a_join_the_old_holders_hand_off_and_delete_their_copies() {
+    let cluster = Cluster::start_with(
+        3,
+        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+    );
+    cluster.nodes[0]
+        .client()
+        .set_bucket(BUCKET, &json!({"n": 1, "r": 1, "w": 1}))
+        .unwrap();
+    for node in &cluster.nodes {
+        eventually("bucket props to spread", Duration::from_secs(10), || {
+            http_get(&format!("{}/v1/buckets/{BUCKET}", node.url()))
+                .contains("\"n\":1")
+                .then_some(())
+        });
+    }
+    let keys: Vec<String> = (0..200).map(|i| format!("k-{i}")).collect();
+    for key in &keys {
+        put(&cluster.nodes[0], key);
+    }
+    let held = |nodes: &[TestNode]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| metric(n, "ringkv_aae_tree_keys"))
+            .sum()
+    };
+    assert_eq!(held(&cluster.nodes), 200);
+
+    // Writers on the old members keep going through the join and well past
+    // the grace after which handed-off copies are deleted.
+    let writers = Writers::start(&cluster.nodes, BUCKET);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut joiner = TestNode::new(
+        "node4",
+        scratch.path().join("node4"),
+        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+    );
+    joiner.start(Some(&cluster.nodes[0].peer.clone()));
+    std::thread::sleep(Duration::from_secs(5));
+    let (acked, failed) = writers.stop();
+    // A failed write may have been stored: between these many keys exist.
+    let least = (keys.len() + acked.len()) as u64;
+    let most = least + failed;
+    eventually("the joiner to be filled", Duration::from_secs(30), || {
+        (metric(&joiner, "ringkv_aae_tree_keys") > 20).then_some(())
+    });
+    let counts = || -> Vec<u64> {
+        cluster
+            .nodes
+            .iter()
+            .chain([&joiner])
+            .map(|n| metric(n, "ringkv_aae_tree_keys"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(least..=most).contains(&counts().iter().sum::<u64>()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{least}..={most} keys; stored per node: {:?}; handoffs pending: {:?}",
+            counts(),
+            cluster
+                .nodes
+                .iter()
+                .map(|n| metric(n, "ringkv_aae_handoff_pending"))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dropped: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| metric(n, "ringkv_aae_keys_dropped_total"))
+        .sum();
+    assert!(dropped > 20, "{dropped} keys dropped");
+    for key in keys.iter().chain(&acked) {
+        match joiner.client().get(BUCKET, key.as_bytes(), None) {
+            Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
+            other => panic!("{key}: {other:?}"),
         }
     }
 }

@@ -92,12 +92,20 @@ impl Node {
             interval.tick().await;
             round += 1;
             let layout = self.layout();
+            let leaving = layout
+                .member(self.id)
+                .is_some_and(|m| m.state == MemberState::Leaving);
+            // Long enough for every node to use this layout, so that no
+            // coordinator still sends this node writes of a partition it
+            // hands off (the digest check below covers the rest).
+            let settled = self.layout_age() >= self.handoff_grace();
             let mut pending = 0;
             for (partition, n) in self.store.trees().keys() {
                 let preference = layout.preference_list(partition, n as usize);
                 if !preference.primaries.contains(&self.id) {
+                    let drop_after = settled && !leaving;
                     if !self
-                        .hand_off(&layout, partition, n, &preference.primaries)
+                        .hand_off(&layout, partition, n, &preference.primaries, drop_after)
                         .await
                     {
                         pending += 1;
@@ -117,14 +125,11 @@ impl Node {
                     continue;
                 }
                 let peer = peers[round % peers.len()];
-                if let Err(e) = self.exchange(&layout, partition, n, peer).await {
+                if let Err(e) = self.exchange(&layout, partition, n, peer, Side::Both).await {
                     debug!(partition, peer = format!("{peer:016x}"), error = %e, "anti-entropy exchange failed");
                 }
             }
             self.metrics.handoff_pending.set(pending);
-            let leaving = layout
-                .member(self.id)
-                .is_some_and(|m| m.state == MemberState::Leaving);
             // Hints it holds for others are delivered first too.
             if leaving && pending == 0 && self.hints_pending() == 0 {
                 info!("handoff complete: every replica holds this node's data");
@@ -139,25 +144,37 @@ impl Node {
     /// whatever they lack; `true` once every exchange finds that they lack
     /// nothing of this node's (keys they have and it lacks are copied here
     /// too, as in every exchange, but do not hold the handoff up).
-    /// The data stays here (deleting it is a later step).
+    /// With `drop_after`, the keys found handed off are then deleted here,
+    /// each only if unchanged since the exchange began.
     async fn hand_off(
         self: &Arc<Self>,
         layout: &Layout,
         partition: u32,
         n: u32,
         primaries: &[NodeId],
+        drop_after: bool,
     ) -> bool {
         let tree = self.store.trees().tree(partition, n);
-        if tree.lock().expect("tree lock").is_empty() {
-            return true;
-        }
+        let before: Vec<(Vec<u8>, u64)> = {
+            let tree = tree.lock().expect("tree lock");
+            if tree.is_empty() {
+                return true;
+            }
+            if drop_after {
+                (0..tree.segments())
+                    .flat_map(|segment| tree.segment_entries(segment))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
         let mut in_sync = true;
         for &peer in primaries {
             if !self.usable(peer) {
                 in_sync = false;
                 continue;
             }
-            match self.exchange(layout, partition, n, peer).await {
+            match self.exchange(layout, partition, n, peer, Side::Peer).await {
                 Ok(true) => {}
                 Ok(false) => in_sync = false,
                 Err(e) => {
@@ -166,17 +183,44 @@ impl Node {
                 }
             }
         }
+        if in_sync && !primaries.is_empty() {
+            let mut dropped = 0;
+            for (raw_key, digest) in before {
+                match self
+                    .store
+                    .drop_if_unchanged(partition, n, raw_key, digest)
+                    .await
+                {
+                    Ok(deleted) => dropped += u64::from(deleted),
+                    Err(e) => {
+                        warn!(partition, error = %e, "cannot delete a handed-off key");
+                        break;
+                    }
+                }
+            }
+            if dropped > 0 {
+                self.metrics.keys_dropped.inc_by(dropped);
+                info!(partition, n, keys = dropped, "handed off; deleted here");
+            }
+        }
         in_sync
     }
 
-    /// One exchange with `peer`, repairing what differs; `Ok(true)` if the
-    /// peer lacked nothing of this node's.
+    /// How long a layout must have been in use here before handed-off data
+    /// is deleted: ten gossip intervals and three anti-entropy rounds.
+    fn handoff_grace(&self) -> Duration {
+        Duration::from_millis(10 * self.config.gossip_interval_ms + 3 * self.config.aae_interval_ms)
+    }
+
+    /// One exchange with `peer`, repairing what differs on `side`;
+    /// `Ok(true)` if the peer lacked nothing of this node's.
     async fn exchange(
         self: &Arc<Self>,
         layout: &Layout,
         partition: u32,
         n: u32,
         peer: NodeId,
+        side: Side,
     ) -> Result<bool, String> {
         let addr = Self::peer_addr(layout, peer).ok_or("peer left the layout")?;
         let tree = self.store.trees().tree(partition, n);
@@ -228,7 +272,7 @@ impl Node {
         );
         for difference in outcome.differences {
             match self
-                .repair_key(partition, n, &difference.key, peer, &addr)
+                .repair_key(partition, n, &difference.key, peer, &addr, side)
                 .await
             {
                 Ok(pushed) => synced &= !pushed,
@@ -242,7 +286,8 @@ impl Node {
     }
 
     /// Merges the local and the peer's copy of a key and stores the merge
-    /// wherever it is news; `Ok(true)` if the peer lacked it (was sent it).
+    /// wherever it is news (only at the peer with `Side::Peer`); `Ok(true)`
+    /// if the peer lacked it (was sent it).
     async fn repair_key(
         &self,
         partition: u32,
@@ -250,6 +295,7 @@ impl Node {
         raw_key: &[u8],
         peer: NodeId,
         addr: &str,
+        side: Side,
     ) -> Result<bool, String> {
         let (bucket, key) = split_object_key(raw_key).ok_or("malformed key in tree")?;
         validate_bucket_name(&bucket)
@@ -295,19 +341,21 @@ impl Node {
         };
         // Written locally even when unchanged, so the tree records the
         // digest of what is really stored.
-        let incoming = merged.clone();
-        self.store
-            .update(
-                partition,
-                &bucket,
-                &key,
-                n,
-                effective.durability,
-                move |current| Ok::<_, ()>(merge_into(current, &incoming, mode)),
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|()| "merge cannot fail".to_string())?;
+        if side == Side::Both {
+            let incoming = merged.clone();
+            self.store
+                .update(
+                    partition,
+                    &bucket,
+                    &key,
+                    n,
+                    effective.durability,
+                    move |current| Ok::<_, ()>(merge_into(current, &incoming, mode)),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|()| "merge cannot fail".to_string())?;
+        }
         let pushed = remote.as_ref() != Some(&merged);
         if pushed {
             let request = PeerRequest::ReplicaPut {
@@ -326,4 +374,13 @@ impl Node {
         self.metrics.keys_repaired.inc();
         Ok(pushed)
     }
+}
+
+/// Where an exchange repairs: on both sides (replicas of a partition), or
+/// only at the peer (a handoff: this node no longer holds the partition,
+/// and copying the peer's keys here would only bring back what it drops).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Both,
+    Peer,
 }

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub exchanges: Counter,
     pub tree_keys: Gauge,
     pub handoff_pending: Gauge,
+    pub keys_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,6 +196,12 @@ impl Metrics {
             "Trees of partitions this node holds data for but is no replica of (it is leaving, or a join or leave moved them), not yet found in sync with every replica",
             handoff_pending.clone(),
         );
+        let keys_dropped = Counter::default();
+        registry.register(
+            "aae_keys_dropped",
+            "Keys deleted from this node after it handed them off to the replicas of a partition it no longer holds",
+            keys_dropped.clone(),
+        );
         let exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -207,6 +214,7 @@ impl Metrics {
             exchanges,
             tree_keys,
             handoff_pending,
+            keys_dropped,
             hints_pending,
             hints_stored,
             hints_delivered,

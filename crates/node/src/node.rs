@@ -68,6 +68,8 @@ pub struct Node {
     /// never). For `LOCAL_FAILURE_BACKOFF_MS` after it, writes this node would
     /// coordinate go to another replica instead (a full or failing disk).
     local_write_failed_ms: AtomicU64,
+    /// When this node last adopted a new layout (ms since the epoch).
+    layout_changed_ms: AtomicU64,
     /// Set once this node takes itself out of the layout (`finish_leaving`).
     left: AtomicBool,
     /// Members seen leaving in an adopted layout: if a concurrent layout
@@ -185,6 +187,7 @@ impl Node {
             actor,
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             local_write_failed_ms: AtomicU64::new(0),
+            layout_changed_ms: AtomicU64::new(now_ms()),
             left: AtomicBool::new(false),
             leavers: Mutex::new(std::collections::BTreeSet::new()),
             stop: tokio::sync::watch::Sender::new(false),
@@ -1416,6 +1419,8 @@ impl Node {
             "using new layout"
         );
         self.metrics.layout_version.set(layout.version() as i64);
+        self.layout_changed_ms
+            .store(now_ms(), AtomicOrdering::Relaxed);
         {
             let mut leavers = self.leavers.lock().expect("leavers lock");
             leavers.retain(|id| layout.member(*id).is_some());
@@ -1679,6 +1684,13 @@ impl Node {
         }
         info!(version = next.version(), told, "left the cluster; stopping");
         self.stop.send_replace(true);
+    }
+
+    /// How long ago this node last adopted a new layout.
+    pub(crate) fn layout_age(&self) -> Duration {
+        Duration::from_millis(
+            now_ms().saturating_sub(self.layout_changed_ms.load(AtomicOrdering::Relaxed)),
+        )
     }
 
     /// Returns once this node has left the cluster and told the others.

@@ -87,6 +87,28 @@ impl Trees {
             .clone()
     }
 
+    /// Records that `key` of `partition` is now stored with `digest`, under
+    /// its bucket's `n`; takes it out of the partition's trees for other
+    /// `n` (the bucket's `n` changed, or a node stored it before it learned
+    /// the bucket's properties), which would otherwise keep a stale entry.
+    pub fn record(&self, partition: u32, n: u32, key: &[u8], digest: u64) {
+        let others: Vec<SharedTree> = self
+            .trees
+            .read()
+            .expect("trees lock")
+            .range((partition, 0)..=(partition, u32::MAX))
+            .filter(|((_, other), _)| *other != n)
+            .map(|(_, tree)| tree.clone())
+            .collect();
+        for tree in others {
+            tree.lock().expect("tree lock").remove(key);
+        }
+        self.tree(partition, n)
+            .lock()
+            .expect("tree lock")
+            .insert(key, digest);
+    }
+
     /// Every (partition, n) that has a tree.
     pub fn keys(&self) -> Vec<(u32, u32)> {
         self.trees
@@ -226,7 +248,9 @@ impl LocalStore {
             update: Some(Box::new(update)),
             outcome: None,
             reply,
-            tree: self.trees.tree(partition, n),
+            trees: self.trees.clone(),
+            partition,
+            n,
             raw_key: raw_key.clone(),
             digest: None,
         };
@@ -243,6 +267,35 @@ impl LocalStore {
         )?;
         let outcome = outcome_rx.await.map_err(|_| StoreError::Closed)??;
         Ok((outcome, durable))
+    }
+
+    /// Deletes the object stored under `raw_key` in `partition` if its
+    /// bytes still have `digest`, and takes it out of the `(partition, n)`
+    /// tree: `true` if deleted. For data handed off to the partition's
+    /// replicas: a write that changed it since keeps it. Not synced (a
+    /// crash brings the copy back, to be handed off again).
+    pub async fn drop_if_unchanged(
+        &self,
+        partition: u32,
+        n: u32,
+        raw_key: Vec<u8>,
+        digest: u64,
+    ) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = DropJob {
+            digest,
+            matched: false,
+            tree: self.trees.tree(partition, n),
+            raw_key: raw_key.clone(),
+            reply,
+        };
+        self.committer.run_or_submit(
+            Space::Data(partition),
+            raw_key,
+            Durability::Buffered,
+            Box::new(job),
+        )?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     pub fn stats(&self) -> ringkv_storage::GroupCommitStats {
@@ -378,7 +431,9 @@ struct UpdateJob<E> {
     update: Option<UpdateFn<E>>,
     outcome: Option<Outcome<E>>,
     reply: Reply<E>,
-    tree: Arc<Mutex<MerkleTree>>,
+    trees: Arc<Trees>,
+    partition: u32,
+    n: u32,
     raw_key: Vec<u8>,
     /// Digest of the bytes written, recorded in the tree once durable.
     digest: Option<u64>,
@@ -424,10 +479,8 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
         if result.is_ok()
             && let Some(digest) = self.digest
         {
-            self.tree
-                .lock()
-                .expect("tree lock")
-                .insert(&self.raw_key, digest);
+            self.trees
+                .record(self.partition, self.n, &self.raw_key, digest);
         }
         let outcome = match &result {
             Err(e) => Err(StoreError::Storage(e.clone())),
@@ -452,6 +505,36 @@ fn storage_durability(mode: DurabilityMode) -> Durability {
     match mode {
         DurabilityMode::Sync => Durability::Sync,
         DurabilityMode::Buffered => Durability::Buffered,
+    }
+}
+
+/// See [`LocalStore::drop_if_unchanged`].
+struct DropJob {
+    digest: u64,
+    matched: bool,
+    tree: SharedTree,
+    raw_key: Vec<u8>,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+impl Job for DropJob {
+    fn apply(&mut self, current: Option<&[u8]>) -> Change {
+        self.matched =
+            current.is_some_and(|bytes| xxhash_rust::xxh3::xxh3_64(bytes) == self.digest);
+        if self.matched {
+            Change::Delete
+        } else {
+            Change::Unchanged
+        }
+    }
+
+    fn done(self: Box<Self>, result: Result<(), StorageError>) {
+        if result.is_ok() && self.matched {
+            self.tree.lock().expect("tree lock").remove(&self.raw_key);
+        }
+        let _ = self
+            .reply
+            .send(result.map(|()| self.matched).map_err(StoreError::Storage));
     }
 }
 
