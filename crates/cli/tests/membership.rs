@@ -33,6 +33,34 @@ fn put(node: &TestNode, key: &str) {
         .unwrap_or_else(|e| panic!("writing {key} through {}: {e}", node.name));
 }
 
+/// Makes `BUCKET` N=1 (R=W=1) and waits until every node knows it: each
+/// key then has one copy, on its partition's owner.
+fn one_copy_bucket(cluster: &Cluster) {
+    cluster.nodes[0]
+        .client()
+        .set_bucket(BUCKET, &json!({"n": 1, "r": 1, "w": 1}))
+        .unwrap();
+    for node in &cluster.nodes {
+        eventually("bucket props to spread", Duration::from_secs(10), || {
+            http_get(&format!("{}/v1/buckets/{BUCKET}", node.url()))
+                .contains("\"n\":1")
+                .then_some(())
+        });
+    }
+}
+
+/// Waits until `key` of `BUCKET` reads back as its own value through `node`.
+fn eventually_readable(node: &TestNode, key: &str) {
+    eventually(
+        "every key to be readable",
+        Duration::from_secs(30),
+        || match node.client().get(BUCKET, key.as_bytes(), None) {
+            Ok(GetResult::Found { value, .. }) => (value == key.as_bytes()).then_some(()),
+            _ => None,
+        },
+    );
+}
+
 /// `ringkv cluster leave NAME --url URL`: exit status and output.
 fn leave(url: &str, name: &str) -> (bool, String) {
     cluster_command("leave", url, name)
@@ -73,17 +101,7 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
         4,
         &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
     );
-    cluster.nodes[0]
-        .client()
-        .set_bucket(BUCKET, &json!({"n": 1, "r": 1, "w": 1}))
-        .unwrap();
-    for node in &cluster.nodes {
-        eventually("bucket props to spread", Duration::from_secs(10), || {
-            http_get(&format!("{}/v1/buckets/{BUCKET}", node.url()))
-                .contains("\"n\":1")
-                .then_some(())
-        });
-    }
+    one_copy_bucket(&cluster);
     let mut keys: Vec<String> = (0..200).map(|i| format!("before-{i}")).collect();
     for key in &keys {
         put(&cluster.nodes[0], key);
@@ -182,14 +200,7 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
     // which was down during the leave, is readable once node3 has handed
     // it off as well.)
     for key in &keys {
-        eventually(
-            "every key to be readable",
-            Duration::from_secs(30),
-            || match cluster.nodes[1].client().get(BUCKET, key.as_bytes(), None) {
-                Ok(GetResult::Found { value, .. }) => (value == key.as_bytes()).then_some(()),
-                _ => None,
-            },
-        );
+        eventually_readable(&cluster.nodes[1], key);
     }
 }
 
@@ -272,17 +283,7 @@ fn a_leave_lost_to_a_concurrent_change_is_applied_again() {
         4,
         &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
     );
-    cluster.nodes[0]
-        .client()
-        .set_bucket(BUCKET, &json!({"n": 1, "r": 1, "w": 1}))
-        .unwrap();
-    for node in &cluster.nodes {
-        eventually("bucket props to spread", Duration::from_secs(10), || {
-            http_get(&format!("{}/v1/buckets/{BUCKET}", node.url()))
-                .contains("\"n\":1")
-                .then_some(())
-        });
-    }
+    one_copy_bucket(&cluster);
     for i in 0..100 {
         put(&cluster.nodes[0], &format!("k-{i}"));
     }
@@ -364,14 +365,7 @@ fn a_leave_lost_to_a_concurrent_change_is_applied_again() {
     // once it has handed them off too.
     for i in 0..100 {
         let key = format!("k-{i}");
-        eventually(
-            "every key to be readable",
-            Duration::from_secs(30),
-            || match cluster.nodes[1].client().get(BUCKET, key.as_bytes(), None) {
-                Ok(GetResult::Found { value, .. }) => (value == key.as_bytes()).then_some(()),
-                _ => None,
-            },
-        );
+        eventually_readable(&cluster.nodes[1], &key);
     }
 }
 
@@ -474,17 +468,7 @@ fn after_a_join_the_old_holders_hand_off_and_delete_their_copies() {
         3,
         &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
     );
-    cluster.nodes[0]
-        .client()
-        .set_bucket(BUCKET, &json!({"n": 1, "r": 1, "w": 1}))
-        .unwrap();
-    for node in &cluster.nodes {
-        eventually("bucket props to spread", Duration::from_secs(10), || {
-            http_get(&format!("{}/v1/buckets/{BUCKET}", node.url()))
-                .contains("\"n\":1")
-                .then_some(())
-        });
-    }
+    one_copy_bucket(&cluster);
     let keys: Vec<String> = (0..200).map(|i| format!("k-{i}")).collect();
     for key in &keys {
         put(&cluster.nodes[0], key);
