@@ -16,7 +16,7 @@ use ringkv_core::message::{GossipState, PeerRequest};
 use ringkv_core::ring::{Layout, Member, MemberState};
 use ringkv_wire::{Frame, encode_frame};
 use serde_json::json;
-use support::{BIN, Cluster, TestNode, eventually, http_get, metric};
+use support::{BIN, Cluster, TestNode, eventually, http_get, metric, wait_for_layout_agreement};
 
 const BUCKET: &str = "solo";
 
@@ -178,16 +178,9 @@ fn a_leaving_node_hands_its_only_copies_off_and_can_then_be_stopped() {
         log.contains("handoff complete") && log.contains("left the cluster"),
         "{log}"
     );
-    for node in &cluster.nodes[..3] {
-        eventually(
-            "node4 to be gone from every layout",
-            Duration::from_secs(10),
-            || {
-                let status = node.client().cluster_status().ok()?;
-                (status["members"].as_array()?.len() == 3).then_some(())
-            },
-        );
-    }
+    // node4 is gone from every layout.
+    let staying: Vec<_> = cluster.nodes[..3].iter().map(TestNode::client).collect();
+    wait_for_layout_agreement(&staying, 3);
     let status = cluster.nodes[3].start_refused(Some(&seed));
     assert!(!status.success());
     assert!(
@@ -245,16 +238,9 @@ fn a_dead_node_is_removed_and_its_copies_are_restored_on_the_others() {
         assert!(ok || text.contains("409"), "{text}");
         ok.then_some(())
     });
-    for node in &cluster.nodes[..3] {
-        eventually(
-            "node4 to be gone from every layout",
-            Duration::from_secs(10),
-            || {
-                let status = node.client().cluster_status().ok()?;
-                (status["members"].as_array()?.len() == 3).then_some(())
-            },
-        );
-    }
+    // node4 is gone from every layout.
+    let staying: Vec<_> = cluster.nodes[..3].iter().map(TestNode::client).collect();
+    wait_for_layout_agreement(&staying, 3);
     // With 3 members and N=3, every one of them ends up with every key.
     for node in &cluster.nodes[..3] {
         eventually(
