@@ -520,3 +520,72 @@ fn after_a_join_the_old_holders_hand_off_and_delete_their_copies() {
         }
     }
 }
+
+/// Right after a join, before any handoff (anti-entropy is made too slow
+/// to run), the joiner owns partitions whose only copies (N=1) are still
+/// on their old owners: reads ask those holders too, so every key stays
+/// readable through every node, and a write that carries the context read
+/// supersedes the holder's copy instead of becoming its sibling.
+#[test]
+fn keys_not_yet_handed_off_to_a_joiner_stay_readable() {
+    let slow_aae = ["--aae-interval-ms", "3600000"];
+    let cluster = Cluster::start_with(3, &slow_aae);
+    one_copy_bucket(&cluster);
+    let keys: Vec<String> = (0..200).map(|i| format!("k-{i}")).collect();
+    for key in &keys {
+        put(&cluster.nodes[0], key);
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let mut joiner = TestNode::new("node4", scratch.path().join("node4"), &slow_aae);
+    joiner.start(Some(&cluster.nodes[0].peer.clone()));
+    let clients: Vec<_> = cluster
+        .nodes
+        .iter()
+        .chain([&joiner])
+        .map(TestNode::client)
+        .collect();
+    wait_for_layout_agreement(&clients, 4);
+    let (_, owned) = member_state(&joiner, "node4").unwrap();
+    assert!(owned > 0, "node4 owns {owned} partitions");
+    assert_eq!(
+        metric(&joiner, "ringkv_aae_tree_keys"),
+        0,
+        "nothing handed off yet"
+    );
+
+    for node in cluster.nodes.iter().chain([&joiner]) {
+        for key in &keys {
+            match node.client().get(BUCKET, key.as_bytes(), None) {
+                Ok(GetResult::Found { value, .. }) => assert_eq!(value, key.as_bytes()),
+                other => panic!("{key} through {}: {other:?}", node.name),
+            }
+        }
+    }
+    for key in &keys {
+        let Ok(GetResult::Found { context, .. }) =
+            joiner.client().get(BUCKET, key.as_bytes(), None)
+        else {
+            panic!("{key} through node4");
+        };
+        let value = format!("new-{key}");
+        joiner
+            .client()
+            .put(
+                BUCKET,
+                key.as_bytes(),
+                value.as_bytes(),
+                "text/plain",
+                Some(&context),
+                None,
+            )
+            .unwrap();
+        match cluster.nodes[0].client().get(BUCKET, key.as_bytes(), None) {
+            Ok(GetResult::Found { value: read, .. }) => assert_eq!(read, value.as_bytes()),
+            other => panic!("{key} after the write: {other:?}"),
+        }
+    }
+    assert!(
+        metric(&joiner, "ringkv_aae_tree_keys") > 0,
+        "node4 stored the writes of its partitions"
+    );
+}

@@ -158,6 +158,12 @@ impl PutRound {
 /// A get: collects replies of replicas, answers after R of them with their
 /// causal merge, and once every replica answered (or the timer fired)
 /// names the replicas whose copy is stale (read repair).
+///
+/// During an ownership change the round may also ask *holders*: members
+/// that held the key's partition under an earlier layout and may not have
+/// handed it off yet. Their copies are merged in, but they never count
+/// toward R and are never repaired; while R is met, the answer waits for
+/// them until each has replied or failed (or the timer fires).
 #[derive(Debug)]
 pub struct GetRound {
     needed: usize,
@@ -165,6 +171,7 @@ pub struct GetRound {
     primaries_needed: usize,
     primaries: BTreeSet<NodeId>,
     asked: Vec<NodeId>,
+    holders: BTreeSet<NodeId>,
     replies: BTreeMap<NodeId, Option<Object>>,
     failures: BTreeSet<NodeId>,
     mode: ConflictMode,
@@ -191,11 +198,22 @@ impl GetRound {
             primaries_needed: pr,
             primaries: primaries.into_iter().collect(),
             asked,
+            holders: BTreeSet::new(),
             replies: BTreeMap::new(),
             failures: BTreeSet::new(),
             mode,
             decided: false,
         }
+    }
+
+    /// Also asks `holders` (see the type's documentation); any that is
+    /// among the replicas asked is left out.
+    pub fn with_holders(mut self, holders: impl IntoIterator<Item = NodeId>) -> Self {
+        self.holders = holders
+            .into_iter()
+            .filter(|h| !self.asked.contains(h))
+            .collect();
+        self
     }
 
     pub fn start(&mut self) -> Option<Quorum<Option<Object>>> {
@@ -207,33 +225,57 @@ impl GetRound {
         from: NodeId,
         object: Option<Object>,
     ) -> Option<Quorum<Option<Object>>> {
-        if self.asked.contains(&from) && !self.replies.contains_key(&from) {
+        if self.awaits(from) {
             self.replies.insert(from, object);
         }
         self.decide()
     }
 
     pub fn failed(&mut self, from: NodeId) -> Option<Quorum<Option<Object>>> {
-        if self.asked.contains(&from) && !self.replies.contains_key(&from) {
+        if self.awaits(from) {
             self.failures.insert(from);
         }
         self.decide()
     }
 
+    /// The answer when the timer fires: what the replies so far give if
+    /// they make the quorum (holders that did not answer in time are left
+    /// out), else a time-out.
     pub fn timed_out(&mut self) -> Option<Quorum<Option<Object>>> {
         if self.decided {
             return None;
         }
         self.decided = true;
+        if self.quorum_met() {
+            return Some(Quorum::Reached(self.merged()));
+        }
         Some(Quorum::TimedOut {
-            got: self.replies.len() as u32,
+            got: self.replica_replies() as u32,
             needed: self.needed as u32,
         })
     }
 
-    /// Every asked replica has answered or failed.
+    /// Every asked replica and holder has answered or failed.
     pub fn is_complete(&self) -> bool {
-        self.replies.len() + self.failures.len() >= self.asked.len()
+        self.replies.len() + self.failures.len() >= self.asked.len() + self.holders.len()
+    }
+
+    fn awaits(&self, from: NodeId) -> bool {
+        (self.asked.contains(&from) || self.holders.contains(&from))
+            && !self.replies.contains_key(&from)
+            && !self.failures.contains(&from)
+    }
+
+    /// Replies that count toward R: those of replicas, not of holders.
+    fn replica_replies(&self) -> usize {
+        self.replies
+            .keys()
+            .filter(|n| !self.holders.contains(n))
+            .count()
+    }
+
+    fn quorum_met(&self) -> bool {
+        self.replica_replies() >= self.needed && self.primary_replies() >= self.primaries_needed
     }
 
     /// The causal merge of every reply so far (None when nobody had the key).
@@ -250,12 +292,14 @@ impl GetRound {
 
     /// Replicas that replied with something other than the merge of all
     /// replies: each should receive the merged object (read repair).
+    /// Holders are not among them.
     pub fn stale_replicas(&self) -> Vec<NodeId> {
         let Some(merged) = self.merged() else {
             return Vec::new();
         };
         self.replies
             .iter()
+            .filter(|(node, _)| !self.holders.contains(node))
             .filter(|(_, object)| object.as_ref() != Some(&merged))
             .map(|(node, _)| *node)
             .collect()
@@ -292,18 +336,19 @@ impl GetRound {
         if primary_replies < self.primaries_needed {
             return None;
         }
-        if self.replies.len() >= self.needed {
+        let replies = self.replica_replies();
+        if replies >= self.needed {
+            if self.holders.iter().any(|h| self.awaits(*h)) {
+                return None;
+            }
             self.decided = true;
             return Some(Quorum::Reached(self.merged()));
         }
-        let pending = self
-            .asked
-            .len()
-            .saturating_sub(self.replies.len() + self.failures.len());
-        if self.replies.len() + pending < self.needed {
+        let pending = self.asked.iter().filter(|n| self.awaits(**n)).count();
+        if replies + pending < self.needed {
             self.decided = true;
             return Some(Quorum::Unreachable {
-                got: self.replies.len() as u32,
+                got: replies as u32,
                 needed: self.needed as u32,
             });
         }
@@ -479,6 +524,48 @@ mod tests {
         // Replies from nodes that were not asked are ignored.
         let mut round = GetRound::new(1, vec![1], ConflictMode::Siblings);
         assert_eq!(round.replied(9, None), None);
+    }
+
+    #[test]
+    fn holders_are_merged_and_waited_for_but_never_count_toward_r() {
+        // N=1 after a join: the new owner 2 has nothing yet, the old owner
+        // 7 still holds the key.
+        let a = object(7, b"a");
+        let mut round = GetRound::new(1, vec![2], ConflictMode::Siblings).with_holders([7, 2]);
+        assert_eq!(round.start(), None);
+        assert_eq!(round.replied(2, None), None, "waits for the holder");
+        assert_eq!(
+            round.replied(7, Some(a.clone())),
+            Some(Quorum::Reached(Some(a.clone())))
+        );
+        assert!(round.is_complete());
+        assert_eq!(
+            round.stale_replicas(),
+            vec![2],
+            "the holder is not repaired"
+        );
+
+        // A holder's reply alone is no quorum; a failed holder is not
+        // waited for.
+        let mut round = GetRound::new(1, vec![2], ConflictMode::Siblings).with_holders([7]);
+        assert_eq!(round.replied(7, Some(a.clone())), None);
+        assert_eq!(
+            round.timed_out(),
+            Some(Quorum::TimedOut { got: 0, needed: 1 })
+        );
+        let mut round = GetRound::new(1, vec![2], ConflictMode::Siblings).with_holders([7]);
+        assert_eq!(round.failed(7), None);
+        assert_eq!(round.replied(2, None), Some(Quorum::Reached(None)));
+        let mut round = GetRound::new(1, vec![2], ConflictMode::Siblings).with_holders([7]);
+        assert_eq!(
+            round.failed(2),
+            Some(Quorum::Unreachable { got: 0, needed: 1 })
+        );
+
+        // The timer answers with the quorum's merge when a holder is silent.
+        let mut round = GetRound::new(1, vec![2], ConflictMode::Siblings).with_holders([7]);
+        assert_eq!(round.replied(2, Some(a.clone())), None);
+        assert_eq!(round.timed_out(), Some(Quorum::Reached(Some(a))));
     }
 
     fn write(

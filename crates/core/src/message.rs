@@ -142,6 +142,14 @@ pub enum PeerRequest {
     Join {
         member: crate::ring::Member,
     },
+    /// Read the local copy of a key from a member that held its partition
+    /// under an earlier layout and may not have handed it off yet.
+    /// `layout_version` is the asker's.
+    HandoffGet {
+        bucket: String,
+        key: Vec<u8>,
+        layout_version: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,5 +173,13 @@ pub enum PeerResponse {
     /// The request could not be served (bad input, storage error, overload).
     Refused {
         message: String,
+    },
+    // New variants go last: the frame body encodes the variant's index.
+    /// The answer to `HandoffGet`: the local copy, and whether this node
+    /// still holds keys of the partition that it has to hand off (`true`
+    /// too while its layout is older than the asker's: it cannot tell yet).
+    HandoffGetDone {
+        object: Option<Vec<u8>>,
+        holding: bool,
     },
 }

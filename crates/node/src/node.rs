@@ -8,6 +8,7 @@
 //! the storage engine's group committer, which batches many writes into
 //! one durable commit.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +24,7 @@ use ringkv_core::membership::{DetectorConfig, FailureDetector, Liveness, PeerVie
 use ringkv_core::message::{
     ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse,
 };
-use ringkv_core::ring::{Layout, Member, MemberState, key_hash, partition_of};
+use ringkv_core::ring::{Layout, Member, MemberState, key_hash, partition_of, previous_holders};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -76,6 +77,12 @@ pub struct Node {
     /// change wins the gossip and lists one as valid again, the leave is
     /// applied again (`ensure_leaves`). Ids are never reused.
     leavers: Mutex<std::collections::BTreeSet<NodeId>>,
+    /// Members that held a partition under an earlier layout and may not
+    /// have handed it off yet, each with the version of the layout that
+    /// made it a holder: reads of the partition ask them too
+    /// (`GetRound::with_holders`) until one answers that it holds nothing
+    /// there to hand off. Kept in memory: a restart forgets them.
+    holders: Mutex<BTreeMap<u32, BTreeMap<NodeId, u64>>>,
     /// True once it has told the others too: the server stops.
     stop: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
@@ -190,6 +197,7 @@ impl Node {
             layout_changed_ms: AtomicU64::new(now_ms()),
             left: AtomicBool::new(false),
             leavers: Mutex::new(std::collections::BTreeSet::new()),
+            holders: Mutex::new(BTreeMap::new()),
             stop: tokio::sync::watch::Sender::new(false),
             metrics,
         })
@@ -829,9 +837,10 @@ impl Node {
         let timeout = Duration::from_millis(timeout_ms);
         let (mode, durability) = (effective.props.conflict, effective.durability);
         let asked: Vec<NodeId> = plan.iter().map(|r| r.node).collect();
+        let holders = self.holders_to_ask(&layout, partition, &asked);
         // A single local replica (n=1, or a one-node cluster): answer inline,
         // without tasks and channels; nothing to repair.
-        if asked == [self.id] && (pr == 0 || plan[0].hint_for.is_none()) {
+        if asked == [self.id] && holders.is_empty() && (pr == 0 || plan[0].hint_for.is_none()) {
             return match self.read_local(partition, &bucket, &key, mode) {
                 Ok(object) => {
                     if let Some(object) = &object {
@@ -852,7 +861,7 @@ impl Node {
             .map(|r| r.node)
             .collect();
         let (replies_tx, mut replies) =
-            mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len().max(1));
+            mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len() + holders.len());
         for replica in asked.iter().copied() {
             let node = self.clone();
             let (bucket, key, replies_tx) = (bucket.clone(), key.clone(), replies_tx.clone());
@@ -864,11 +873,23 @@ impl Node {
                 let _ = replies_tx.send((replica, reply)).await;
             });
         }
+        for (holder, since) in holders.iter().copied() {
+            let node = self.clone();
+            let (bucket, key, replies_tx) = (bucket.clone(), key.clone(), replies_tx.clone());
+            let addr = Self::peer_addr(&layout, holder);
+            tokio::spawn(async move {
+                let reply = node
+                    .read_holder(holder, since, addr, partition, bucket, key, mode, timeout)
+                    .await;
+                let _ = replies_tx.send((holder, reply)).await;
+            });
+        }
         drop(replies_tx);
         let (decided_tx, decided) = oneshot::channel();
         let node = self.clone();
         tokio::spawn(async move {
-            let mut round = GetRound::with_primaries(r, pr, primaries.clone(), asked, mode);
+            let mut round = GetRound::with_primaries(r, pr, primaries.clone(), asked, mode)
+                .with_holders(holders.into_iter().map(|(holder, _)| holder));
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
             let mut decided_tx = Some(decided_tx);
@@ -915,6 +936,76 @@ impl Node {
             Err(_) => ClientReply::Failed(OpError::Internal {
                 message: "get round ended without a decision".into(),
             }),
+        }
+    }
+
+    /// A peer's read of the local copy of a key: the encoded object and the
+    /// key's partition, or the refusal to send.
+    fn answer_read(
+        &self,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<(Option<Vec<u8>>, u32), PeerResponse> {
+        if let Err(e) = validate_bucket_name(bucket).and(validate_key(key)) {
+            return Err(PeerResponse::Refused {
+                message: e.to_string(),
+            });
+        }
+        let layout = self.layout();
+        let partition = partition_of(key_hash(bucket.as_bytes(), key), layout.partitions());
+        let mode = self.effective(bucket, &layout).props.conflict;
+        match self.read_local(partition, bucket, key, mode) {
+            Ok(object) => Ok((object.map(|o| o.encode()), partition)),
+            Err(e) => {
+                error!(error = %e, %bucket, "replica read failed");
+                Err(PeerResponse::Refused {
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// A holder's copy (see `Node::holders`), as `read_replica`; forgets
+    /// the holder once it answers that it has nothing left to hand off.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_holder(
+        &self,
+        holder: NodeId,
+        since: u64,
+        addr: Option<String>,
+        partition: u32,
+        bucket: String,
+        key: Vec<u8>,
+        mode: ConflictMode,
+        timeout: Duration,
+    ) -> Option<Option<Object>> {
+        if holder == self.id {
+            if !self.holds_handoff(&self.layout(), partition) {
+                self.forget_holder(partition, holder, since);
+            }
+            return self.read_local(partition, &bucket, &key, mode).ok();
+        }
+        let request = PeerRequest::HandoffGet {
+            bucket,
+            key,
+            layout_version: since,
+        };
+        let result = self.peers.request(&addr?, request, timeout).await;
+        self.observe(holder, &result);
+        match result {
+            Ok(PeerResponse::HandoffGetDone { object, holding }) => {
+                if !holding {
+                    self.forget_holder(partition, holder, since);
+                }
+                match object.map(|bytes| Object::decode(&bytes)).transpose() {
+                    Ok(object) => Some(object),
+                    Err(e) => {
+                        warn!(holder, error = %e, "holder sent a malformed object");
+                        None
+                    }
+                }
+            }
+            _ => None,
         }
     }
 
@@ -1050,28 +1141,24 @@ impl Node {
 
     pub async fn handle_peer(self: Arc<Self>, request: PeerRequest) -> PeerResponse {
         match request {
-            PeerRequest::ReplicaGet { bucket, key } => {
-                if let Err(e) = validate_bucket_name(&bucket).and(validate_key(&key)) {
-                    return PeerResponse::Refused {
-                        message: e.to_string(),
-                    };
+            PeerRequest::ReplicaGet { bucket, key } => match self.answer_read(&bucket, &key) {
+                Ok((object, _)) => PeerResponse::ReplicaGetDone { object },
+                Err(refused) => refused,
+            },
+            PeerRequest::HandoffGet {
+                bucket,
+                key,
+                layout_version,
+            } => match self.answer_read(&bucket, &key) {
+                Ok((object, partition)) => {
+                    let layout = self.layout();
+                    // Until it uses the asker's layout, it cannot tell.
+                    let holding =
+                        layout.version() < layout_version || self.holds_handoff(&layout, partition);
+                    PeerResponse::HandoffGetDone { object, holding }
                 }
-                let layout = self.layout();
-                let partition =
-                    partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
-                let mode = self.effective(&bucket, &layout).props.conflict;
-                match self.read_local(partition, &bucket, &key, mode) {
-                    Ok(object) => PeerResponse::ReplicaGetDone {
-                        object: object.map(|o| o.encode()),
-                    },
-                    Err(e) => {
-                        error!(error = %e, %bucket, "replica read failed");
-                        PeerResponse::Refused {
-                            message: e.to_string(),
-                        }
-                    }
-                }
-            }
+                Err(refused) => refused,
+            },
             PeerRequest::ReplicaPut {
                 bucket,
                 key,
@@ -1432,8 +1519,79 @@ impl Node {
                     .map(|m| m.id),
             );
         }
+        {
+            let mut holders = self.holders.lock().expect("holders lock");
+            for (partition, members) in previous_holders(&current, &layout, self.max_n()) {
+                let known = holders.entry(partition).or_default();
+                known.extend(members.into_iter().map(|m| (m, layout.version())));
+            }
+        }
         *current = Arc::new(layout);
         Ok(true)
+    }
+
+    /// The largest `n` of any bucket (set or default).
+    fn max_n(&self) -> usize {
+        let buckets = self.buckets();
+        buckets
+            .iter()
+            .map(|(_, entry)| entry.props.n)
+            .chain([BucketProps::default().n, BucketProps::lww().n])
+            .max()
+            .unwrap_or(1) as usize
+    }
+
+    /// The holders (see the field) of `partition` to ask besides `asked`:
+    /// members still in the layout, and reachable.
+    fn holders_to_ask(
+        &self,
+        layout: &Layout,
+        partition: u32,
+        asked: &[NodeId],
+    ) -> Vec<(NodeId, u64)> {
+        let holders = self.holders.lock().expect("holders lock");
+        let Some(known) = holders.get(&partition) else {
+            return Vec::new();
+        };
+        known
+            .iter()
+            .map(|(m, since)| (*m, *since))
+            .filter(|(m, _)| {
+                !asked.contains(m)
+                    && layout.member(*m).is_some()
+                    && (*m == self.id || self.usable(*m))
+            })
+            .collect()
+    }
+
+    /// `holder` answered that it holds nothing of `partition` to hand off,
+    /// having seen the layout of version `since` that made it a holder.
+    fn forget_holder(&self, partition: u32, holder: NodeId, since: u64) {
+        let mut holders = self.holders.lock().expect("holders lock");
+        if let Some(known) = holders.get_mut(&partition) {
+            if known.get(&holder).is_some_and(|v| *v <= since) {
+                known.remove(&holder);
+            }
+            if known.is_empty() {
+                holders.remove(&partition);
+            }
+        }
+    }
+
+    /// This node holds keys of `partition` that it is no replica of under
+    /// `layout`: its handoff of the partition is not done.
+    pub(crate) fn holds_handoff(&self, layout: &Layout, partition: u32) -> bool {
+        self.store
+            .trees()
+            .of_partition(partition)
+            .into_iter()
+            .any(|(n, tree)| {
+                !tree.lock().expect("tree lock").is_empty()
+                    && !layout
+                        .preference_list(partition, n as usize)
+                        .primaries
+                        .contains(&self.id)
+            })
     }
 
     pub fn set_bucket(&self, bucket: &str, props: BucketProps) -> Result<(), OpError> {

@@ -92,21 +92,27 @@ impl Trees {
     /// `n` (the bucket's `n` changed, or a node stored it before it learned
     /// the bucket's properties), which would otherwise keep a stale entry.
     pub fn record(&self, partition: u32, n: u32, key: &[u8], digest: u64) {
-        let others: Vec<SharedTree> = self
-            .trees
-            .read()
-            .expect("trees lock")
-            .range((partition, 0)..=(partition, u32::MAX))
-            .filter(|((_, other), _)| *other != n)
-            .map(|(_, tree)| tree.clone())
-            .collect();
-        for tree in others {
+        for (_, tree) in self
+            .of_partition(partition)
+            .into_iter()
+            .filter(|(other, _)| *other != n)
+        {
             tree.lock().expect("tree lock").remove(key);
         }
         self.tree(partition, n)
             .lock()
             .expect("tree lock")
             .insert(key, digest);
+    }
+
+    /// The trees of `partition`, with their `n`.
+    pub fn of_partition(&self, partition: u32) -> Vec<(u32, SharedTree)> {
+        self.trees
+            .read()
+            .expect("trees lock")
+            .range((partition, 0)..=(partition, u32::MAX))
+            .map(|((_, n), tree)| (*n, tree.clone()))
+            .collect()
     }
 
     /// Every (partition, n) that has a tree.

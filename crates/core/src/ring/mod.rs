@@ -54,4 +54,4 @@ pub use error::LayoutError;
 pub use hash::{key_hash, partition_of};
 pub use layout::{DEFAULT_PARTITIONS, DEFAULT_TARGET_N, Layout, LeaveError, MAX_PARTITIONS};
 pub use member::{Member, MemberState};
-pub use preference_list::PreferenceList;
+pub use preference_list::{PreferenceList, previous_holders};

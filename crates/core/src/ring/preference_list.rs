@@ -2,6 +2,8 @@
 //! and which stand in for them (fallbacks), read off a layout by walking the
 //! ring. Liveness is not considered here; the coordinator skips down nodes.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::{Layout, MemberState};
 use crate::NodeId;
 
@@ -58,4 +60,38 @@ impl Layout {
             fallbacks,
         }
     }
+}
+
+/// The members that may hold keys of each partition under `old` without
+/// being their replicas under `new`, for any `n` up to `max_n` (each capped
+/// at the members of its layout): the old holders a read asks too until
+/// they have handed the partition off. Only members of `new` are named
+/// (a removed member is gone); partitions without any are left out. Empty
+/// when the two layouts differ in partition count.
+pub fn previous_holders(
+    old: &Layout,
+    new: &Layout,
+    max_n: usize,
+) -> BTreeMap<u32, BTreeSet<NodeId>> {
+    let mut holders = BTreeMap::new();
+    if old.partitions() != new.partitions() || old.valid_members() == 0 {
+        return holders;
+    }
+    for partition in 0..new.partitions() {
+        let mut found = BTreeSet::new();
+        for n in 1..=max_n.max(1) {
+            let before = old.preference_list(partition, n.min(old.valid_members()));
+            let after = new.preference_list(partition, n.min(new.valid_members().max(1)));
+            found.extend(
+                before
+                    .primaries
+                    .into_iter()
+                    .filter(|m| !after.primaries.contains(m) && new.member(*m).is_some()),
+            );
+        }
+        if !found.is_empty() {
+            holders.insert(partition, found);
+        }
+    }
+    holders
 }

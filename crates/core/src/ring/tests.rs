@@ -767,3 +767,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn previous_holders_name_every_old_replica_that_is_no_new_one() {
+    for partitions in [8, 64] {
+        let three = grow(partitions, 3, &[1, 2, 3]);
+        assert!(previous_holders(&three, &three, 3).is_empty());
+        let four = three.with_member(member(4, "n4")).unwrap();
+        let leaving = four.with_member_leaving(2).unwrap();
+        let removed = four.with_member_removed(3).unwrap();
+        for (old, new) in [(&three, &four), (&four, &leaving), (&four, &removed)] {
+            let holders = previous_holders(old, new, 3);
+            assert!(!holders.is_empty(), "some partitions move");
+            for partition in 0..partitions {
+                let named = holders.get(&partition).cloned().unwrap_or_default();
+                for n in 1..=3 {
+                    let before = old.preference_list(partition, n);
+                    let after = new.preference_list(partition, n.min(new.valid_members()));
+                    for m in before.primaries {
+                        let kept = after.primaries.contains(&m);
+                        let gone = new.member(m).is_none();
+                        assert!(
+                            kept || gone || named.contains(&m),
+                            "partition {partition}, n {n}: old replica {m} is neither a replica nor a holder"
+                        );
+                    }
+                }
+                for m in &named {
+                    assert!(new.member(*m).is_some(), "a removed member is no holder");
+                }
+            }
+        }
+        // The leaver holds what it owned.
+        let holders = previous_holders(&four, &leaving, 1);
+        for partition in 0..partitions {
+            if four.owner(partition) == 2 {
+                assert!(holders[&partition].contains(&2));
+            }
+        }
+    }
+}
