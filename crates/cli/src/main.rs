@@ -177,6 +177,10 @@ struct ServerArgs {
     aae_interval_ms: Option<u64>,
     #[arg(long)]
     aae_max_segments: Option<usize>,
+    /// File with the cluster secret (16+ bytes, mode 600): peer connections
+    /// then authenticate with it, and peers without it are refused.
+    #[arg(long)]
+    cluster_secret_file: Option<std::path::PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -227,6 +231,9 @@ impl ServerArgs {
         );
         if !self.join.is_empty() {
             config.join = self.join;
+        }
+        if self.cluster_secret_file.is_some() {
+            config.cluster_secret_file = self.cluster_secret_file;
         }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

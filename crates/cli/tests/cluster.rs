@@ -7,11 +7,13 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use ringkv_client::{ClientError, GetResult};
-use ringkv_core::bucket::BucketRegistry;
-use ringkv_core::causality::{Dot, MAX_CONTEXT_COUNTER, VersionVector, encode_context};
-use ringkv_core::message::{GossipState, PeerRequest};
+use ringkv_core::bucket::{BucketRegistry, DurabilityMode};
+use ringkv_core::causality::{
+    ConflictMode, Dot, MAX_CONTEXT_COUNTER, NewVersion, Object, VersionVector, encode_context,
+};
+use ringkv_core::message::{GossipState, PeerRequest, PeerResponse};
 use ringkv_core::ring::{Layout, Member, MemberState};
-use ringkv_wire::{Frame, encode_frame};
+use ringkv_wire::{Frame, decode_frame, encode_frame};
 use support::{Cluster, eventually, resp_command};
 
 fn value_of(result: GetResult) -> Vec<u8> {
@@ -828,4 +830,67 @@ fn one_thread_nodes_lose_no_acknowledged_write_to_kill_9() {
             }
         }
     }
+}
+
+/// A replica write from the peer port is held to the limit a client's
+/// write is: a value over `--max-value-bytes` is refused and not stored.
+#[test]
+fn a_peer_write_over_the_value_limit_is_refused() {
+    let cluster = Cluster::start_with(1, &["--max-value-bytes", "1024"]);
+    let node = &cluster.nodes[0];
+    let put = |value: Vec<u8>| -> PeerResponse {
+        let object = Object::update(
+            None,
+            &VersionVector::new(),
+            NewVersion {
+                value: Some(value),
+                content_type: "text/plain".into(),
+                now_ms: 1,
+            },
+            0xabc,
+            ConflictMode::Siblings,
+            100,
+        )
+        .unwrap();
+        let frame = encode_frame(&Frame::Request {
+            id: 7,
+            body: PeerRequest::ReplicaPut {
+                bucket: "b".into(),
+                key: b"k".to_vec(),
+                object: object.encode(),
+                conflict: ConflictMode::Siblings,
+                durability: DurabilityMode::Sync,
+            },
+        })
+        .unwrap();
+        let mut peer = TcpStream::connect(&node.peer).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+        peer.write_all(&frame).unwrap();
+        let mut length = [0u8; 4];
+        peer.read_exact(&mut length).unwrap();
+        let mut answer = vec![0; u32::from_be_bytes(length) as usize];
+        peer.read_exact(&mut answer).unwrap();
+        match decode_frame(&answer).unwrap() {
+            Frame::Response { id: 7, body } => body,
+            other => panic!("{other:?}"),
+        }
+    };
+    match put(vec![b'x'; 2000]) {
+        PeerResponse::Refused { message } => {
+            assert!(message.contains("exceeds max-value-bytes"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        node.client().get("b", b"k", None).unwrap(),
+        GetResult::NotFound { .. }
+    ));
+    // Within the limit it is taken in: the refusal above is the limit's.
+    assert_eq!(put(vec![b'y'; 1000]), PeerResponse::ReplicaPutDone);
+    assert_eq!(
+        value_of(node.client().get("b", b"k", None).unwrap()),
+        vec![b'y'; 1000]
+    );
 }

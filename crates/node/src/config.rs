@@ -60,6 +60,10 @@ pub struct NodeConfig {
     /// Anti-entropy rate limit: Merkle segments (of 1024 per tree) compared
     /// and repaired per exchange.
     pub aae_max_segments: usize,
+    /// A file holding the cluster secret (at least 16 bytes, readable by
+    /// its owner only): when set, peer connections authenticate with it
+    /// and peers without it are cut off. Every member needs the same.
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +92,7 @@ impl Default for NodeConfig {
             hint_delivery_per_second: 2000,
             aae_interval_ms: 10_000,
             aae_max_segments: 64,
+            cluster_secret_file: None,
         }
     }
 }

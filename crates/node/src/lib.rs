@@ -32,7 +32,7 @@ pub use node::Node;
 
 use crate::node::{META_ACTOR, META_BUCKETS, META_IDENTITY, META_LAYOUT, META_LEFT};
 use crate::store::LocalStore;
-use crate::transport::Peers;
+use crate::transport::{PeerError, Peers};
 
 /// How long a joining node keeps trying its `--join` addresses.
 const JOIN_PATIENCE: Duration = Duration::from_secs(60);
@@ -193,7 +193,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         resp_addr: resp_addr.to_string(),
         state: MemberState::Valid,
     };
-    let peers = Peers::new(config.max_frame_bytes);
+    let key = cluster_key(&config)?;
+    let peers = Peers::new(config.max_frame_bytes, key.clone());
 
     let mut joined_buckets = None;
     let layout = match store.meta_get(META_LAYOUT)? {
@@ -252,6 +253,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         handler,
         config.max_frame_bytes,
         connections.clone(),
+        key,
     ));
     let app = http::router(node.clone());
     // Replies are small and written whole: never hold one back for Nagle
@@ -354,6 +356,33 @@ pub fn stop_cleanly(node: Arc<Node>) -> bool {
     }
 }
 
+/// The key of the cluster secret in `config.cluster_secret_file`, if
+/// set. The file must be readable by its owner only, as Erlang's cookie
+/// file must (it is as good as the cluster's peer port).
+fn cluster_key(config: &NodeConfig) -> anyhow::Result<Option<ringkv_wire::ClusterKey>> {
+    let Some(path) = &config.cluster_secret_file else {
+        return Ok(None);
+    };
+    let context = || format!("cluster secret file {}", path.display());
+    let metadata = std::fs::metadata(path).with_context(context)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} is readable by others (mode {:o}); make it readable by its owner only: chmod 600",
+                context(),
+                mode & 0o777
+            );
+        }
+    }
+    let secret = std::fs::read(path).with_context(context)?;
+    let key = ringkv_wire::ClusterKey::from_secret(&secret).with_context(context)?;
+    info!("peer connections authenticate with the cluster secret");
+    Ok(Some(key))
+}
+
 /// Joins through one of `seeds`: the layout with this node in it, and the
 /// cluster's bucket properties.
 async fn join(
@@ -379,6 +408,7 @@ async fn join(
                     bail!("{seed} refused the join: {message}")
                 }
                 Ok(other) => warn!(%seed, ?other, "unexpected answer to join"),
+                Err(e @ PeerError::Unauthenticated) => bail!("cannot join through {seed}: {e}"),
                 Err(e) => warn!(%seed, error = %e, "cannot reach seed"),
             }
         }

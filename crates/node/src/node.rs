@@ -298,7 +298,8 @@ impl Node {
         let mut detector = self.detector.lock().expect("detector lock");
         match result {
             Ok(_) => detector.heartbeat(id, now_ms()),
-            Err(PeerError::Unreachable | PeerError::Disconnected) => {
+            // A peer we cannot authenticate with is as good as unreachable.
+            Err(PeerError::Unreachable | PeerError::Disconnected | PeerError::Unauthenticated) => {
                 detector.unreachable(id, now_ms())
             }
             Err(PeerError::Timeout | PeerError::Overloaded) => {}
@@ -1166,10 +1167,11 @@ impl Node {
                 conflict,
                 durability,
             } => {
-                let incoming = match incoming_write(&bucket, &key, &object) {
-                    Ok(incoming) => incoming,
-                    Err(refused) => return refused,
-                };
+                let incoming =
+                    match incoming_write(&bucket, &key, &object, self.config.max_value_bytes) {
+                        Ok(incoming) => incoming,
+                        Err(refused) => return refused,
+                    };
                 let partition = partition_of(
                     key_hash(bucket.as_bytes(), &key),
                     self.layout().partitions(),
@@ -1278,7 +1280,7 @@ impl Node {
         durability: DurabilityMode,
         hint_for: NodeId,
     ) -> PeerResponse {
-        let incoming = match incoming_write(&bucket, &key, &object) {
+        let incoming = match incoming_write(&bucket, &key, &object, self.config.max_value_bytes) {
             Ok(incoming) => incoming,
             Err(refused) => return refused,
         };
@@ -1903,12 +1905,28 @@ fn check_member(member: &Member) -> Result<(), String> {
 
 /// Checks a replica or hint write from a peer: valid bucket and key, and
 /// an object that decodes. A bad one is refused and changes nothing.
-fn incoming_write(bucket: &str, key: &[u8], object: &[u8]) -> Result<Object, PeerResponse> {
+fn incoming_write(
+    bucket: &str,
+    key: &[u8],
+    object: &[u8],
+    max_value_bytes: usize,
+) -> Result<Object, PeerResponse> {
     let refused = |message: String| PeerResponse::Refused { message };
     validate_bucket_name(bucket)
         .and(validate_key(key))
         .map_err(|e| refused(e.to_string()))?;
-    Object::decode(object).map_err(|e| refused(e.to_string()))
+    let object = Object::decode(object).map_err(|e| refused(e.to_string()))?;
+    // The limit a client's write is held to holds for a peer's too.
+    if let Some(len) = object
+        .live_siblings()
+        .filter_map(|s| s.value.as_ref().map(Vec::len))
+        .find(|len| *len > max_value_bytes)
+    {
+        return Err(refused(format!(
+            "a value of {len} bytes exceeds max-value-bytes ({max_value_bytes})"
+        )));
+    }
+    Ok(object)
 }
 
 /// Why [`Node::ask_to_leave`] or [`Node::ask_to_remove`] refused.

@@ -1,7 +1,10 @@
 //! Peer transport: one persistent TCP connection per peer address,
 //! multiplexed by request id, with a bounded send queue, per-request
 //! timeouts and reconnection with backoff; and the server side that
-//! answers peers' requests. Frames are `ringkv_wire::frame`.
+//! answers peers' requests. Frames are `ringkv_wire::frame`. With a cluster
+//! secret, every connection starts with the mutual challenge-response of
+//! `ringkv_wire::auth`, and a peer that fails it is cut off before its
+//! first frame is read.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,8 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use rand::RngCore;
 use ringkv_core::message::{PeerRequest, PeerResponse};
-use ringkv_wire::{Frame, decode_frame, encode_frame, peer_codec};
+use ringkv_wire::auth::{ANSWER_BYTES, AuthError, CHALLENGE_BYTES, MAGIC, Nonce, PROOF_BYTES};
+use ringkv_wire::{ClusterKey, Frame, decode_frame, encode_frame, peer_codec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -20,6 +26,8 @@ use tracing::{debug, warn};
 
 const SEND_QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long an accepted connection may take to authenticate.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 /// Requests of one peer connection served at once; more wait in TCP.
@@ -35,6 +43,8 @@ pub enum PeerError {
     Timeout,
     #[error("send queue to peer is full")]
     Overloaded,
+    #[error("peer and this node do not share a cluster secret")]
+    Unauthenticated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +52,8 @@ enum LinkState {
     Unknown,
     Up,
     Down,
+    /// Down because the last connection failed authentication.
+    Refused,
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>;
@@ -58,6 +70,7 @@ impl Link {
         match self.state.load(Ordering::Relaxed) {
             1 => LinkState::Up,
             2 => LinkState::Down,
+            3 => LinkState::Refused,
             _ => LinkState::Unknown,
         }
     }
@@ -67,6 +80,7 @@ impl Link {
             LinkState::Unknown => 0,
             LinkState::Up => 1,
             LinkState::Down => 2,
+            LinkState::Refused => 3,
         };
         self.state.store(v, Ordering::Relaxed);
     }
@@ -81,13 +95,16 @@ impl Link {
 pub struct Peers {
     links: Mutex<HashMap<String, Arc<Link>>>,
     max_frame_bytes: usize,
+    key: Option<ClusterKey>,
 }
 
 impl Peers {
-    pub fn new(max_frame_bytes: usize) -> Arc<Self> {
+    /// `key`: the cluster secret's, when connections must authenticate.
+    pub fn new(max_frame_bytes: usize, key: Option<ClusterKey>) -> Arc<Self> {
         Arc::new(Peers {
             links: Mutex::new(HashMap::new()),
             max_frame_bytes,
+            key,
         })
     }
 
@@ -109,6 +126,7 @@ impl Peers {
             link.clone(),
             rx,
             self.max_frame_bytes,
+            self.key.clone(),
         ));
         link
     }
@@ -120,7 +138,7 @@ impl Peers {
             .lock()
             .expect("links lock")
             .get(addr)
-            .is_some_and(|link| link.state() == LinkState::Down)
+            .is_some_and(|link| matches!(link.state(), LinkState::Down | LinkState::Refused))
     }
 
     /// Sends a request and waits for its answer at most `timeout`.
@@ -131,8 +149,10 @@ impl Peers {
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
         let link = self.link(addr);
-        if link.state() == LinkState::Down {
-            return Err(PeerError::Unreachable);
+        match link.state() {
+            LinkState::Down => return Err(PeerError::Unreachable),
+            LinkState::Refused => return Err(PeerError::Unauthenticated),
+            LinkState::Up | LinkState::Unknown => {}
         }
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -157,32 +177,120 @@ async fn run_link(
     link: Arc<Link>,
     mut queue: mpsc::Receiver<(u64, PeerRequest)>,
     max_frame_bytes: usize,
+    key: Option<ClusterKey>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-            Ok(Ok(stream)) => {
+        let state = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+            Ok(Ok(mut stream)) => {
                 let _ = stream.set_nodelay(true);
-                link.set(LinkState::Up);
-                backoff = BACKOFF_MIN;
-                let reason = drive_connection(stream, &link, &mut queue, max_frame_bytes).await;
-                debug!(peer = %addr, %reason, "peer connection closed");
-                link.set(LinkState::Down);
-                link.fail_pending();
-                if queue.is_closed() {
-                    return;
+                let authenticated = match &key {
+                    Some(key) => authenticate_to(&mut stream, key).await,
+                    None => Ok(()),
+                };
+                match authenticated {
+                    Err(e) => {
+                        warn!(peer = %addr, error = %e, "peer authentication failed");
+                        LinkState::Refused
+                    }
+                    Ok(()) => {
+                        link.set(LinkState::Up);
+                        let reason =
+                            drive_connection(stream, &link, &mut queue, max_frame_bytes).await;
+                        debug!(peer = %addr, %reason, "peer connection closed");
+                        if link.state() == LinkState::Refused {
+                            // It wants a secret: retry as after a failed connect.
+                            LinkState::Refused
+                        } else {
+                            link.set(LinkState::Down);
+                            link.fail_pending();
+                            if queue.is_closed() {
+                                return;
+                            }
+                            backoff = BACKOFF_MIN;
+                            continue;
+                        }
+                    }
                 }
             }
-            _ => {
-                link.set(LinkState::Down);
-                // Nobody waits for requests queued while connecting failed.
-                while queue.try_recv().is_ok() {}
-                link.fail_pending();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            _ => LinkState::Down,
+        };
+        link.set(state);
+        // Nobody waits for requests queued while connecting failed.
+        while queue.try_recv().is_ok() {}
+        link.fail_pending();
+        if queue.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn nonce() -> Nonce {
+    let mut nonce = [0; 32];
+    rand::rng().fill_bytes(&mut nonce);
+    nonce
+}
+
+/// The connector's side of the handshake (`ringkv_wire::auth`).
+async fn authenticate_to(stream: &mut TcpStream, key: &ClusterKey) -> Result<(), AuthError> {
+    let mut challenge = [0; CHALLENGE_BYTES];
+    // A node without a secret sends no challenge: the read times out.
+    match tokio::time::timeout(CONNECT_TIMEOUT, stream.read_exact(&mut challenge)).await {
+        Ok(Ok(_)) => {}
+        _ => return Err(AuthError::NoChallenge),
+    }
+    let mine = nonce();
+    let proof = key.prove(&challenge, &mine)?;
+    let mut answer = [0; ANSWER_BYTES];
+    let exchange = async {
+        stream.write_all(&proof).await?;
+        stream.read_exact(&mut answer).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, exchange).await {
+        Ok(Ok(_)) => key.check_answer(&challenge, &mine, &answer),
+        // An acceptor that hangs up on the proof holds another secret.
+        _ => Err(AuthError::WrongSecret),
+    }
+}
+
+/// Closes a connection that failed authentication so that the peer still
+/// reads the challenge (a node without a secret then says so): half-close,
+/// then drop what the peer sends for a moment (closing with unread bytes
+/// would reset the connection and lose the challenge).
+async fn hang_up(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0; 4096];
+    let drain = async {
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
             }
         }
-    }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// The acceptor's side of the handshake (`ringkv_wire::auth`).
+async fn authenticate_from(stream: &mut TcpStream, key: &ClusterKey) -> Result<(), AuthError> {
+    let mine = nonce();
+    let exchange = async {
+        stream.write_all(&ClusterKey::challenge(&mine)).await.ok()?;
+        let mut proof = [0; PROOF_BYTES];
+        stream.read_exact(&mut proof).await.ok()?;
+        Some(proof)
+    };
+    let Ok(Some(proof)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await else {
+        return Err(AuthError::WrongSecret);
+    };
+    let answer = key.answer(&mine, &proof)?;
+    stream
+        .write_all(&answer)
+        .await
+        .map_err(|_| AuthError::WrongSecret)
 }
 
 async fn drive_connection(
@@ -229,6 +337,11 @@ async fn drive_connection(
         loop {
             match reader.next().await {
                 None => return "peer closed the connection".to_string(),
+                Some(Err(_)) if reader.read_buffer().starts_with(MAGIC) => {
+                    warn!("the peer requires a cluster secret; this node has none");
+                    link.set(LinkState::Refused);
+                    return "peer requires a cluster secret".to_string();
+                }
                 Some(Err(e)) => return format!("read failed: {e}"),
                 Some(Ok(bytes)) => match decode_frame(&bytes) {
                     Ok(Frame::Response { id, body }) => {
@@ -260,16 +373,25 @@ pub async fn serve(
     handler: Handler,
     max_frame_bytes: usize,
     connections: Arc<Semaphore>,
+    key: Option<ClusterKey>,
 ) {
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
         };
         match listener.accept().await {
-            Ok((stream, remote)) => {
+            Ok((mut stream, remote)) => {
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
+                let key = key.clone();
                 tokio::spawn(async move {
+                    if let Some(key) = &key
+                        && let Err(e) = authenticate_from(&mut stream, key).await
+                    {
+                        warn!(%remote, error = %e, "peer failed authentication; connection closed");
+                        hang_up(stream).await;
+                        return;
+                    }
                     let reason = serve_connection(stream, handler, max_frame_bytes).await;
                     debug!(%remote, %reason, "peer connection ended");
                     drop(permit);
