@@ -2,6 +2,8 @@
 //! simulator passes them as values. Objects and layouts travel in their
 //! own versioned encodings as bytes so that one codec serves disk and wire.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -169,6 +171,10 @@ pub enum PeerResponse {
         /// The bucket properties, so that the joiner stores its first
         /// writes under their buckets' `n` (their Merkle trees).
         buckets: BucketRegistry,
+        /// The seed's handoff holders (partition → member → layout version
+        /// that made it one), this join's included: the joiner asks them
+        /// too when it reads the partitions it was given.
+        holders: BTreeMap<u32, BTreeMap<NodeId, u64>>,
     },
     /// The request could not be served (bad input, storage error, overload).
     Refused {

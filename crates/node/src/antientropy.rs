@@ -9,6 +9,7 @@
 //! exchange logic itself is `ringkv_core::antientropy`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ringkv_core::NodeId;
@@ -48,6 +49,7 @@ impl Node {
             }
         }
         info!(keys, "anti-entropy trees built");
+        self.trees_built.store(true, Ordering::Release);
         Ok(())
     }
 

@@ -196,7 +196,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let key = cluster_key(&config)?;
     let peers = Peers::new(config.max_frame_bytes, key.clone());
 
-    let mut joined_buckets = None;
+    let (mut joined_buckets, mut joined_holders) = (None, None);
     let layout = match store.meta_get(META_LAYOUT)? {
         Some(bytes) => {
             let layout = Layout::decode(&bytes).context("while decoding the stored layout")?;
@@ -211,9 +211,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             layout
         }
         None => {
-            let (layout, buckets) = join(&peers, &config.join, &me).await?;
-            joined_buckets = Some(buckets);
-            layout
+            let joined = join(&peers, &config.join, &me).await?;
+            joined_buckets = Some(joined.buckets);
+            joined_holders = Some(joined.holders);
+            joined.layout
         }
     };
     let mut buckets = match store.meta_get(META_BUCKETS)? {
@@ -237,6 +238,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         layout.clone(),
         buckets,
     );
+    if let Some(holders) = joined_holders {
+        node.add_holders(holders)?;
+    }
     // Our own addresses may have changed since the layout was written.
     if let Some(next) = layout.with_member(me) {
         node.adopt_layout(next)?;
@@ -383,24 +387,37 @@ fn cluster_key(config: &NodeConfig) -> anyhow::Result<Option<ringkv_wire::Cluste
     Ok(Some(key))
 }
 
-/// Joins through one of `seeds`: the layout with this node in it, and the
-/// cluster's bucket properties.
-async fn join(
-    peers: &Peers,
-    seeds: &[String],
-    me: &Member,
-) -> anyhow::Result<(Layout, BucketRegistry)> {
+/// What a seed gives a joiner (`PeerResponse::Joined`).
+struct Joined {
+    layout: Layout,
+    buckets: BucketRegistry,
+    holders: Holders,
+}
+
+type Holders = std::collections::BTreeMap<u32, std::collections::BTreeMap<NodeId, u64>>;
+
+/// Joins through one of `seeds`: the layout with this node in it, the
+/// cluster's bucket properties and the seed's handoff holders.
+async fn join(peers: &Peers, seeds: &[String], me: &Member) -> anyhow::Result<Joined> {
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     loop {
         for seed in seeds {
             let request = PeerRequest::Join { member: me.clone() };
             match peers.request(seed, request, Duration::from_secs(5)).await {
-                Ok(PeerResponse::Joined { layout, buckets }) => {
+                Ok(PeerResponse::Joined {
+                    layout,
+                    buckets,
+                    holders,
+                }) => {
                     let layout = Layout::decode(&layout)
                         .context("while decoding the layout sent by the seed")?;
                     if layout.member(me.id).is_some() {
                         info!(%seed, version = layout.version(), "joined the cluster");
-                        return Ok((layout, buckets));
+                        return Ok(Joined {
+                            layout,
+                            buckets,
+                            holders,
+                        });
                     }
                     warn!(%seed, "seed answered without adding this node; retrying");
                 }

@@ -41,6 +41,8 @@ pub const META_ACTOR: &str = "actor";
 /// Present once this node has left its cluster: the layout version that
 /// removed it (u64 BE). A data dir with it does not start again.
 pub const META_LEFT: &str = "left";
+/// `Node::holders`, as of the last layout change.
+pub const META_HOLDERS: &str = "holders";
 
 /// Extra time a forwarding node waits beyond the operation's own timeout.
 const FORWARD_GRACE: Duration = Duration::from_millis(500);
@@ -73,6 +75,8 @@ pub struct Node {
     layout_changed_ms: AtomicU64,
     /// Set once this node takes itself out of the layout (`finish_leaving`).
     left: AtomicBool,
+    /// Set once the anti-entropy trees are built from storage at start.
+    pub(crate) trees_built: AtomicBool,
     /// Members seen leaving in an adopted layout: if a concurrent layout
     /// change wins the gossip and lists one as valid again, the leave is
     /// applied again (`ensure_leaves`). Ids are never reused.
@@ -81,7 +85,8 @@ pub struct Node {
     /// have handed it off yet, each with the version of the layout that
     /// made it a holder: reads of the partition ask them too
     /// (`GetRound::with_holders`) until one answers that it holds nothing
-    /// there to hand off. Kept in memory: a restart forgets them.
+    /// there to hand off. Stored with each layout change, so that a restart
+    /// remembers them (one forgotten since is asked once more).
     holders: Mutex<BTreeMap<u32, BTreeMap<NodeId, u64>>>,
     /// True once it has told the others too: the server stops.
     stop: tokio::sync::watch::Sender<bool>,
@@ -182,6 +187,7 @@ impl Node {
     ) -> Arc<Node> {
         let metrics = Metrics::new();
         metrics.layout_version.set(layout.version() as i64);
+        let holders = stored_holders(&store);
         Arc::new(Node {
             config,
             id,
@@ -196,8 +202,9 @@ impl Node {
             local_write_failed_ms: AtomicU64::new(0),
             layout_changed_ms: AtomicU64::new(now_ms()),
             left: AtomicBool::new(false),
+            trees_built: AtomicBool::new(false),
             leavers: Mutex::new(std::collections::BTreeSet::new()),
-            holders: Mutex::new(BTreeMap::new()),
+            holders: Mutex::new(holders),
             stop: tokio::sync::watch::Sender::new(false),
             metrics,
         })
@@ -1266,6 +1273,7 @@ impl Node {
         PeerResponse::Joined {
             layout: self.layout().encode(),
             buckets: (*self.buckets()).clone(),
+            holders: self.holders.lock().expect("holders lock").clone(),
         }
     }
 
@@ -1521,15 +1529,40 @@ impl Node {
                     .map(|m| m.id),
             );
         }
-        {
-            let mut holders = self.holders.lock().expect("holders lock");
-            for (partition, members) in previous_holders(&current, &layout, self.max_n()) {
-                let known = holders.entry(partition).or_default();
-                known.extend(members.into_iter().map(|m| (m, layout.version())));
-            }
-        }
+        let version = layout.version();
+        self.add_holders(
+            previous_holders(&current, &layout, self.max_n())
+                .into_iter()
+                .map(|(partition, members)| {
+                    (
+                        partition,
+                        members.into_iter().map(|m| (m, version)).collect(),
+                    )
+                }),
+        )?;
         *current = Arc::new(layout);
         Ok(true)
+    }
+
+    /// Records handoff holders (see the field), and stores them all.
+    pub fn add_holders(
+        &self,
+        found: impl IntoIterator<Item = (u32, BTreeMap<NodeId, u64>)>,
+    ) -> Result<(), StoreError> {
+        let record = {
+            let mut holders = self.holders.lock().expect("holders lock");
+            for (partition, members) in found {
+                let known = holders.entry(partition).or_default();
+                for (member, version) in members {
+                    let since = known.entry(member).or_insert(version);
+                    *since = (*since).max(version);
+                }
+            }
+            let mut record = vec![1u8];
+            record.extend(postcard::to_stdvec(&*holders).expect("holders serialise"));
+            record
+        };
+        self.store.meta_put_sync(META_HOLDERS, record)
     }
 
     /// The largest `n` of any bucket (set or default).
@@ -1581,19 +1614,22 @@ impl Node {
     }
 
     /// This node holds keys of `partition` that it is no replica of under
-    /// `layout`: its handoff of the partition is not done.
+    /// `layout`: its handoff of the partition is not done. Also true while
+    /// its trees are still being built at start: it cannot tell yet.
     pub(crate) fn holds_handoff(&self, layout: &Layout, partition: u32) -> bool {
-        self.store
-            .trees()
-            .of_partition(partition)
-            .into_iter()
-            .any(|(n, tree)| {
-                !tree.lock().expect("tree lock").is_empty()
-                    && !layout
-                        .preference_list(partition, n as usize)
-                        .primaries
-                        .contains(&self.id)
-            })
+        !self.trees_built.load(AtomicOrdering::Acquire)
+            || self
+                .store
+                .trees()
+                .of_partition(partition)
+                .into_iter()
+                .any(|(n, tree)| {
+                    !tree.lock().expect("tree lock").is_empty()
+                        && !layout
+                            .preference_list(partition, n as usize)
+                            .primaries
+                            .contains(&self.id)
+                })
     }
 
     pub fn set_bucket(&self, bucket: &str, props: BucketProps) -> Result<(), OpError> {
@@ -1905,6 +1941,27 @@ fn check_member(member: &Member) -> Result<(), String> {
 
 /// Checks a replica or hint write from a peer: valid bucket and key, and
 /// an object that decodes. A bad one is refused and changes nothing.
+/// `Node::holders` as last stored (none if never, or unreadable).
+fn stored_holders(store: &LocalStore) -> BTreeMap<u32, BTreeMap<NodeId, u64>> {
+    match store.meta_get(META_HOLDERS) {
+        Ok(Some(record)) => match record.split_first() {
+            Some((1, bytes)) => postcard::from_bytes(bytes).unwrap_or_else(|e| {
+                warn!(error = %e, "stored handoff holders are unreadable; starting without");
+                BTreeMap::new()
+            }),
+            _ => {
+                warn!("stored handoff holders have an unknown format; starting without");
+                BTreeMap::new()
+            }
+        },
+        Ok(None) => BTreeMap::new(),
+        Err(e) => {
+            warn!(error = %e, "cannot read the stored handoff holders; starting without");
+            BTreeMap::new()
+        }
+    }
+}
+
 fn incoming_write(
     bucket: &str,
     key: &[u8],
