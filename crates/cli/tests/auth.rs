@@ -15,6 +15,7 @@ use std::time::Duration;
 use ringkv_client::GetResult;
 use ringkv_core::message::PeerRequest;
 use ringkv_core::ring::{Member, MemberState};
+use ringkv_wire::auth::MAGIC;
 use ringkv_wire::{Frame, encode_frame};
 use support::{Cluster, TestNode};
 
@@ -55,10 +56,14 @@ fn raw_join(peer_addr: &str) -> bool {
         .unwrap();
     peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
     peer.write_all(&frame).unwrap();
-    let mut answer = Vec::new();
-    let _ = peer.read_to_end(&mut answer);
-    // An answer is a frame: a length, then the version byte 1 and kind 1.
-    answer.len() > 6 && answer[4..6] == [1, 1]
+    // An answer is a frame: a length, then the version byte 1 and kind 1
+    // (a response). A node with a secret sends its challenge instead, and
+    // hangs up.
+    let mut head = [0u8; 6];
+    match peer.read_exact(&mut head) {
+        Ok(()) => !head.starts_with(&MAGIC[..6]) && head[4..6] == [1, 1],
+        Err(_) => false,
+    }
 }
 
 #[test]
