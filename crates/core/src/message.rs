@@ -154,6 +154,11 @@ pub enum PeerRequest {
     },
 }
 
+/// Handoff holders: partition → member that held it under an earlier
+/// layout and may not have handed it off yet → the version of the layout
+/// that made it a holder.
+pub type Holders = BTreeMap<u32, BTreeMap<NodeId, u64>>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     ReplicaPutDone,
@@ -171,10 +176,9 @@ pub enum PeerResponse {
         /// The bucket properties, so that the joiner stores its first
         /// writes under their buckets' `n` (their Merkle trees).
         buckets: BucketRegistry,
-        /// The seed's handoff holders (partition → member → layout version
-        /// that made it one), this join's included: the joiner asks them
-        /// too when it reads the partitions it was given.
-        holders: BTreeMap<u32, BTreeMap<NodeId, u64>>,
+        /// The seed's handoff holders, this join's included: the joiner
+        /// asks them too when it reads the partitions it was given.
+        holders: Holders,
     },
     /// The request could not be served (bad input, storage error, overload).
     Refused {

@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use ringkv_core::NodeId;
 use ringkv_core::bucket::BucketRegistry;
-use ringkv_core::message::{PeerRequest, PeerResponse};
+use ringkv_core::message::{Holders, PeerRequest, PeerResponse};
 use ringkv_core::ring::{DEFAULT_TARGET_N, Layout, Member, MemberState};
 use ringkv_storage::{GroupCommitOptions, GroupCommitter, LogOptions, Storage, open_data_dir};
 use serde::{Deserialize, Serialize};
@@ -393,8 +393,6 @@ struct Joined {
     buckets: BucketRegistry,
     holders: Holders,
 }
-
-type Holders = std::collections::BTreeMap<u32, std::collections::BTreeMap<NodeId, u64>>;
 
 /// Joins through one of `seeds`: the layout with this node in it, the
 /// cluster's bucket properties and the seed's handoff holders.

@@ -22,7 +22,7 @@ use ringkv_core::causality::{ConflictMode, NewVersion, Object, UpdateError, Vers
 use ringkv_core::coordinator::{GetRound, PutRound, Quorum, Role, written_context};
 use ringkv_core::membership::{DetectorConfig, FailureDetector, Liveness, PeerView};
 use ringkv_core::message::{
-    ClientOp, ClientReply, GossipState, OpError, PeerRequest, PeerResponse,
+    ClientOp, ClientReply, GossipState, Holders, OpError, PeerRequest, PeerResponse,
 };
 use ringkv_core::ring::{Layout, Member, MemberState, key_hash, partition_of, previous_holders};
 use tokio::sync::{mpsc, oneshot};
@@ -87,7 +87,7 @@ pub struct Node {
     /// (`GetRound::with_holders`) until one answers that it holds nothing
     /// there to hand off. Stored with each layout change, so that a restart
     /// remembers them (one forgotten since is asked once more).
-    holders: Mutex<BTreeMap<u32, BTreeMap<NodeId, u64>>>,
+    holders: Mutex<Holders>,
     /// True once it has told the others too: the server stops.
     stop: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
@@ -1530,7 +1530,9 @@ impl Node {
             );
         }
         let version = layout.version();
-        self.add_holders(
+        // Only a restart needs them stored: a failure there is no reason
+        // not to use the layout.
+        if let Err(e) = self.add_holders(
             previous_holders(&current, &layout, self.max_n())
                 .into_iter()
                 .map(|(partition, members)| {
@@ -1538,17 +1540,17 @@ impl Node {
                         partition,
                         members.into_iter().map(|m| (m, version)).collect(),
                     )
-                }),
-        )?;
+                })
+                .collect(),
+        ) {
+            warn!(error = %e, "cannot store the handoff holders");
+        }
         *current = Arc::new(layout);
         Ok(true)
     }
 
     /// Records handoff holders (see the field), and stores them all.
-    pub fn add_holders(
-        &self,
-        found: impl IntoIterator<Item = (u32, BTreeMap<NodeId, u64>)>,
-    ) -> Result<(), StoreError> {
+    pub fn add_holders(&self, found: Holders) -> Result<(), StoreError> {
         let record = {
             let mut holders = self.holders.lock().expect("holders lock");
             for (partition, members) in found {
@@ -1584,13 +1586,15 @@ impl Node {
         partition: u32,
         asked: &[NodeId],
     ) -> Vec<(NodeId, u64)> {
-        let holders = self.holders.lock().expect("holders lock");
-        let Some(known) = holders.get(&partition) else {
-            return Vec::new();
-        };
+        // Copied out first: `usable` takes the layout lock, which
+        // `adopt_layout` holds while it takes this one.
+        let known: Vec<(NodeId, u64)> =
+            match self.holders.lock().expect("holders lock").get(&partition) {
+                Some(known) => known.iter().map(|(m, since)| (*m, *since)).collect(),
+                None => return Vec::new(),
+            };
         known
-            .iter()
-            .map(|(m, since)| (*m, *since))
+            .into_iter()
             .filter(|(m, _)| {
                 !asked.contains(m)
                     && layout.member(*m).is_some()
@@ -1939,10 +1943,8 @@ fn check_member(member: &Member) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a replica or hint write from a peer: valid bucket and key, and
-/// an object that decodes. A bad one is refused and changes nothing.
 /// `Node::holders` as last stored (none if never, or unreadable).
-fn stored_holders(store: &LocalStore) -> BTreeMap<u32, BTreeMap<NodeId, u64>> {
+fn stored_holders(store: &LocalStore) -> Holders {
     match store.meta_get(META_HOLDERS) {
         Ok(Some(record)) => match record.split_first() {
             Some((1, bytes)) => postcard::from_bytes(bytes).unwrap_or_else(|e| {
@@ -1962,6 +1964,9 @@ fn stored_holders(store: &LocalStore) -> BTreeMap<u32, BTreeMap<NodeId, u64>> {
     }
 }
 
+/// Checks a replica or hint write from a peer: valid bucket and key, an
+/// object that decodes, values within `max_value_bytes`. A bad one is
+/// refused and changes nothing.
 fn incoming_write(
     bucket: &str,
     key: &[u8],

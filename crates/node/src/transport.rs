@@ -284,7 +284,7 @@ async fn authenticate_from(stream: &mut TcpStream, key: &ClusterKey) -> Result<(
         Some(proof)
     };
     let Ok(Some(proof)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await else {
-        return Err(AuthError::WrongSecret);
+        return Err(AuthError::NoProof);
     };
     let answer = key.answer(&mine, &proof)?;
     stream

@@ -36,6 +36,8 @@ pub enum AuthError {
     NoChallenge,
     #[error("the peer's proof does not match this node's cluster secret")]
     WrongSecret,
+    #[error("the peer sent no whole proof in time")]
+    NoProof,
     #[error("a cluster secret must be at least {MIN_SECRET_BYTES} bytes, not {0}")]
     SecretTooShort(usize),
 }
