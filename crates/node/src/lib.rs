@@ -239,7 +239,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         buckets,
     );
     if let Some(holders) = joined_holders {
-        node.add_holders(holders)?;
+        node.add_holders(holders, &layout)?;
     }
     // Our own addresses may have changed since the layout was written.
     if let Some(next) = layout.with_member(me) {

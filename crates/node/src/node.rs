@@ -1542,6 +1542,7 @@ impl Node {
                     )
                 })
                 .collect(),
+            &layout,
         ) {
             warn!(error = %e, "cannot store the handoff holders");
         }
@@ -1549,10 +1550,15 @@ impl Node {
         Ok(true)
     }
 
-    /// Records handoff holders (see the field), and stores them all.
-    pub fn add_holders(&self, found: Holders) -> Result<(), StoreError> {
+    /// Records handoff holders (see the field), forgets those that are no
+    /// member of `layout` any more, and stores them all.
+    pub fn add_holders(&self, found: Holders, layout: &Layout) -> Result<(), StoreError> {
         let record = {
             let mut holders = self.holders.lock().expect("holders lock");
+            holders.retain(|_, known| {
+                known.retain(|member, _| layout.member(*member).is_some());
+                !known.is_empty()
+            });
             for (partition, members) in found {
                 let known = holders.entry(partition).or_default();
                 for (member, version) in members {
