@@ -115,6 +115,15 @@ struct Target {
     /// HTTP address of any node.
     #[arg(long, env = "RINGKV_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The nodes' client password, if they require one.
+    #[arg(long, env = "RINGKV_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+impl Target {
+    fn client(&self) -> Client {
+        Client::with_password(&self.url, self.password.as_deref())
+    }
 }
 
 /// Flags of `ringkv server`; each overrides the same key of --config.
@@ -181,6 +190,10 @@ struct ServerArgs {
     /// then authenticate with it, and peers without it are refused.
     #[arg(long)]
     cluster_secret_file: Option<std::path::PathBuf>,
+    /// File with the password clients must give (8+ bytes, mode 600):
+    /// HTTP `Authorization: Bearer PASSWORD`, RESP `AUTH PASSWORD`.
+    #[arg(long)]
+    client_password_file: Option<std::path::PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -235,6 +248,9 @@ impl ServerArgs {
         if self.cluster_secret_file.is_some() {
             config.cluster_secret_file = self.cluster_secret_file;
         }
+        if self.client_password_file.is_some() {
+            config.client_password_file = self.client_password_file;
+        }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
@@ -278,7 +294,7 @@ fn main() -> anyhow::Result<()> {
             r,
             target,
         } => {
-            let client = Client::new(&target.url);
+            let client = target.client();
             match client.get(&bucket, key.as_bytes(), r)? {
                 GetResult::Found { value, context, .. } => {
                     use std::io::Write;
@@ -324,7 +340,7 @@ fn main() -> anyhow::Result<()> {
                 (None, None) => bail!("give a VALUE or --file"),
                 (Some(_), Some(_)) => unreachable!("clap rejects VALUE with --file"),
             };
-            let client = Client::new(&target.url);
+            let client = target.client();
             let context = client.put(
                 &bucket,
                 key.as_bytes(),
@@ -343,7 +359,7 @@ fn main() -> anyhow::Result<()> {
             w,
             target,
         } => {
-            let client = Client::new(&target.url);
+            let client = target.client();
             client.delete(&bucket, key.as_bytes(), context.as_deref(), w)?;
             Ok(())
         }
@@ -351,7 +367,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { json, target },
         } => {
-            let status = Client::new(&target.url).cluster_status()?;
+            let status = target.client().cluster_status()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -362,14 +378,14 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Leave { name, target },
         } => {
-            let answer = Client::new(&target.url).leave(&name)?;
+            let answer = target.client().leave(&name)?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
         Command::Cluster {
             command: ClusterCommand::Remove { name, target },
         } => {
-            let answer = Client::new(&target.url).remove(&name)?;
+            let answer = target.client().remove(&name)?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }

@@ -3,6 +3,8 @@
 //! replicate; a node with another secret, or none, cannot join; a raw
 //! connection that skips the handshake changes nothing; a secret file that
 //! others can read, or a short secret, stops the server with a clear error.
+//! And the client password (`--client-password-file`): HTTP and RESP
+//! clients without it are turned away before anything is done.
 
 mod support;
 
@@ -12,12 +14,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ringkv_client::GetResult;
+use ringkv_client::{Client, ClientError, GetResult};
 use ringkv_core::message::PeerRequest;
 use ringkv_core::ring::{Member, MemberState};
 use ringkv_wire::auth::MAGIC;
 use ringkv_wire::{Frame, encode_frame};
-use support::{Cluster, TestNode};
+use support::{BIN, Cluster, TestNode, http_get, read_reply};
 
 fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
     let path = dir.join(name);
@@ -156,4 +158,128 @@ fn a_secret_file_others_can_read_or_a_short_secret_is_refused() {
     );
     assert!(!node.start_refused(None).success());
     assert!(node.log().contains("at least 16 bytes"), "{}", node.log());
+}
+
+/// Sends RESP commands one after the other on one connection: the replies.
+fn resp_session(addr: &str, commands: &[&[&[u8]]]) -> Vec<String> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    commands
+        .iter()
+        .map(|args| {
+            let mut request = format!("*{}\r\n", args.len()).into_bytes();
+            for arg in *args {
+                request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                request.extend_from_slice(arg);
+                request.extend_from_slice(b"\r\n");
+            }
+            stream.write_all(&request).unwrap();
+            String::from_utf8_lossy(&read_reply(&mut stream)).into_owned()
+        })
+        .collect()
+}
+
+fn unauthorized<T: std::fmt::Debug>(result: Result<T, ClientError>) -> bool {
+    matches!(result, Err(ClientError::Server { status: 401, .. }))
+}
+
+#[test]
+fn a_client_password_turns_away_http_and_resp_clients_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = secret_file(dir.path(), "password", "open-sesame-42\n", 0o600);
+    let mut node = TestNode::new(
+        "node1",
+        dir.path().join("node1"),
+        &["--client-password-file", file.to_str().unwrap()],
+    );
+    node.password = Some("open-sesame-42".into());
+    node.start(None);
+    node.client()
+        .put("b", b"k", b"v", "text/plain", None, None)
+        .unwrap();
+
+    // HTTP without the password, or with another: 401, nothing written.
+    let anonymous = Client::new(&node.url());
+    assert!(unauthorized(anonymous.put(
+        "b",
+        b"k",
+        b"x",
+        "text/plain",
+        None,
+        None
+    )));
+    assert!(unauthorized(anonymous.get("b", b"k", None)));
+    assert!(unauthorized(anonymous.cluster_status()));
+    let wrong = Client::with_password(&node.url(), Some("open-sesame-43"));
+    assert!(unauthorized(wrong.put(
+        "b",
+        b"k",
+        b"x",
+        "text/plain",
+        None,
+        None
+    )));
+    match node.client().get("b", b"k", None).unwrap() {
+        GetResult::Found { value, .. } => assert_eq!(value, b"v"),
+        other => panic!("{other:?}"),
+    }
+    // Basic authentication with any user name, as `curl -u :PASSWORD`.
+    let mut http = TcpStream::connect(&node.http).unwrap();
+    http.write_all(
+        b"GET /v1/kv/b/k HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Om9wZW4tc2VzYW1lLTQy\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Health and metrics stay open, for probes and scrapers.
+    assert_eq!(http_get(&format!("{}/healthz", node.url())), "ok");
+    assert!(http_get(&format!("{}/metrics", node.url())).contains("ringkv_"));
+
+    // The CLI takes it from RINGKV_PASSWORD.
+    let cli = |password: Option<&str>| {
+        let mut command = std::process::Command::new(BIN);
+        command.args(["get", "b", "k", "--url", &node.url()]);
+        command.env_remove("RINGKV_PASSWORD");
+        if let Some(password) = password {
+            command.env("RINGKV_PASSWORD", password);
+        }
+        command.output().unwrap()
+    };
+    let with = cli(Some("open-sesame-42"));
+    assert!(with.status.success() && with.stdout == b"v", "{with:?}");
+    let without = cli(None);
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("401"),
+        "{without:?}"
+    );
+
+    // RESP: nothing but AUTH until the password is given.
+    let replies = resp_session(
+        &node.resp,
+        &[
+            &[b"GET", b"k"],
+            &[b"SET", b"k", b"x"],
+            &[b"AUTH", b"open-sesame-43"],
+            &[b"AUTH", b"someone", b"open-sesame-42"],
+            &[b"AUTH", b"default", b"open-sesame-42"],
+            &[b"SET", b"k", b"y"],
+            &[b"GET", b"k"],
+        ],
+    );
+    assert!(replies[0].starts_with("-NOAUTH"), "{replies:?}");
+    assert!(replies[1].starts_with("-NOAUTH"), "{replies:?}");
+    assert!(replies[2].starts_with("-WRONGPASS"), "{replies:?}");
+    assert!(replies[3].starts_with("-WRONGPASS"), "{replies:?}");
+    assert_eq!(replies[4], "+OK\r\n");
+    assert_eq!(replies[5], "+OK\r\n");
+    assert_eq!(replies[6], "$1\r\ny\r\n");
+    let replies = resp_session(
+        &node.resp,
+        &[&[b"AUTH", b"open-sesame-42"], &[b"GET", b"k"]],
+    );
+    assert_eq!(replies, ["+OK\r\n", "$1\r\ny\r\n"]);
 }

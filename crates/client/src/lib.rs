@@ -82,12 +82,31 @@ pub struct Client {
 
 impl Client {
     pub fn new(url: &str) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        Self::with_password(url, None)
+    }
+
+    /// A client that gives `password` (the nodes' `--client-password-file`)
+    /// with every request, as `Authorization: Bearer`.
+    pub fn with_password(url: &str, password: Option<&str>) -> Self {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+            .timeout_global(Some(Duration::from_secs(60)));
+        if let Some(password) = password {
+            let value = ureq::http::HeaderValue::from_str(&format!("Bearer {password}"));
+            if let Ok(value) = value {
+                config = config.middleware(
+                    move |mut request: ureq::http::Request<ureq::SendBody>,
+                          next: ureq::middleware::MiddlewareNext| {
+                        request
+                            .headers_mut()
+                            .insert(ureq::http::header::AUTHORIZATION, value.clone());
+                        next.handle(request)
+                    },
+                );
+            }
+        }
+        let agent: ureq::Agent = config.build().into();
         Client {
             base: url.trim_end_matches('/').to_string(),
             agent,

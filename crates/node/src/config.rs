@@ -64,6 +64,11 @@ pub struct NodeConfig {
     /// its owner only): when set, peer connections authenticate with it
     /// and peers without it are cut off. Every member needs the same.
     pub cluster_secret_file: Option<PathBuf>,
+    /// A file holding the password clients must give (at least 8 bytes,
+    /// readable by its owner only): HTTP `Authorization: Bearer` (or Basic),
+    /// RESP `AUTH`, as Redis's `requirepass`. `/healthz` and `/metrics`
+    /// stay open.
+    pub client_password_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +98,7 @@ impl Default for NodeConfig {
             aae_interval_ms: 10_000,
             aae_max_segments: 64,
             cluster_secret_file: None,
+            client_password_file: None,
         }
     }
 }

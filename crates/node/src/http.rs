@@ -37,6 +37,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster/members/{name}/leave", post(leave))
         .route("/v1/cluster/members/{name}/remove", post(remove))
         .route("/v1/preflist/{bucket}/{*key}", get(preflist))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            require_password,
+        ))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -45,6 +49,44 @@ pub fn router(node: Arc<Node>) -> Router {
             MAX_IN_FLIGHT_REQUESTS,
         ))
         .with_state(node)
+}
+
+/// With `--client-password-file`, a request to the routes above must carry
+/// the password: `Authorization: Bearer PASSWORD`, or Basic with any user
+/// name (`curl -u :PASSWORD`). Else 401, before anything is read or done.
+async fn require_password(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(password) = &node.client_password else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            if let Some(token) = v.strip_prefix("Bearer ") {
+                return Some(token.as_bytes().to_vec());
+            }
+            let basic = STANDARD.decode(v.strip_prefix("Basic ")?).ok()?;
+            let colon = basic.iter().position(|b| *b == b':')?;
+            Some(basic[colon + 1..].to_vec())
+        });
+    if given.is_some_and(|given| password.matches(&given)) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this node requires the client password: Authorization: Bearer PASSWORD",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ringkv\""),
+    );
+    response
 }
 
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

@@ -12,6 +12,7 @@ pub mod store;
 pub mod transport;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,6 +195,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         state: MemberState::Valid,
     };
     let key = cluster_key(&config)?;
+    let password = client_password(&config)?;
     let peers = Peers::new(config.max_frame_bytes, key.clone());
 
     let (mut joined_buckets, mut joined_holders) = (None, None);
@@ -237,6 +239,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         peers,
         layout.clone(),
         buckets,
+        password,
     );
     if let Some(holders) = joined_holders {
         node.add_holders(holders, &layout)?;
@@ -360,14 +363,33 @@ pub fn stop_cleanly(node: Arc<Node>) -> bool {
     }
 }
 
-/// The key of the cluster secret in `config.cluster_secret_file`, if
-/// set. The file must be readable by its owner only, as Erlang's cookie
-/// file must (it is as good as the cluster's peer port).
+/// The key of the cluster secret in `config.cluster_secret_file`, if set.
 fn cluster_key(config: &NodeConfig) -> anyhow::Result<Option<ringkv_wire::ClusterKey>> {
     let Some(path) = &config.cluster_secret_file else {
         return Ok(None);
     };
     let context = || format!("cluster secret file {}", path.display());
+    let key = ringkv_wire::ClusterKey::from_secret(&read_secret(path, &context)?)
+        .with_context(context)?;
+    info!("peer connections authenticate with the cluster secret");
+    Ok(Some(key))
+}
+
+/// The client password in `config.client_password_file`, if set.
+fn client_password(config: &NodeConfig) -> anyhow::Result<Option<ringkv_wire::Password>> {
+    let Some(path) = &config.client_password_file else {
+        return Ok(None);
+    };
+    let context = || format!("client password file {}", path.display());
+    let password =
+        ringkv_wire::Password::new(&read_secret(path, &context)?).with_context(context)?;
+    info!("clients must give the password (HTTP Authorization, RESP AUTH)");
+    Ok(Some(password))
+}
+
+/// The bytes of a file holding a secret. It must be readable by its owner
+/// only, as Erlang's cookie file must.
+fn read_secret(path: &Path, context: &dyn Fn() -> String) -> anyhow::Result<Vec<u8>> {
     let metadata = std::fs::metadata(path).with_context(context)?;
     #[cfg(unix)]
     {
@@ -381,10 +403,7 @@ fn cluster_key(config: &NodeConfig) -> anyhow::Result<Option<ringkv_wire::Cluste
             );
         }
     }
-    let secret = std::fs::read(path).with_context(context)?;
-    let key = ringkv_wire::ClusterKey::from_secret(&secret).with_context(context)?;
-    info!("peer connections authenticate with the cluster secret");
-    Ok(Some(key))
+    std::fs::read(path).with_context(context)
 }
 
 /// What a seed gives a joiner (`PeerResponse::Joined`).

@@ -25,6 +25,7 @@ use ringkv_core::message::{
     ClientOp, ClientReply, GossipState, Holders, OpError, PeerRequest, PeerResponse,
 };
 use ringkv_core::ring::{Layout, Member, MemberState, key_hash, partition_of, previous_holders};
+use ringkv_wire::Password;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -88,6 +89,8 @@ pub struct Node {
     /// there to hand off. Stored with each layout change, so that a restart
     /// remembers them (one forgotten since is asked once more).
     holders: Mutex<Holders>,
+    /// What clients must give (`--client-password-file`), if anything.
+    pub(crate) client_password: Option<Password>,
     /// True once it has told the others too: the server stops.
     stop: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
@@ -184,6 +187,7 @@ impl Node {
         peers: Arc<Peers>,
         layout: Layout,
         buckets: BucketRegistry,
+        client_password: Option<Password>,
     ) -> Arc<Node> {
         let metrics = Metrics::new();
         metrics.layout_version.set(layout.version() as i64);
@@ -205,6 +209,7 @@ impl Node {
             trees_built: AtomicBool::new(false),
             leavers: Mutex::new(std::collections::BTreeSet::new()),
             holders: Mutex::new(holders),
+            client_password,
             stop: tokio::sync::watch::Sender::new(false),
             metrics,
         })

@@ -67,6 +67,7 @@ async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Re
     });
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
+    let mut authenticated = node.client_password.is_none();
     loop {
         if stream.read_buf(&mut input).await? == 0 {
             return Ok(());
@@ -80,7 +81,11 @@ async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Re
                     if args.is_empty() {
                         continue;
                     }
-                    let next = execute(&node, &args, &mut output).await;
+                    let next = if authenticated {
+                        execute(&node, &args, &mut output).await
+                    } else {
+                        unauthenticated(&node, &args, &mut authenticated, &mut output)
+                    };
                     answered += 1;
                     if matches!(next, Next::Close) {
                         stream.write_all(&output).await?;
@@ -118,6 +123,52 @@ fn wrong_args(out: &mut BytesMut, name: &str) -> Next {
     Next::Continue
 }
 
+/// A connection that has not given the client password yet may only
+/// `AUTH` (or `QUIT`), as with Redis's `requirepass`.
+fn unauthenticated(
+    node: &Node,
+    args: &[Vec<u8>],
+    authenticated: &mut bool,
+    out: &mut BytesMut,
+) -> Next {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    match name.as_str() {
+        "auth" => {
+            let password = match args {
+                [_, password] => password,
+                [_, user, password] if user == b"default" => password,
+                [_, _, _] => {
+                    resp::error_reply(
+                        out,
+                        "WRONGPASS invalid username-password pair or user is disabled.",
+                    );
+                    return Next::Continue;
+                }
+                _ => return wrong_args(out, &name),
+            };
+            match &node.client_password {
+                Some(expected) if expected.matches(password) => {
+                    *authenticated = true;
+                    resp::simple(out, "OK");
+                }
+                _ => resp::error_reply(
+                    out,
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                ),
+            }
+            Next::Continue
+        }
+        "quit" => {
+            resp::simple(out, "OK");
+            Next::Close
+        }
+        _ => {
+            resp::error_reply(out, "NOAUTH Authentication required.");
+            Next::Continue
+        }
+    }
+}
+
 async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let argc = args.len();
@@ -137,6 +188,17 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
             resp::simple(out, "OK");
             return Next::Close;
         }
+        // Already authenticated, or no password is set.
+        "auth" => match &node.client_password {
+            None => resp::error_reply(
+                out,
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            ),
+            Some(_) => {
+                let mut again = false;
+                return unauthenticated(node, args, &mut again, out);
+            }
+        },
         "select" => match args.get(1).map(|a| a.as_slice()) {
             Some(b"0") if argc == 2 => resp::simple(out, "OK"),
             Some(_) if argc == 2 => resp::error_reply(

@@ -27,6 +27,8 @@ pub const PROOF_BYTES: usize = NONCE_BYTES + MAC_BYTES;
 pub const ANSWER_BYTES: usize = MAC_BYTES;
 /// The shortest secret accepted.
 pub const MIN_SECRET_BYTES: usize = 16;
+/// The shortest client password accepted.
+pub const MIN_PASSWORD_BYTES: usize = 8;
 
 pub type Nonce = [u8; NONCE_BYTES];
 
@@ -40,6 +42,8 @@ pub enum AuthError {
     NoProof,
     #[error("a cluster secret must be at least {MIN_SECRET_BYTES} bytes, not {0}")]
     SecretTooShort(usize),
+    #[error("a client password must be at least {MIN_PASSWORD_BYTES} bytes, not {0}")]
+    PasswordTooShort(usize),
 }
 
 /// The key both ends derive from the cluster secret.
@@ -132,6 +136,32 @@ impl ClusterKey {
     }
 }
 
+/// A client password (`--client-password-file`), kept as its hash so that
+/// a candidate is compared in constant time.
+#[derive(Clone)]
+pub struct Password(blake3::Hash);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+impl Password {
+    /// Leading and trailing white space is ignored, as for the secret.
+    pub fn new(password: &[u8]) -> Result<Password, AuthError> {
+        let password = password.trim_ascii();
+        if password.len() < MIN_PASSWORD_BYTES {
+            return Err(AuthError::PasswordTooShort(password.len()));
+        }
+        Ok(Password(blake3::hash(password)))
+    }
+
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        blake3::hash(candidate) == self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -185,6 +215,18 @@ mod tests {
         assert_eq!(
             key("0123456789abcdef").prove(&not_a_challenge, &[1; 32]),
             Err(AuthError::NoChallenge)
+        );
+    }
+
+    #[test]
+    fn a_password_matches_itself_only() {
+        let password = Password::new(b"hunter22\n").unwrap();
+        assert!(password.matches(b"hunter22"));
+        assert!(!password.matches(b"hunter2"));
+        assert!(!password.matches(b"hunter22\n"));
+        assert_eq!(
+            Password::new(b"short").unwrap_err(),
+            AuthError::PasswordTooShort(5)
         );
     }
 

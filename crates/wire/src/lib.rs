@@ -7,5 +7,5 @@ pub mod auth;
 pub mod frame;
 pub mod resp;
 
-pub use auth::{AuthError, ClusterKey};
+pub use auth::{AuthError, ClusterKey, Password};
 pub use frame::{Frame, PROTOCOL_VERSION, WireError, decode_frame, encode_frame, peer_codec};

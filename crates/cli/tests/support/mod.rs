@@ -64,6 +64,8 @@ pub struct TestNode {
     pub resp: String,
     pub peer: String,
     pub extra_args: Vec<String>,
+    /// The client password the node requires, if any.
+    pub password: Option<String>,
     child: Option<Child>,
 }
 
@@ -77,6 +79,7 @@ impl TestNode {
             resp: format!("127.0.0.1:{}", free_port()),
             peer: format!("127.0.0.1:{}", free_port()),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            password: None,
             child: None,
         }
     }
@@ -86,7 +89,7 @@ impl TestNode {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.url())
+        Client::with_password(&self.url(), self.password.as_deref())
     }
 
     pub fn log(&self) -> String {
@@ -96,7 +99,7 @@ impl TestNode {
     pub fn start(&mut self, join: Option<&str>) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.child = Some(self.command(join).spawn().expect("start ringkv server"));
-        let url = self.url();
+        let client = self.client();
         eventually(
             &format!("{} to serve HTTP", self.name),
             Duration::from_secs(30),
@@ -106,7 +109,7 @@ impl TestNode {
                 {
                     panic!("{} exited with {status}; log:\n{}", self.name, self.log());
                 }
-                Client::new(&url).cluster_status().ok()
+                client.cluster_status().ok()
             },
         );
     }
