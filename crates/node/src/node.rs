@@ -875,26 +875,27 @@ impl Node {
             .collect();
         let (replies_tx, mut replies) =
             mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len() + holders.len());
-        for replica in asked.iter().copied() {
+        let copies = asked.iter().map(|replica| (*replica, None));
+        for (from, holder_since) in
+            copies.chain(holders.iter().map(|(h, since)| (*h, Some(*since))))
+        {
             let node = self.clone();
             let (bucket, key, replies_tx) = (bucket.clone(), key.clone(), replies_tx.clone());
-            let addr = Self::peer_addr(&layout, replica);
+            let addr = Self::peer_addr(&layout, from);
             tokio::spawn(async move {
                 let reply = node
-                    .read_replica(replica, addr, partition, bucket, key, mode, timeout)
+                    .read_copy(
+                        from,
+                        holder_since,
+                        addr,
+                        partition,
+                        bucket,
+                        key,
+                        mode,
+                        timeout,
+                    )
                     .await;
-                let _ = replies_tx.send((replica, reply)).await;
-            });
-        }
-        for (holder, since) in holders.iter().copied() {
-            let node = self.clone();
-            let (bucket, key, replies_tx) = (bucket.clone(), key.clone(), replies_tx.clone());
-            let addr = Self::peer_addr(&layout, holder);
-            tokio::spawn(async move {
-                let reply = node
-                    .read_holder(holder, since, addr, partition, bucket, key, mode, timeout)
-                    .await;
-                let _ = replies_tx.send((holder, reply)).await;
+                let _ = replies_tx.send((from, reply)).await;
             });
         }
         drop(replies_tx);
@@ -978,13 +979,15 @@ impl Node {
         }
     }
 
-    /// A holder's copy (see `Node::holders`), as `read_replica`; forgets
-    /// the holder once it answers that it has nothing left to hand off.
+    /// One copy of a key: a replica's, or with `holder_since` a handoff
+    /// holder's (see `Node::holders`; forgotten once it answers that it
+    /// has nothing left to hand off). Some(object or None) on an answer,
+    /// None on failure.
     #[allow(clippy::too_many_arguments)]
-    async fn read_holder(
+    async fn read_copy(
         &self,
-        holder: NodeId,
-        since: u64,
+        from: NodeId,
+        holder_since: Option<u64>,
         addr: Option<String>,
         partition: u32,
         bucket: String,
@@ -992,49 +995,12 @@ impl Node {
         mode: ConflictMode,
         timeout: Duration,
     ) -> Option<Option<Object>> {
-        if holder == self.id {
-            if !self.holds_handoff(&self.layout(), partition) {
-                self.forget_holder(partition, holder, since);
+        if from == self.id {
+            if let Some(since) = holder_since
+                && !self.holds_handoff(&self.layout(), partition)
+            {
+                self.forget_holder(partition, from, since);
             }
-            return self.read_local(partition, &bucket, &key, mode).ok();
-        }
-        let request = PeerRequest::HandoffGet {
-            bucket,
-            key,
-            layout_version: since,
-        };
-        let result = self.peers.request(&addr?, request, timeout).await;
-        self.observe(holder, &result);
-        match result {
-            Ok(PeerResponse::HandoffGetDone { object, holding }) => {
-                if !holding {
-                    self.forget_holder(partition, holder, since);
-                }
-                match object.map(|bytes| Object::decode(&bytes)).transpose() {
-                    Ok(object) => Some(object),
-                    Err(e) => {
-                        warn!(holder, error = %e, "holder sent a malformed object");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// One replica's copy: Some(object or None) on an answer, None on failure.
-    #[allow(clippy::too_many_arguments)]
-    async fn read_replica(
-        &self,
-        replica: NodeId,
-        addr: Option<String>,
-        partition: u32,
-        bucket: String,
-        key: Vec<u8>,
-        mode: ConflictMode,
-        timeout: Duration,
-    ) -> Option<Option<Object>> {
-        if replica == self.id {
             return match self.read_local(partition, &bucket, &key, mode) {
                 Ok(object) => Some(object),
                 Err(e) => {
@@ -1044,24 +1010,33 @@ impl Node {
             };
         }
         let addr = addr?;
-        let result = self
-            .peers
-            .request(&addr, PeerRequest::ReplicaGet { bucket, key }, timeout)
-            .await;
-        self.observe(replica, &result);
-        match result {
-            Ok(PeerResponse::ReplicaGetDone { object: None }) => Some(None),
-            Ok(PeerResponse::ReplicaGetDone {
-                object: Some(bytes),
-            }) => match Object::decode(&bytes) {
-                Ok(object) => Some(Some(object)),
-                Err(e) => {
-                    warn!(peer = %addr, error = %e, "replica sent a malformed object");
-                    None
-                }
+        let request = match holder_since {
+            None => PeerRequest::ReplicaGet { bucket, key },
+            Some(since) => PeerRequest::HandoffGet {
+                bucket,
+                key,
+                layout_version: since,
             },
+        };
+        let result = self.peers.request(&addr, request, timeout).await;
+        self.observe(from, &result);
+        let object = match (result, holder_since) {
+            (Ok(PeerResponse::ReplicaGetDone { object }), None) => object,
+            (Ok(PeerResponse::HandoffGetDone { object, holding }), Some(since)) => {
+                if !holding {
+                    self.forget_holder(partition, from, since);
+                }
+                object
+            }
             _ => {
                 self.metrics.peer_failures.inc();
+                return None;
+            }
+        };
+        match object.map(|bytes| Object::decode(&bytes)).transpose() {
+            Ok(object) => Some(object),
+            Err(e) => {
+                warn!(peer = %addr, error = %e, "peer sent a malformed object");
                 None
             }
         }
