@@ -18,7 +18,7 @@ use ringkv_client::{Client, ClientError, GetResult};
 use ringkv_core::message::PeerRequest;
 use ringkv_core::ring::{Member, MemberState};
 use ringkv_wire::auth::MAGIC;
-use ringkv_wire::{Frame, encode_frame};
+use ringkv_wire::{Frame, PROTOCOL_VERSION, encode_frame};
 use support::{BIN, Cluster, TestNode, http_get, read_reply};
 
 fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
@@ -58,12 +58,12 @@ fn raw_join(peer_addr: &str) -> bool {
         .unwrap();
     peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
     peer.write_all(&frame).unwrap();
-    // An answer is a frame: a length, then the version byte 1 and kind 1
+    // An answer is a frame: a length, then the protocol version and kind 1
     // (a response). A node with a secret sends its challenge instead, and
     // hangs up.
     let mut head = [0u8; 6];
     match peer.read_exact(&mut head) {
-        Ok(()) => !head.starts_with(&MAGIC[..6]) && head[4..6] == [1, 1],
+        Ok(()) => !head.starts_with(&MAGIC[..6]) && head[4..6] == [PROTOCOL_VERSION, 1],
         Err(_) => false,
     }
 }

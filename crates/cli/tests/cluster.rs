@@ -13,7 +13,7 @@ use ringkv_core::causality::{
 };
 use ringkv_core::message::{GossipState, PeerRequest, PeerResponse};
 use ringkv_core::ring::{Layout, Member, MemberState};
-use ringkv_wire::{Frame, decode_frame, encode_frame};
+use ringkv_wire::{Frame, PROTOCOL_VERSION, decode_frame, encode_frame};
 use support::{Cluster, eventually, resp_command};
 
 fn value_of(result: GetResult) -> Vec<u8> {
@@ -550,7 +550,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     peer.write_all(&u32::MAX.to_be_bytes()).unwrap();
     peer.write_all(&[1; 64]).unwrap();
     let mut peer = TcpStream::connect(&node.peer).unwrap();
-    let mut frame = vec![0, 0, 0, 20, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut frame = vec![0, 0, 0, 20, PROTOCOL_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     frame.extend_from_slice(&[0xff; 10]);
     peer.write_all(&frame).unwrap();
 

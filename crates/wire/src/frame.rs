@@ -8,7 +8,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ringkv_core::message::{PeerRequest, PeerResponse};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Bumped whenever a message changes shape, so that nodes of different
+/// versions refuse each other's frames with a clear error instead of
+/// misreading them. 2: `Joined` carries the handoff holders.
+pub const PROTOCOL_VERSION: u8 = 2;
 const KIND_REQUEST: u8 = 0;
 const KIND_RESPONSE: u8 = 1;
 const HEADER_BYTES: usize = 1 + 1 + 8;
