@@ -189,6 +189,12 @@ async fn run_link(
                     None => Ok(()),
                 };
                 match authenticated {
+                    // No challenge in time: a peer without a secret, or
+                    // just a slow one; retried like an unreachable peer.
+                    Err(e @ AuthError::NoChallenge) => {
+                        warn!(peer = %addr, error = %e, "peer authentication failed");
+                        LinkState::Down
+                    }
                     Err(e) => {
                         warn!(peer = %addr, error = %e, "peer authentication failed");
                         LinkState::Refused
