@@ -189,9 +189,9 @@ async fn run_link(
                     None => Ok(()),
                 };
                 match authenticated {
-                    // No challenge in time: a peer without a secret, or
-                    // just a slow one; retried like an unreachable peer.
-                    Err(e @ AuthError::NoChallenge) => {
+                    // Nothing in time: a peer without a secret, or just a
+                    // slow one; retried like an unreachable peer.
+                    Err(e @ (AuthError::NoChallenge | AuthError::NoAnswer)) => {
                         warn!(peer = %addr, error = %e, "peer authentication failed");
                         LinkState::Down
                     }
@@ -257,7 +257,8 @@ async fn authenticate_to(stream: &mut TcpStream, key: &ClusterKey) -> Result<(),
     match tokio::time::timeout(CONNECT_TIMEOUT, exchange).await {
         Ok(Ok(_)) => key.check_answer(&challenge, &mine, &answer),
         // An acceptor that hangs up on the proof holds another secret.
-        _ => Err(AuthError::WrongSecret),
+        Ok(Err(_)) => Err(AuthError::WrongSecret),
+        Err(_) => Err(AuthError::NoAnswer),
     }
 }
 

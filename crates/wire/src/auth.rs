@@ -40,6 +40,8 @@ pub enum AuthError {
     WrongSecret,
     #[error("the peer sent no whole proof in time")]
     NoProof,
+    #[error("the peer did not answer the proof in time")]
+    NoAnswer,
     #[error("a cluster secret must be at least {MIN_SECRET_BYTES} bytes, not {0}")]
     SecretTooShort(usize),
     #[error("a client password must be at least {MIN_PASSWORD_BYTES} bytes, not {0}")]
