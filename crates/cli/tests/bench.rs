@@ -136,3 +136,37 @@ fn bench_refuses_what_it_cannot_do() {
     let stderr = run(&format!("--target resp --addr 127.0.0.1:{port} --ops 1"));
     assert!(stderr.contains("while connecting"), "{stderr}");
 }
+
+/// Against a node with a client password, `--password` makes every
+/// operation pass, over HTTP and RESP; without it each one fails.
+#[test]
+fn bench_gives_the_client_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "open-sesame-42").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut node = support::TestNode::new(
+        "node1",
+        dir.path().join("node1"),
+        &["--client-password-file", file.to_str().unwrap()],
+    );
+    node.password = Some("open-sesame-42".into());
+    node.start(None);
+    node.client()
+        .set_bucket("bench", &json!({"conflict": "lww"}))
+        .unwrap();
+    let http = format!("--target ringkv-http --url {}", node.url());
+    let resp = format!("--target resp --addr {}", node.resp);
+    for target in [&http, &resp] {
+        let report = bench(&format!(
+            "{target} --workload a --connections 4 --password open-sesame-42 {COMMON}"
+        ));
+        assert_clean_run(&report, 2000, &["read", "write"]);
+        let report = bench(&format!(
+            "{target} --workload c --connections 2 --ops 50 --warmup-s 0 --duration-s 5 --json"
+        ));
+        assert_eq!(report["ops_ok"], 0, "{report}");
+        assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
+    }
+}

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -48,6 +48,7 @@ pub struct HttpConn {
     host: HeaderValue,
     timeout: Duration,
     link: Option<(SendRequest<Full<Bytes>>, JoinHandle<()>)>,
+    authorization: Option<HeaderValue>,
 }
 
 struct Response {
@@ -57,11 +58,20 @@ struct Response {
 }
 
 impl HttpConn {
-    pub fn new(authority: String, timeout: Duration) -> anyhow::Result<HttpConn> {
+    /// `password`: sent as `Authorization: Bearer` with every request.
+    pub fn new(
+        authority: String,
+        timeout: Duration,
+        password: Option<&str>,
+    ) -> anyhow::Result<HttpConn> {
         let host = HeaderValue::from_str(&authority)?;
+        let authorization = password
+            .map(|p| HeaderValue::from_str(&format!("Bearer {p}")))
+            .transpose()?;
         Ok(HttpConn {
             authority,
             host,
+            authorization,
             timeout,
             link: None,
         })
@@ -135,13 +145,15 @@ impl HttpConn {
         body: Bytes,
         content_type: &'static str,
     ) -> Request<Full<Bytes>> {
-        Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, content_type)
-            .body(Full::new(body))
-            .expect("a valid request")
+            .header(CONTENT_TYPE, content_type);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        request.body(Full::new(body)).expect("a valid request")
     }
 }
 

@@ -112,6 +112,11 @@ pub struct BenchArgs {
     /// Seed of the operation streams: the same seed issues the same operations.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Password of the servers (ringkv's `--client-password-file`, Redis's
+    /// `requirepass`): `AUTH` on each RESP connection, `Authorization:
+    /// Bearer` over HTTP. Not for etcd.
+    #[arg(long, env = "RINGKV_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
 }
 
 impl BenchArgs {
@@ -205,6 +210,7 @@ pub struct Settings {
     pub value: Bytes,
     pub value_base64: String,
     pub timeout: Duration,
+    pub password: Option<String>,
     /// Operations completed so far, warm-up included (for the progress bar's rate).
     pub completed: AtomicU64,
     /// Of which recorded.
@@ -267,6 +273,7 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
         value_base64: base64::engine::general_purpose::STANDARD.encode(&value),
         value,
         timeout,
+        password: args.password.clone(),
         completed: AtomicU64::new(0),
         recorded: AtomicU64::new(0),
     });
@@ -335,7 +342,7 @@ async fn run_connections(
                 } else {
                     Api::Ringkv
                 };
-                let conn = HttpConn::new(endpoint, settings.timeout)?;
+                let conn = HttpConn::new(endpoint, settings.timeout, settings.password.as_deref())?;
                 let source = slot_sources.pop().expect("one slot per HTTP connection");
                 tasks.spawn(async move { run_http(conn, api, source, &settings).await });
             }

@@ -65,15 +65,39 @@ struct Connection<'a> {
     stats: Stats,
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, &'static str> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err("timeout"),
-        Ok(Err(_)) => Err("connect"),
-        Ok(Ok(stream)) => {
-            stream.set_nodelay(true).map_err(|_| "connect")?;
-            Ok(stream)
+async fn connect(
+    addr: &str,
+    timeout: Duration,
+    password: Option<&str>,
+) -> Result<TcpStream, &'static str> {
+    let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err("timeout"),
+        Ok(Err(_)) => return Err("connect"),
+        Ok(Ok(stream)) => stream,
+    };
+    stream.set_nodelay(true).map_err(|_| "connect")?;
+    if let Some(password) = password {
+        let mut command = BytesMut::new();
+        array_header(&mut command, 2);
+        bulk(&mut command, b"AUTH");
+        bulk(&mut command, password.as_bytes());
+        let authenticate = async {
+            stream.write_all(&command).await.ok()?;
+            // The answer is one line: +OK, or an error.
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while !line.ends_with(b"\r\n") && line.len() < 512 {
+                stream.read_exact(&mut byte).await.ok()?;
+                line.push(byte[0]);
+            }
+            Some(line)
+        };
+        match tokio::time::timeout(timeout, authenticate).await {
+            Ok(Some(line)) if line == b"+OK\r\n" => {}
+            _ => return Err("auth"),
         }
     }
+    Ok(stream)
 }
 
 /// Runs `sources` (one per pipeline slot) over one connection to `addr` until all stop.
@@ -102,7 +126,7 @@ impl Connection<'_> {
         let mut stream: Option<TcpStream> = None;
         loop {
             if stream.is_none() {
-                match connect(addr, timeout).await {
+                match connect(addr, timeout, self.settings.password.as_deref()).await {
                     Ok(connected) => stream = Some(connected),
                     Err(kind) => {
                         // Every slot due now fails; then back off (the deadline ends the run).
