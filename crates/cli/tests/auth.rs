@@ -10,8 +10,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ringkv_client::{Client, ClientError, GetResult};
@@ -19,14 +17,7 @@ use ringkv_core::message::PeerRequest;
 use ringkv_core::ring::{Member, MemberState};
 use ringkv_wire::auth::MAGIC;
 use ringkv_wire::{Frame, PROTOCOL_VERSION, encode_frame};
-use support::{BIN, Cluster, TestNode, http_get, read_reply};
-
-fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, secret).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    path
-}
+use support::{BIN, Cluster, TestNode, http_get, node_with_password, read_reply, secret_file};
 
 fn members(node: &TestNode) -> usize {
     node.client().cluster_status().unwrap()["members"]
@@ -188,14 +179,7 @@ fn unauthorized<T: std::fmt::Debug>(result: Result<T, ClientError>) -> bool {
 #[test]
 fn a_client_password_turns_away_http_and_resp_clients_without_it() {
     let dir = tempfile::tempdir().unwrap();
-    let file = secret_file(dir.path(), "password", "open-sesame-42\n", 0o600);
-    let mut node = TestNode::new(
-        "node1",
-        dir.path().join("node1"),
-        &["--client-password-file", file.to_str().unwrap()],
-    );
-    node.password = Some("open-sesame-42".into());
-    node.start(None);
+    let node = node_with_password(dir.path(), "open-sesame-42");
     node.client()
         .put("b", b"k", b"v", "text/plain", None, None)
         .unwrap();

@@ -141,18 +141,8 @@ fn bench_refuses_what_it_cannot_do() {
 /// operation pass, over HTTP and RESP; without it each one fails.
 #[test]
 fn bench_gives_the_client_password() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("password");
-    std::fs::write(&file, "open-sesame-42").unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut node = support::TestNode::new(
-        "node1",
-        dir.path().join("node1"),
-        &["--client-password-file", file.to_str().unwrap()],
-    );
-    node.password = Some("open-sesame-42".into());
-    node.start(None);
+    let node = support::node_with_password(dir.path(), "open-sesame-42");
     node.client()
         .set_bucket("bench", &json!({"conflict": "lww"}))
         .unwrap();

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -421,4 +421,27 @@ pub fn wait_for_layout_agreement(clients: &[Client], members: usize) {
             versions.windows(2).all(|w| w[0] == w[1]).then_some(())
         },
     );
+}
+
+/// Writes `secret` to `dir/name` with permissions `mode`.
+pub fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// A started one-node store in `dir` that requires the client password
+/// `password`; its `client()` gives it.
+pub fn node_with_password(dir: &Path, password: &str) -> TestNode {
+    let file = secret_file(dir, "password", password, 0o600);
+    let mut node = TestNode::new(
+        "node1",
+        dir.join("node1"),
+        &["--client-password-file", file.to_str().unwrap()],
+    );
+    node.password = Some(password.to_string());
+    node.start(None);
+    node
 }
