@@ -400,12 +400,13 @@ fn status_table(status: &serde_json::Value) -> String {
         other => other.to_string(),
     };
     let mut out = format!(
-        "layout version {}, {} partitions; as {} sees it (hints pending {}, handoffs pending {})\n",
+        "layout version {}, {} partitions; as {} sees it (hints pending {}, handoffs pending {}, old holders its reads ask {})\n",
         text(&status["layout_version"]),
         text(&status["partitions"]),
         text(&status["node"]),
         text(&status["hints_pending"]),
         text(&status["handoff_pending"]),
+        text(&status["handoff_holders"]),
     );
     out.push_str(&format!(
         "{:<16} {:<8} {:<8} {:>10} {:<22} {:<22} {}\n",

@@ -547,6 +547,10 @@ fn keys_not_yet_handed_off_to_a_joiner_stay_readable() {
     wait_for_layout_agreement(&clients, 4);
     let (_, owned) = member_state(&joiner, "node4").unwrap();
     assert!(owned > 0, "node4 owns {owned} partitions");
+    for node in cluster.nodes.iter().chain([&joiner]) {
+        let holders = metric(node, "ringkv_handoff_holders");
+        assert!(holders > 0, "{} asks {holders} old holders", node.name);
+    }
     assert_eq!(
         metric(&joiner, "ringkv_aae_tree_keys"),
         0,

@@ -398,6 +398,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Response {
         "partitions": layout.partitions(),
         "hints_pending": node.hints_pending(),
         "handoff_pending": node.metrics.handoff_pending.get(),
+        "handoff_holders": node.holder_count(),
         "members": members,
     }))
     .into_response()
@@ -444,6 +445,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.metrics.group_commit_batches.set(stats.commits as i64);
     node.metrics.group_commit_jobs.set(stats.jobs as i64);
     node.metrics.hints_pending.set(node.hints_pending() as i64);
+    node.metrics.handoff_holders.set(node.holder_count() as i64);
     node.metrics.tree_keys.set(node.tree_keys() as i64);
     node.metrics
         .local_storage_failing

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub exchanges: Counter,
     pub tree_keys: Gauge,
     pub handoff_pending: Gauge,
+    pub handoff_holders: Gauge,
     pub keys_dropped: Counter,
 }
 
@@ -196,6 +197,12 @@ impl Metrics {
             "Trees of partitions this node holds data for but is no replica of (it is leaving, or a join or leave moved them), not yet found in sync with every replica",
             handoff_pending.clone(),
         );
+        let handoff_holders = Gauge::default();
+        registry.register(
+            "handoff_holders",
+            "Old holders (partition, member) that this node's reads still ask, until each says it has handed the partition off",
+            handoff_holders.clone(),
+        );
         let keys_dropped = Counter::default();
         registry.register(
             "aae_keys_dropped",
@@ -214,6 +221,7 @@ impl Metrics {
             exchanges,
             tree_keys,
             handoff_pending,
+            handoff_holders,
             keys_dropped,
             hints_pending,
             hints_stored,

@@ -1553,6 +1553,12 @@ impl Node {
         self.store.meta_put_sync(META_HOLDERS, record)
     }
 
+    /// (partition, member) pairs in `Node::holders`.
+    pub fn holder_count(&self) -> usize {
+        let holders = self.holders.lock().expect("holders lock");
+        holders.values().map(BTreeMap::len).sum()
+    }
+
     /// The largest `n` of any bucket (set or default).
     fn max_n(&self) -> usize {
         let buckets = self.buckets();
