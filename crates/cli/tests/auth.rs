@@ -59,6 +59,14 @@ fn raw_join(peer_addr: &str) -> bool {
     }
 }
 
+/// A node started with `args` to join through `seed` exits with an error,
+/// and its log says `why`.
+fn refused_join(dir: &std::path::Path, name: &str, args: &[&str], seed: &str, why: &str) {
+    let mut node = TestNode::new(name, dir.join(name), args);
+    assert!(!node.start_refused(Some(seed)).success());
+    assert!(node.log().contains(why), "{}", node.log());
+}
+
 #[test]
 fn only_members_with_the_cluster_secret_join_and_talk() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,17 +92,14 @@ fn only_members_with_the_cluster_secret_join_and_talk() {
 
     // Another secret: refused at once, saying why.
     let other = secret_file(dir.path(), "other", "not-our-cluster-secret", 0o600);
-    let mut wrong = TestNode::new(
+    let seed = &cluster.nodes[0].peer;
+    let wrong = ["--cluster-secret-file", other.to_str().unwrap()];
+    refused_join(
+        dir.path(),
         "node3",
-        dir.path().join("node3"),
-        &["--cluster-secret-file", other.to_str().unwrap()],
-    );
-    let status = wrong.start_refused(Some(&cluster.nodes[0].peer));
-    assert!(!status.success());
-    assert!(
-        wrong.log().contains("do not share a cluster secret"),
-        "{}",
-        wrong.log()
+        &wrong,
+        seed,
+        "do not share a cluster secret",
     );
     assert!(
         cluster.nodes[0]
@@ -103,14 +108,7 @@ fn only_members_with_the_cluster_secret_join_and_talk() {
     );
 
     // No secret: refused, saying that the cluster requires one.
-    let mut none = TestNode::new("node4", dir.path().join("node4"), &[]);
-    let status = none.start_refused(Some(&cluster.nodes[0].peer));
-    assert!(!status.success());
-    assert!(
-        none.log().contains("requires a cluster secret"),
-        "{}",
-        none.log()
-    );
+    refused_join(dir.path(), "node4", &[], seed, "requires a cluster secret");
 
     // A raw request that skips the handshake is not even read.
     assert!(

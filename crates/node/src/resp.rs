@@ -131,41 +131,48 @@ fn unauthenticated(
     authenticated: &mut bool,
     out: &mut BytesMut,
 ) -> Next {
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    match name.as_str() {
-        "auth" => {
-            let password = match args {
-                [_, password] => password,
-                [_, user, password] if user == b"default" => password,
-                [_, _, _] => {
-                    resp::error_reply(
-                        out,
-                        "WRONGPASS invalid username-password pair or user is disabled.",
-                    );
-                    return Next::Continue;
-                }
-                _ => return wrong_args(out, &name),
-            };
-            match &node.client_password {
-                Some(expected) if expected.matches(password) => {
-                    *authenticated = true;
-                    resp::simple(out, "OK");
-                }
-                _ => resp::error_reply(
-                    out,
-                    "WRONGPASS invalid username-password pair or user is disabled.",
-                ),
-            }
-            Next::Continue
-        }
+    match String::from_utf8_lossy(&args[0])
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "auth" => *authenticated = auth(node, args, out),
         "quit" => {
             resp::simple(out, "OK");
-            Next::Close
+            return Next::Close;
         }
+        _ => resp::error_reply(out, "NOAUTH Authentication required."),
+    }
+    Next::Continue
+}
+
+/// `AUTH [default] PASSWORD`: answers, and whether the password is right.
+/// (Once authenticated, a wrong one later leaves the connection as it is,
+/// as in Redis.)
+fn auth(node: &Node, args: &[Vec<u8>], out: &mut BytesMut) -> bool {
+    let Some(expected) = &node.client_password else {
+        resp::error_reply(
+            out,
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
+        return false;
+    };
+    let password = match args {
+        [_, password] => Some(password),
+        [_, user, password] => (user == b"default").then_some(password),
         _ => {
-            resp::error_reply(out, "NOAUTH Authentication required.");
-            Next::Continue
+            wrong_args(out, "auth");
+            return false;
         }
+    };
+    if password.is_some_and(|p| expected.matches(p)) {
+        resp::simple(out, "OK");
+        true
+    } else {
+        resp::error_reply(
+            out,
+            "WRONGPASS invalid username-password pair or user is disabled.",
+        );
+        false
     }
 }
 
@@ -189,16 +196,9 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
             return Next::Close;
         }
         // Already authenticated, or no password is set.
-        "auth" => match &node.client_password {
-            None => resp::error_reply(
-                out,
-                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            ),
-            Some(_) => {
-                let mut again = false;
-                return unauthenticated(node, args, &mut again, out);
-            }
-        },
+        "auth" => {
+            auth(node, args, out);
+        }
         "select" => match args.get(1).map(|a| a.as_slice()) {
             Some(b"0") if argc == 2 => resp::simple(out, "OK"),
             Some(_) if argc == 2 => resp::error_reply(
