@@ -52,7 +52,7 @@ pub fn validate_key(key: &[u8]) -> Result<(), InvalidInput> {
 }
 
 /// When a replica acknowledges a write.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DurabilityMode {
     /// After the write is synced to disk (the default).
@@ -64,7 +64,8 @@ pub enum DurabilityMode {
 }
 
 /// Per-bucket replication and conflict settings (DESIGN §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered only to break ties between registry entries with the same stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BucketProps {
     #[serde(default = "default_n")]
@@ -217,8 +218,12 @@ impl BucketRegistry {
             }
             let newer = match self.buckets.get(name) {
                 None => self.buckets.len() < MAX_CONFIGURED_BUCKETS,
+                // Two entries with one stamp come only from a faulty or
+                // forged peer; the props break the tie, so that every
+                // order of merges still ends in the same registry.
                 Some(ours) => {
-                    (theirs.updated_ms, theirs.updated_by) > (ours.updated_ms, ours.updated_by)
+                    (theirs.updated_ms, theirs.updated_by, theirs.props)
+                        > (ours.updated_ms, ours.updated_by, ours.props)
                 }
             };
             if newer {
@@ -304,5 +309,31 @@ mod tests {
         assert_eq!(ab.get("x").unwrap().props, BucketProps::default());
         assert!(ba.merge(&ab));
         assert_eq!(ab, ba);
+    }
+
+    /// Found by `fuzz/` (target bucket_props): two entries with one stamp
+    /// (a faulty or forged peer) and different props must still converge.
+    #[test]
+    fn entries_with_one_stamp_converge() {
+        let entry = |max_siblings| BucketEntry {
+            props: BucketProps {
+                max_siblings,
+                ..BucketProps::default()
+            },
+            updated_ms: 6,
+            updated_by: 2,
+        };
+        let a = BucketRegistry {
+            buckets: [("x".to_string(), entry(100))].into(),
+        };
+        let b = BucketRegistry {
+            buckets: [("x".to_string(), entry(116))].into(),
+        };
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+        assert_eq!(ab.get("x").unwrap().props.max_siblings, 116);
     }
 }
