@@ -1,6 +1,7 @@
 //! `ringkv`: the server, a local dev cluster, and a command-line client.
 
 mod bench;
+mod cert;
 mod dev_cluster;
 
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ enum Command {
     Server(Box<ServerArgs>),
     /// Start a local cluster of real `ringkv server` processes on 127.0.0.1; Ctrl-C stops it.
     DevCluster(dev_cluster::DevClusterArgs),
+    /// Make the certificates of peer TLS: a cluster CA, then one per node.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Read a key.
     Get {
         bucket: String,
@@ -194,6 +198,15 @@ struct ServerArgs {
     /// HTTP `Authorization: Bearer PASSWORD`, RESP `AUTH PASSWORD`.
     #[arg(long)]
     client_password_file: Option<std::path::PathBuf>,
+    /// Peer TLS: this node's certificate (PEM; with the key and CA files).
+    #[arg(long, requires_all = ["peer_tls_key_file", "peer_tls_ca_file"])]
+    peer_tls_cert_file: Option<std::path::PathBuf>,
+    /// Peer TLS: this node's private key (PEM, mode 600).
+    #[arg(long, requires_all = ["peer_tls_cert_file", "peer_tls_ca_file"])]
+    peer_tls_key_file: Option<std::path::PathBuf>,
+    /// Peer TLS: the CA certificate that signs every member's (PEM).
+    #[arg(long, requires_all = ["peer_tls_cert_file", "peer_tls_key_file"])]
+    peer_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -251,6 +264,11 @@ impl ServerArgs {
         if self.client_password_file.is_some() {
             config.client_password_file = self.client_password_file;
         }
+        if self.peer_tls_cert_file.is_some() {
+            config.peer_tls_cert_file = self.peer_tls_cert_file;
+            config.peer_tls_key_file = self.peer_tls_key_file;
+            config.peer_tls_ca_file = self.peer_tls_ca_file;
+        }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
@@ -288,6 +306,7 @@ fn main() -> anyhow::Result<()> {
             init_logging();
             dev_cluster::run(args)
         }
+        Command::Cert(command) => cert::run(command),
         Command::Get {
             bucket,
             key,

@@ -69,6 +69,13 @@ pub struct NodeConfig {
     /// RESP `AUTH`, as Redis's `requirepass`. `/healthz` and `/metrics`
     /// stay open.
     pub client_password_file: Option<PathBuf>,
+    /// Peer TLS (all three or none): this node's certificate chain (PEM),
+    /// its private key (PEM, readable by its owner only), and the CA
+    /// certificate that signs every member's. Connections between members
+    /// are then mutual TLS; `ringkv cert` makes such files.
+    pub peer_tls_cert_file: Option<PathBuf>,
+    pub peer_tls_key_file: Option<PathBuf>,
+    pub peer_tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +106,9 @@ impl Default for NodeConfig {
             aae_max_segments: 64,
             cluster_secret_file: None,
             client_password_file: None,
+            peer_tls_cert_file: None,
+            peer_tls_key_file: None,
+            peer_tls_ca_file: None,
         }
     }
 }
@@ -128,6 +138,23 @@ impl NodeConfig {
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > 512 * 1024 * 1024 {
             return Err("max-value-bytes must be between 1 and 512 MiB".into());
+        }
+        let tls_files = [
+            &self.peer_tls_cert_file,
+            &self.peer_tls_key_file,
+            &self.peer_tls_ca_file,
+        ];
+        let set = tls_files.iter().filter(|f| f.is_some()).count();
+        if set != 0 && set != 3 {
+            return Err(
+                "peer TLS needs all three of peer-tls-cert-file, peer-tls-key-file and peer-tls-ca-file"
+                    .into(),
+            );
+        }
+        // A peer that refuses a connection for want of a secret or of TLS
+        // says so in 8 bytes that, read as a frame length, exceed the limit.
+        if self.max_frame_bytes > 1024 * 1024 * 1024 {
+            return Err("max-frame-bytes must be at most 1 GiB".into());
         }
         if self.max_frame_bytes < 2 * self.max_value_bytes + 64 * 1024 {
             return Err(

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod node;
 pub mod resp;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -196,7 +197,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let key = cluster_key(&config)?;
     let password = client_password(&config)?;
-    let peers = Peers::new(config.max_frame_bytes, key.clone());
+    let security = transport::Security {
+        key,
+        tls: peer_tls(&config)?,
+    };
+    let peers = Peers::new(config.max_frame_bytes, security.clone());
 
     let (mut joined_buckets, mut joined_holders) = (None, None);
     let layout = match store.meta_get(META_LAYOUT)? {
@@ -260,7 +265,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         handler,
         config.max_frame_bytes,
         connections.clone(),
-        key,
+        security,
     ));
     let app = http::router(node.clone());
     // Replies are small and written whole: never hold one back for Nagle
@@ -375,6 +380,22 @@ fn cluster_key(config: &NodeConfig) -> anyhow::Result<Option<ringkv_wire::Cluste
     Ok(Some(key))
 }
 
+/// The peer TLS of `config`, when its three files are set.
+fn peer_tls(config: &NodeConfig) -> anyhow::Result<Option<tls::PeerTls>> {
+    let (Some(cert), Some(key), Some(ca)) = (
+        &config.peer_tls_cert_file,
+        &config.peer_tls_key_file,
+        &config.peer_tls_ca_file,
+    ) else {
+        return Ok(None);
+    };
+    let context = || format!("private key file {}", key.display());
+    read_secret(key, &context)?;
+    let peer_tls = tls::PeerTls::load(cert, key, ca)?;
+    info!("peer connections use TLS (mutual, certificates signed by the cluster CA)");
+    Ok(Some(peer_tls))
+}
+
 /// The client password in `config.client_password_file`, if set.
 fn client_password(config: &NodeConfig) -> anyhow::Result<Option<ringkv_wire::Password>> {
     let Some(path) = &config.client_password_file else {
@@ -442,7 +463,9 @@ async fn join(peers: &Peers, seeds: &[String], me: &Member) -> anyhow::Result<Jo
                     bail!("{seed} refused the join: {message}")
                 }
                 Ok(other) => warn!(%seed, ?other, "unexpected answer to join"),
-                Err(e @ PeerError::Unauthenticated) => bail!("cannot join through {seed}: {e}"),
+                Err(e @ (PeerError::Unauthenticated | PeerError::Tls)) => {
+                    bail!("cannot join through {seed}: {e}")
+                }
                 Err(e) => warn!(%seed, error = %e, "cannot reach seed"),
             }
         }

@@ -311,9 +311,12 @@ impl Node {
         match result {
             Ok(_) => detector.heartbeat(id, now_ms()),
             // A peer we cannot authenticate with is as good as unreachable.
-            Err(PeerError::Unreachable | PeerError::Disconnected | PeerError::Unauthenticated) => {
-                detector.unreachable(id, now_ms())
-            }
+            Err(
+                PeerError::Unreachable
+                | PeerError::Disconnected
+                | PeerError::Unauthenticated
+                | PeerError::Tls,
+            ) => detector.unreachable(id, now_ms()),
             Err(PeerError::Timeout | PeerError::Overloaded) => {}
         }
     }

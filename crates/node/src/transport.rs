@@ -4,10 +4,13 @@
 //! answers peers' requests. Frames are `ringkv_wire::frame`. With a cluster
 //! secret, every connection starts with the mutual challenge-response of
 //! `ringkv_wire::auth`, and a peer that fails it is cut off before its
-//! first frame is read.
+//! first frame is read. With peer TLS (`crate::tls`), each connection is a
+//! mutual-TLS session first (the challenge-response, if any, runs inside
+//! it), and a plain connection to a TLS port is told so and closed.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +21,13 @@ use rand::RngCore;
 use ringkv_core::message::{PeerRequest, PeerResponse};
 use ringkv_wire::auth::{ANSWER_BYTES, AuthError, CHALLENGE_BYTES, MAGIC, Nonce, PROOF_BYTES};
 use ringkv_wire::{ClusterKey, Frame, decode_frame, encode_frame, peer_codec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
+
+use crate::tls::{self, PeerTls, TLS_REQUIRED};
 
 const SEND_QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -45,6 +50,10 @@ pub enum PeerError {
     Overloaded,
     #[error("peer and this node do not share a cluster secret")]
     Unauthenticated,
+    #[error(
+        "TLS with the peer failed: one side does not use peer TLS, or does not trust the other's certificate (see both logs)"
+    )]
+    Tls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +63,9 @@ enum LinkState {
     Down,
     /// Down because the last connection failed authentication.
     Refused,
+    /// Down because the last connection failed TLS: a handshake refused
+    /// either way, or one side without TLS.
+    TlsFailed,
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>;
@@ -71,6 +83,7 @@ impl Link {
             1 => LinkState::Up,
             2 => LinkState::Down,
             3 => LinkState::Refused,
+            4 => LinkState::TlsFailed,
             _ => LinkState::Unknown,
         }
     }
@@ -81,6 +94,7 @@ impl Link {
             LinkState::Up => 1,
             LinkState::Down => 2,
             LinkState::Refused => 3,
+            LinkState::TlsFailed => 4,
         };
         self.state.store(v, Ordering::Relaxed);
     }
@@ -95,16 +109,23 @@ impl Link {
 pub struct Peers {
     links: Mutex<HashMap<String, Arc<Link>>>,
     max_frame_bytes: usize,
-    key: Option<ClusterKey>,
+    security: Security,
+}
+
+/// How peer connections are protected: the cluster secret's key, when
+/// they must authenticate, and TLS, when they must use it.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub key: Option<ClusterKey>,
+    pub tls: Option<PeerTls>,
 }
 
 impl Peers {
-    /// `key`: the cluster secret's, when connections must authenticate.
-    pub fn new(max_frame_bytes: usize, key: Option<ClusterKey>) -> Arc<Self> {
+    pub fn new(max_frame_bytes: usize, security: Security) -> Arc<Self> {
         Arc::new(Peers {
             links: Mutex::new(HashMap::new()),
             max_frame_bytes,
-            key,
+            security,
         })
     }
 
@@ -126,7 +147,7 @@ impl Peers {
             link.clone(),
             rx,
             self.max_frame_bytes,
-            self.key.clone(),
+            self.security.clone(),
         ));
         link
     }
@@ -138,7 +159,12 @@ impl Peers {
             .lock()
             .expect("links lock")
             .get(addr)
-            .is_some_and(|link| matches!(link.state(), LinkState::Down | LinkState::Refused))
+            .is_some_and(|link| {
+                matches!(
+                    link.state(),
+                    LinkState::Down | LinkState::Refused | LinkState::TlsFailed
+                )
+            })
     }
 
     /// Sends a request and waits for its answer at most `timeout`.
@@ -152,6 +178,7 @@ impl Peers {
         match link.state() {
             LinkState::Down => return Err(PeerError::Unreachable),
             LinkState::Refused => return Err(PeerError::Unauthenticated),
+            LinkState::TlsFailed => return Err(PeerError::Tls),
             LinkState::Up | LinkState::Unknown => {}
         }
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
@@ -172,56 +199,55 @@ impl Peers {
     }
 }
 
+/// How a connection attempt ended.
+enum Session {
+    /// The connection was up, then closed: reconnect at once.
+    Ended,
+    /// It never came up: wait, then try again.
+    Failed(LinkState),
+}
+
 async fn run_link(
     addr: String,
     link: Arc<Link>,
     mut queue: mpsc::Receiver<(u64, PeerRequest)>,
     max_frame_bytes: usize,
-    key: Option<ClusterKey>,
+    security: Security,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let state = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-            Ok(Ok(mut stream)) => {
+        let session = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+            Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let authenticated = match &key {
-                    Some(key) => authenticate_to(&mut stream, key).await,
-                    None => Ok(()),
-                };
-                match authenticated {
-                    // Nothing in time: a peer without a secret, or just a
-                    // slow one; retried like an unreachable peer.
-                    Err(e @ (AuthError::NoChallenge | AuthError::NoAnswer)) => {
-                        warn!(peer = %addr, error = %e, "peer authentication failed");
-                        LinkState::Down
+                let (key, link, queue) = (security.key.as_ref(), &link, &mut queue);
+                match &security.tls {
+                    None => {
+                        let split = TcpStream::into_split;
+                        session(stream, split, &addr, key, link, queue, max_frame_bytes).await
                     }
-                    Err(e) => {
-                        warn!(peer = %addr, error = %e, "peer authentication failed");
-                        LinkState::Refused
-                    }
-                    Ok(()) => {
-                        link.set(LinkState::Up);
-                        let reason =
-                            drive_connection(stream, &link, &mut queue, max_frame_bytes).await;
-                        debug!(peer = %addr, %reason, "peer connection closed");
-                        if link.state() == LinkState::Refused {
-                            // It wants a secret: retry as after a failed connect.
-                            LinkState::Refused
-                        } else {
-                            link.set(LinkState::Down);
-                            link.fail_pending();
-                            if queue.is_closed() {
-                                return;
-                            }
-                            backoff = BACKOFF_MIN;
-                            continue;
+                    Some(peer_tls) => match tls_connect(peer_tls, &addr, stream).await {
+                        Ok(stream) => {
+                            let split = tokio::io::split;
+                            session(stream, split, &addr, key, link, queue, max_frame_bytes).await
                         }
-                    }
+                        Err(state) => Session::Failed(state),
+                    },
                 }
             }
-            _ => LinkState::Down,
+            _ => Session::Failed(LinkState::Down),
         };
-        link.set(state);
+        match session {
+            Session::Ended => {
+                link.set(LinkState::Down);
+                link.fail_pending();
+                if queue.is_closed() {
+                    return;
+                }
+                backoff = BACKOFF_MIN;
+                continue;
+            }
+            Session::Failed(state) => link.set(state),
+        }
         // Nobody waits for requests queued while connecting failed.
         while queue.try_recv().is_ok() {}
         link.fail_pending();
@@ -233,6 +259,74 @@ async fn run_link(
     }
 }
 
+/// The connector's TLS handshake with the peer at `addr`.
+async fn tls_connect(
+    peer_tls: &PeerTls,
+    addr: &str,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, LinkState> {
+    let Some(name) = tls::server_name(addr) else {
+        warn!(peer = %addr, "no TLS server name in the peer address");
+        return Err(LinkState::TlsFailed);
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, peer_tls.connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) if tls::is_tls_refusal(&e) => {
+            warn!(peer = %addr, error = %e, "TLS handshake with the peer failed");
+            Err(LinkState::TlsFailed)
+        }
+        // Closed before the handshake ended: a plain node (it hangs up on
+        // what it cannot read as a frame), or one that went away.
+        Ok(Err(e)) => {
+            debug!(peer = %addr, error = %e, "TLS handshake cut short");
+            Err(LinkState::TlsFailed)
+        }
+        Err(_) => Err(LinkState::Down),
+    }
+}
+
+/// One connection to a peer, from authentication (with a cluster secret)
+/// until it closes.
+async fn session<S, R, W>(
+    mut stream: S,
+    split: fn(S) -> (R, W),
+    addr: &str,
+    key: Option<&ClusterKey>,
+    link: &Link,
+    queue: &mut mpsc::Receiver<(u64, PeerRequest)>,
+    max_frame_bytes: usize,
+) -> Session
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if let Some(key) = key {
+        match authenticate_to(&mut stream, key).await {
+            Ok(()) => {}
+            // Nothing in time: a peer without a secret, or just a slow
+            // one; retried like an unreachable peer.
+            Err(e @ (AuthError::NoChallenge | AuthError::NoAnswer)) => {
+                warn!(peer = %addr, error = %e, "peer authentication failed");
+                return Session::Failed(LinkState::Down);
+            }
+            Err(e) => {
+                warn!(peer = %addr, error = %e, "peer authentication failed");
+                return Session::Failed(LinkState::Refused);
+            }
+        }
+    }
+    link.set(LinkState::Up);
+    let (read, write) = split(stream);
+    let reason = drive_connection(read, write, link, queue, max_frame_bytes).await;
+    debug!(peer = %addr, %reason, "peer connection closed");
+    match link.state() {
+        // It wants a secret, or TLS: retry as after a failed connect.
+        state @ (LinkState::Refused | LinkState::TlsFailed) => Session::Failed(state),
+        _ => Session::Ended,
+    }
+}
+
 fn nonce() -> Nonce {
     let mut nonce = [0; 32];
     rand::rng().fill_bytes(&mut nonce);
@@ -240,7 +334,10 @@ fn nonce() -> Nonce {
 }
 
 /// The connector's side of the handshake (`ringkv_wire::auth`).
-async fn authenticate_to(stream: &mut TcpStream, key: &ClusterKey) -> Result<(), AuthError> {
+async fn authenticate_to<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    key: &ClusterKey,
+) -> Result<(), AuthError> {
     let mut challenge = [0; CHALLENGE_BYTES];
     // A node without a secret sends no challenge: the read times out.
     match tokio::time::timeout(CONNECT_TIMEOUT, stream.read_exact(&mut challenge)).await {
@@ -266,7 +363,7 @@ async fn authenticate_to(stream: &mut TcpStream, key: &ClusterKey) -> Result<(),
 /// reads the challenge (a node without a secret then says so): half-close,
 /// then drop what the peer sends for a moment (closing with unread bytes
 /// would reset the connection and lose the challenge).
-async fn hang_up(mut stream: TcpStream) {
+async fn hang_up<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let _ = stream.shutdown().await;
     let mut sink = [0; 4096];
     let drain = async {
@@ -282,7 +379,10 @@ async fn hang_up(mut stream: TcpStream) {
 }
 
 /// The acceptor's side of the handshake (`ringkv_wire::auth`).
-async fn authenticate_from(stream: &mut TcpStream, key: &ClusterKey) -> Result<(), AuthError> {
+async fn authenticate_from<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    key: &ClusterKey,
+) -> Result<(), AuthError> {
     let mine = nonce();
     let exchange = async {
         stream.write_all(&ClusterKey::challenge(&mine)).await.ok()?;
@@ -300,13 +400,13 @@ async fn authenticate_from(stream: &mut TcpStream, key: &ClusterKey) -> Result<(
         .map_err(|_| AuthError::WrongSecret)
 }
 
-async fn drive_connection(
-    stream: TcpStream,
+async fn drive_connection<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    read: R,
+    write: W,
     link: &Link,
     queue: &mut mpsc::Receiver<(u64, PeerRequest)>,
     max_frame_bytes: usize,
 ) -> String {
-    let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, peer_codec(max_frame_bytes));
     let mut writer = FramedWrite::new(write, peer_codec(max_frame_bytes));
     let send = async {
@@ -349,6 +449,19 @@ async fn drive_connection(
                     link.set(LinkState::Refused);
                     return "peer requires a cluster secret".to_string();
                 }
+                Some(Err(_)) if reader.read_buffer().starts_with(TLS_REQUIRED) => {
+                    warn!("the peer requires peer TLS; this node has none");
+                    link.set(LinkState::TlsFailed);
+                    return "peer requires TLS".to_string();
+                }
+                // With TLS 1.3 the acceptor checks our certificate after
+                // our side of the handshake is done: its refusal arrives
+                // as an alert on the first read.
+                Some(Err(e)) if tls::is_tls_refusal(&e) => {
+                    warn!(error = %e, "the peer refused this node's TLS certificate");
+                    link.set(LinkState::TlsFailed);
+                    return format!("TLS refused: {e}");
+                }
                 Some(Err(e)) => return format!("read failed: {e}"),
                 Some(Ok(bytes)) => match decode_frame(&bytes) {
                     Ok(Frame::Response { id, body }) => {
@@ -380,26 +493,32 @@ pub async fn serve(
     handler: Handler,
     max_frame_bytes: usize,
     connections: Arc<Semaphore>,
-    key: Option<ClusterKey>,
+    security: Security,
 ) {
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
         };
         match listener.accept().await {
-            Ok((mut stream, remote)) => {
+            Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let key = key.clone();
+                let security = security.clone();
                 tokio::spawn(async move {
-                    if let Some(key) = &key
-                        && let Err(e) = authenticate_from(&mut stream, key).await
-                    {
-                        warn!(%remote, error = %e, "peer failed authentication; connection closed");
-                        hang_up(stream).await;
-                        return;
-                    }
-                    let reason = serve_connection(stream, handler, max_frame_bytes).await;
+                    let key = security.key.as_ref();
+                    let reason = match &security.tls {
+                        None => {
+                            let split = TcpStream::into_split;
+                            accepted(stream, split, remote, key, handler, max_frame_bytes).await
+                        }
+                        Some(peer_tls) => match tls_accept(peer_tls, stream, remote).await {
+                            Ok(stream) => {
+                                let split = tokio::io::split;
+                                accepted(stream, split, remote, key, handler, max_frame_bytes).await
+                            }
+                            Err(reason) => reason,
+                        },
+                    };
                     debug!(%remote, %reason, "peer connection ended");
                     drop(permit);
                 });
@@ -412,8 +531,71 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(stream: TcpStream, handler: Handler, max_frame_bytes: usize) -> String {
-    let (read, write) = stream.into_split();
+/// The acceptor's TLS handshake. A connector that does not start one is
+/// told that this port wants TLS, then hung up on.
+async fn tls_accept(
+    peer_tls: &PeerTls,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if tls::looks_like_tls(first[0]) => {}
+        Ok(Ok(1)) => {
+            warn!(%remote, "a peer connected without TLS; this node requires peer TLS");
+            let mut stream = stream;
+            let _ = stream.write_all(TLS_REQUIRED).await;
+            hang_up(stream).await;
+            return Err("no TLS".into());
+        }
+        _ => return Err("nothing received".into()),
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer_tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => {
+            warn!(%remote, error = %e, "peer failed the TLS handshake; connection closed");
+            Err(format!("TLS handshake failed: {e}"))
+        }
+        Err(_) => Err("TLS handshake timed out".into()),
+    }
+}
+
+/// Serves one accepted connection, after authentication (with a cluster
+/// secret).
+async fn accepted<S, R, W>(
+    mut stream: S,
+    split: fn(S) -> (R, W),
+    remote: SocketAddr,
+    key: Option<&ClusterKey>,
+    handler: Handler,
+    max_frame_bytes: usize,
+) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    if let Some(key) = key
+        && let Err(e) = authenticate_from(&mut stream, key).await
+    {
+        warn!(%remote, error = %e, "peer failed authentication; connection closed");
+        hang_up(stream).await;
+        return format!("authentication failed: {e}");
+    }
+    let (read, write) = split(stream);
+    serve_connection(read, write, handler, max_frame_bytes).await
+}
+
+async fn serve_connection<R, W>(
+    read: R,
+    write: W,
+    handler: Handler,
+    max_frame_bytes: usize,
+) -> String
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut reader = FramedRead::new(read, peer_codec(max_frame_bytes));
     let mut writer = FramedWrite::new(write, peer_codec(max_frame_bytes));
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(MAX_IN_FLIGHT_PER_CONNECTION);

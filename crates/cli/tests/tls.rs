@@ -1,0 +1,276 @@
+//! Peer TLS (`--peer-tls-cert-file`, `--peer-tls-key-file`,
+//! `--peer-tls-ca-file`, with certificates made by `ringkv cert`), on real
+//! processes: members with certificates of the cluster's CA form a
+//! cluster and replicate; a node with a certificate of another CA, or
+//! without TLS, cannot join and is told why; a TLS node cannot join a
+//! plain cluster; a plain frame sent to a TLS port is not read; what
+//! crosses the wire is encrypted (a relay in between sees no plain text);
+//! bad TLS files stop the server with a clear error.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringkv_client::GetResult;
+use ringkv_core::message::PeerRequest;
+use ringkv_core::ring::{Member, MemberState};
+use ringkv_wire::{Frame, encode_frame};
+use support::{BIN, Cluster, TestNode, wait_for_layout_agreement};
+
+/// Runs `ringkv cert ...`, which must succeed.
+fn cert(args: &[&str]) {
+    let out = Command::new(BIN).arg("cert").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ringkv cert {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA in `dir` and a certificate for 127.0.0.1 for each of `names`.
+fn ca_with_nodes(dir: &Path, names: &[&str]) -> PathBuf {
+    let ca = dir.to_str().unwrap();
+    cert(&["create-ca", "--dir", ca]);
+    for name in names {
+        cert(&[
+            "create-node",
+            "--dir",
+            ca,
+            "--name",
+            name,
+            "--host",
+            "127.0.0.1",
+        ]);
+    }
+    dir.to_path_buf()
+}
+
+fn tls_args(ca: &Path, name: &str) -> Vec<String> {
+    let file = |f: String| ca.join(f).to_str().unwrap().to_string();
+    vec![
+        "--peer-tls-cert-file".into(),
+        file(format!("{name}.crt")),
+        "--peer-tls-key-file".into(),
+        file(format!("{name}.key")),
+        "--peer-tls-ca-file".into(),
+        file("ca.crt".into()),
+    ]
+}
+
+fn node(dir: &Path, name: &str, args: &[String]) -> TestNode {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    TestNode::new(name, dir.join(name), &args)
+}
+
+/// A node started with `args` to join through `seed` exits with an error,
+/// and its log says `why`.
+fn refused_join(dir: &Path, name: &str, args: &[String], seed: &str, why: &str) {
+    let mut joiner = node(dir, name, args);
+    assert!(!joiner.start_refused(Some(seed)).success());
+    assert!(joiner.log().contains(why), "{}", joiner.log());
+}
+
+/// Sends a plain `Join` frame to `peer_addr`: what the node sends back
+/// before it closes the connection (at most 64 bytes).
+fn plain_join(peer_addr: &str) -> Vec<u8> {
+    let join = Frame::Request {
+        id: 1,
+        body: PeerRequest::Join {
+            member: Member {
+                id: 0xbad,
+                name: "intruder".into(),
+                peer_addr: "127.0.0.1:9".into(),
+                http_addr: "127.0.0.1:9".into(),
+                resp_addr: "127.0.0.1:9".into(),
+                state: MemberState::Valid,
+            },
+        },
+    };
+    let frame = encode_frame(&join).unwrap();
+    let mut peer = TcpStream::connect(peer_addr).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    peer.write_all(&frame).unwrap();
+    let mut reply = Vec::new();
+    let _ = peer.take(64).read_to_end(&mut reply);
+    reply
+}
+
+/// A TCP relay to `target` that keeps a copy of every byte either way:
+/// what an on-path observer sees. Returns its address.
+fn relay(target: &str) -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (target, record) = (target.to_string(), seen.clone());
+    std::thread::spawn(move || {
+        for inbound in listener.incoming() {
+            let Ok(inbound) = inbound else { return };
+            let Ok(outbound) = TcpStream::connect(&target) else {
+                return;
+            };
+            for (mut from, mut to) in [
+                (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                (outbound, inbound),
+            ] {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, seen)
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+fn members(node: &TestNode) -> usize {
+    node.client().cluster_status().unwrap()["members"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "node2", "node3"]);
+    let other = ca_with_nodes(&dir.path().join("other-ca"), &["intruder"]);
+
+    let mut node1 = node(dir.path(), "node1", &tls_args(&ca, "node1"));
+    node1.start(None);
+    let mut node2 = node(dir.path(), "node2", &tls_args(&ca, "node2"));
+    node2.start(Some(&node1.peer));
+    wait_for_layout_agreement(&[node1.client(), node2.client()], 2);
+    assert!(node1.log().contains("peer connections use TLS"));
+
+    // They replicate over TLS (n is capped at 2: both hold every key).
+    node1
+        .client()
+        .put("b", b"k", b"v", "text/plain", None, Some(2))
+        .unwrap();
+    match node2.client().get("b", b"k", Some(2)) {
+        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
+        other => panic!("{other:?}"),
+    }
+
+    // A certificate of another CA: refused, saying why; so is a node
+    // without TLS.
+    let why = "TLS with the peer failed";
+    refused_join(
+        dir.path(),
+        "intruder",
+        &tls_args(&other, "intruder"),
+        &node1.peer,
+        why,
+    );
+    assert!(node1.log().contains("TLS handshake"), "{}", node1.log());
+    refused_join(dir.path(), "plain", &[], &node1.peer, why);
+    assert!(node1.log().contains("connected without TLS"));
+
+    // A plain frame is not read: the answer is the TLS refusal, no frame.
+    let reply = plain_join(&node1.peer);
+    assert!(
+        reply.starts_with(ringkv_node::tls::TLS_REQUIRED),
+        "{reply:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(members(&node1), 2);
+    assert_eq!(members(&node2), 2);
+
+    // Encrypted on the wire: node3 joins through a relay, which then saw
+    // the seed's answer (the layout, every member's addresses) only as
+    // cipher text.
+    let (through, seen) = relay(&node1.peer);
+    let mut node3 = node(dir.path(), "node3", &tls_args(&ca, "node3"));
+    node3.start(Some(&through));
+    wait_for_layout_agreement(&[node1.client(), node2.client(), node3.client()], 3);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 1000, "the join went through the relay");
+    assert!(!contains(&seen, &node2.http), "plain text on the wire");
+
+    // And a TLS node cannot join a plain cluster, whose join is plain text
+    // (the control for the check above).
+    let open = Cluster::start(1);
+    refused_join(
+        dir.path(),
+        "node4",
+        &tls_args(&ca, "node2"),
+        &open.nodes[0].peer,
+        why,
+    );
+    assert_eq!(members(&open.nodes[0]), 1);
+    let (through, seen) = relay(&open.nodes[0].peer);
+    let mut node5 = node(dir.path(), "node5", &[]);
+    node5.start(Some(&through));
+    assert_eq!(members(&open.nodes[0]), 2);
+    assert!(contains(&seen.lock().unwrap(), &open.nodes[0].http));
+}
+
+#[test]
+fn bad_tls_files_stop_the_server_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "node2"]);
+    let refused = |name: &str, args: Vec<String>, why: &str| {
+        let mut n = node(dir.path(), name, &args);
+        assert!(!n.start_refused(None).success());
+        assert!(n.log().contains(why), "{}", n.log());
+    };
+
+    // A key others can read.
+    let key = ca.join("node1.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    refused("a", tls_args(&ca, "node1"), "chmod 600");
+
+    // node2's certificate with node1's key.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut mismatched = tls_args(&ca, "node2");
+    mismatched[3] = key.to_str().unwrap().to_string();
+    refused("b", mismatched, "does not match the private key");
+
+    // A CA file that holds no certificate.
+    let mut no_ca = tls_args(&ca, "node1");
+    no_ca[5] = key.to_str().unwrap().to_string();
+    refused("c", no_ca, "holds no CA certificate");
+
+    // Two of the three flags.
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--peer-tls-cert-file",
+            "x",
+            "--peer-tls-ca-file",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer-tls-key-file"));
+
+    // `ringkv cert create-ca` never replaces a CA.
+    let out = Command::new(BIN)
+        .args(["cert", "create-ca", "--dir", ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+}
