@@ -122,11 +122,23 @@ struct Target {
     /// The nodes' client password, if they require one.
     #[arg(long, env = "RINGKV_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// For an https:// URL: the CA certificate (PEM) that signed the
+    /// nodes' client certificate, trusted instead of the public roots.
+    #[arg(long, env = "RINGKV_CACERT")]
+    cacert: Option<PathBuf>,
 }
 
 impl Target {
-    fn client(&self) -> Client {
-        Client::with_password(&self.url, self.password.as_deref())
+    fn client(&self) -> anyhow::Result<Client> {
+        let password = self.password.as_deref();
+        match &self.cacert {
+            None => Ok(Client::with_password(&self.url, password)),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("while reading {}", path.display()))?;
+                Ok(Client::with_tls(&self.url, password, &pem)?)
+            }
+        }
     }
 }
 
@@ -207,6 +219,13 @@ struct ServerArgs {
     /// Peer TLS: the CA certificate that signs every member's (PEM).
     #[arg(long, requires_all = ["peer_tls_cert_file", "peer_tls_key_file"])]
     peer_tls_ca_file: Option<std::path::PathBuf>,
+    /// Client TLS: the certificate the HTTP and RESP ports present (PEM).
+    /// Both ports then speak TLS only.
+    #[arg(long, requires = "client_tls_key_file")]
+    client_tls_cert_file: Option<std::path::PathBuf>,
+    /// Client TLS: its private key (PEM, mode 600).
+    #[arg(long, requires = "client_tls_cert_file")]
+    client_tls_key_file: Option<std::path::PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -269,6 +288,10 @@ impl ServerArgs {
             config.peer_tls_key_file = self.peer_tls_key_file;
             config.peer_tls_ca_file = self.peer_tls_ca_file;
         }
+        if self.client_tls_cert_file.is_some() {
+            config.client_tls_cert_file = self.client_tls_cert_file;
+            config.client_tls_key_file = self.client_tls_key_file;
+        }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
@@ -313,7 +336,7 @@ fn main() -> anyhow::Result<()> {
             r,
             target,
         } => {
-            let client = target.client();
+            let client = target.client()?;
             match client.get(&bucket, key.as_bytes(), r)? {
                 GetResult::Found { value, context, .. } => {
                     use std::io::Write;
@@ -359,7 +382,7 @@ fn main() -> anyhow::Result<()> {
                 (None, None) => bail!("give a VALUE or --file"),
                 (Some(_), Some(_)) => unreachable!("clap rejects VALUE with --file"),
             };
-            let client = target.client();
+            let client = target.client()?;
             let context = client.put(
                 &bucket,
                 key.as_bytes(),
@@ -378,7 +401,7 @@ fn main() -> anyhow::Result<()> {
             w,
             target,
         } => {
-            let client = target.client();
+            let client = target.client()?;
             client.delete(&bucket, key.as_bytes(), context.as_deref(), w)?;
             Ok(())
         }
@@ -386,7 +409,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { json, target },
         } => {
-            let status = target.client().cluster_status()?;
+            let status = target.client()?.cluster_status()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -397,14 +420,14 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Leave { name, target },
         } => {
-            let answer = target.client().leave(&name)?;
+            let answer = target.client()?.leave(&name)?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
         Command::Cluster {
             command: ClusterCommand::Remove { name, target },
         } => {
-            let answer = target.client().remove(&name)?;
+            let answer = target.client()?.remove(&name)?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }

@@ -5,7 +5,9 @@
 //! without TLS, cannot join and is told why; a TLS node cannot join a
 //! plain cluster; a plain frame sent to a TLS port is not read; what
 //! crosses the wire is encrypted (a relay in between sees no plain text);
-//! bad TLS files stop the server with a clear error.
+//! bad TLS files stop the server with a clear error. And client TLS
+//! (`--client-tls-cert-file`, `--client-tls-key-file`): HTTPS and RESP over
+//! TLS for clients that trust the CA, nothing for plain ones.
 
 mod support;
 
@@ -273,4 +275,106 @@ fn bad_tls_files_stop_the_server_with_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+}
+
+/// One RESP command over TLS (rustls, trusting `ca`): the reply's bytes.
+fn resp_over_tls(addr: &str, ca: &Path, command: &[u8]) -> Vec<u8> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = "127.0.0.1".try_into().unwrap();
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    stream.write_all(command).unwrap();
+    let mut reply = vec![0u8; 256];
+    let n = stream.read(&mut reply).unwrap();
+    reply.truncate(n);
+    reply
+}
+
+#[test]
+fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_with_nodes(&dir.path().join("ca"), &["node1"]);
+    let file = |name: &str| ca.join(name).to_str().unwrap().to_string();
+    let mut node1 = TestNode::new(
+        "node1",
+        dir.path().join("node1"),
+        &[
+            "--client-tls-cert-file",
+            &file("node1.crt"),
+            "--client-tls-key-file",
+            &file("node1.key"),
+        ],
+    );
+    node1.cacert = Some(ca.join("ca.crt"));
+    node1.start(None);
+    assert!(node1.url().starts_with("https://"));
+    assert!(node1.log().contains("clients connect with TLS"));
+
+    // HTTPS with the CA: reads and writes.
+    let client = node1.client();
+    client
+        .put("b", b"k", b"v", "text/plain", None, None)
+        .unwrap();
+    match client.get("b", b"k", None) {
+        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
+        other => panic!("{other:?}"),
+    }
+    // Plain HTTP gets nothing; HTTPS without the CA trusts no certificate.
+    let plain = ringkv_client::Client::new(&format!("http://{}", node1.http));
+    assert!(plain.get("b", b"k", None).is_err());
+    let untrusting = ringkv_client::Client::new(&node1.url());
+    let refused = untrusting.get("b", b"k", None).unwrap_err().to_string();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+    // RESP over TLS; a plain RESP client gets no answer of RESP.
+    let ping = b"*1\r\n$4\r\nPING\r\n";
+    assert_eq!(
+        resp_over_tls(&node1.resp, &ca.join("ca.crt"), ping),
+        b"+PONG\r\n"
+    );
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let reply = resp_over_tls(&node1.resp, &ca.join("ca.crt"), get);
+    assert!(reply.starts_with(b"$"), "{reply:?}");
+    let mut plain = TcpStream::connect(&node1.resp).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain.write_all(ping).unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.take(64).read_to_end(&mut reply);
+    assert!(!reply.starts_with(b"+PONG"), "{reply:?}");
+
+    // The CLI takes --cacert (RINGKV_CACERT).
+    let out = Command::new(BIN)
+        .args([
+            "get",
+            "b",
+            "k",
+            "--url",
+            &node1.url(),
+            "--cacert",
+            &file("ca.crt"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with('v'));
 }

@@ -88,10 +88,41 @@ impl Client {
     /// A client that gives `password` (the nodes' `--client-password-file`)
     /// with every request, as `Authorization: Bearer`.
     pub fn with_password(url: &str, password: Option<&str>) -> Self {
+        Self::build(url, password, None)
+    }
+
+    /// A client for `https://` nodes (`--client-tls-cert-file`) that trusts
+    /// the CA certificates in `ca_pem` (PEM) instead of the public roots.
+    pub fn with_tls(url: &str, password: Option<&str>, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::Transport {
+            url: url.to_string(),
+            reason,
+        };
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(ca_pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => roots.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(bad(format!("CA certificate: {e}"))),
+            }
+        }
+        if roots.is_empty() {
+            return Err(bad("no CA certificate (PEM) given".into()));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+            .build();
+        Ok(Self::build(url, password, Some(tls)))
+    }
+
+    fn build(url: &str, password: Option<&str>, tls: Option<ureq::tls::TlsConfig>) -> Self {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(60)));
+        if let Some(tls) = tls {
+            config = config.tls_config(tls);
+        }
         if let Some(password) = password {
             let value = ureq::http::HeaderValue::from_str(&format!("Bearer {password}"));
             if let Ok(value) = value {

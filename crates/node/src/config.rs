@@ -76,6 +76,11 @@ pub struct NodeConfig {
     pub peer_tls_cert_file: Option<PathBuf>,
     pub peer_tls_key_file: Option<PathBuf>,
     pub peer_tls_ca_file: Option<PathBuf>,
+    /// Client TLS (both or none): the certificate chain (PEM) the HTTP and
+    /// RESP ports present, and its private key (PEM, readable by its owner
+    /// only). Both ports then speak TLS only.
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -109,6 +114,8 @@ impl Default for NodeConfig {
             peer_tls_cert_file: None,
             peer_tls_key_file: None,
             peer_tls_ca_file: None,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
         }
     }
 }
@@ -149,6 +156,11 @@ impl NodeConfig {
             return Err(
                 "peer TLS needs all three of peer-tls-cert-file, peer-tls-key-file and peer-tls-ca-file"
                     .into(),
+            );
+        }
+        if self.client_tls_cert_file.is_some() != self.client_tls_key_file.is_some() {
+            return Err(
+                "client TLS needs both client-tls-cert-file and client-tls-key-file".into(),
             );
         }
         // A peer that refuses a connection for want of a secret or of TLS

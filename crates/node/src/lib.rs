@@ -268,20 +268,34 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         security,
     ));
     let app = http::router(node.clone());
-    // Replies are small and written whole: never hold one back for Nagle
-    // (with the client's delayed ACK that costs up to 40 ms).
-    let http_listener = http_listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
+    let client_tls = client_tls(&config)?;
+    match client_tls.clone() {
+        None => {
+            // Replies are small and written whole: never hold one back for
+            // Nagle (with the client's delayed ACK that costs up to 40 ms).
+            let http_listener = http_listener.tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http_listener, app).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
         }
-    });
+        Some(acceptor) => {
+            let https = tls::TlsListener::new(http_listener, acceptor, config.max_connections)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(https, app).await {
+                    tracing::error!(error = %e, "HTTPS server stopped");
+                }
+            });
+        }
+    }
     tokio::spawn(resp::serve(
         resp_listener,
         node.clone(),
         Arc::new(Semaphore::new(config.max_connections)),
+        client_tls,
     ));
     node.store().count_hints(node.layout().partitions())?;
     tokio::spawn(node.clone().gossip_loop());
@@ -394,6 +408,19 @@ fn peer_tls(config: &NodeConfig) -> anyhow::Result<Option<tls::PeerTls>> {
     let peer_tls = tls::PeerTls::load(cert, key, ca)?;
     info!("peer connections use TLS (mutual, certificates signed by the cluster CA)");
     Ok(Some(peer_tls))
+}
+
+/// The TLS acceptor of the client ports, when `config` sets their files.
+fn client_tls(config: &NodeConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&config.client_tls_cert_file, &config.client_tls_key_file)
+    else {
+        return Ok(None);
+    };
+    let context = || format!("private key file {}", key.display());
+    read_secret(key, &context)?;
+    let acceptor = tls::client_acceptor(cert, key)?;
+    info!("clients connect with TLS (HTTPS, RESP over TLS)");
+    Ok(Some(acceptor))
 }
 
 /// The client password in `config.client_password_file`, if set.

@@ -9,9 +9,10 @@ use bytes::BytesMut;
 use ringkv_core::causality::{Object, VersionVector};
 use ringkv_core::message::{ClientOp, ClientReply, OpError};
 use ringkv_wire::resp::{self, CommandParser, RespLimits};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::node::Node;
@@ -26,7 +27,14 @@ const KEYS_AT_ONCE: usize = 16;
 /// The largest MGET reply: past it the command answers an error instead.
 const MAX_MGET_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
-pub async fn serve(listener: TcpListener, node: Arc<Node>, connections: Arc<Semaphore>) {
+/// Serves RESP on `listener`; with `tls`, each connection is a TLS
+/// session first (Redis's `tls-port`).
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    connections: Arc<Semaphore>,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
@@ -35,8 +43,18 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, connections: Arc<Sema
             Ok((stream, remote)) => {
                 let _ = stream.set_nodelay(true);
                 let node = node.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, node).await {
+                    let served = match &tls {
+                        None => serve_connection(stream, node).await,
+                        Some(acceptor) => {
+                            match crate::tls::accept(acceptor, stream, remote).await {
+                                Some(stream) => serve_connection(stream, node).await,
+                                None => Ok(()),
+                            }
+                        }
+                    };
+                    if let Err(e) = served {
                         debug!(%remote, error = %e, "RESP connection ended");
                     }
                     drop(permit);
@@ -55,7 +73,10 @@ enum Next {
     Close,
 }
 
-async fn serve_connection(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    node: Arc<Node>,
+) -> std::io::Result<()> {
     let defaults = RespLimits::default();
     let mut parser = CommandParser::new(RespLimits {
         max_bulk_bytes: node.config.max_value_bytes,

@@ -66,6 +66,8 @@ pub struct TestNode {
     pub extra_args: Vec<String>,
     /// The client password the node requires, if any.
     pub password: Option<String>,
+    /// With client TLS: the CA certificate (PEM) clients trust.
+    pub cacert: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -80,16 +82,28 @@ impl TestNode {
             peer: format!("127.0.0.1:{}", free_port()),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             password: None,
+            cacert: None,
             child: None,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        let scheme = if self.cacert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http)
     }
 
     pub fn client(&self) -> Client {
-        Client::with_password(&self.url(), self.password.as_deref())
+        let password = self.password.as_deref();
+        match &self.cacert {
+            None => Client::with_password(&self.url(), password),
+            Some(ca) => {
+                Client::with_tls(&self.url(), password, &std::fs::read(ca).unwrap()).unwrap()
+            }
+        }
     }
 
     pub fn log(&self) -> String {
