@@ -74,7 +74,7 @@ fn validity(params: &mut CertificateParams, years: i32) {
     params.not_after = date_time_ymd(year + years, 1, 1);
 }
 
-fn create_ca(dir: &Path) -> anyhow::Result<()> {
+pub fn create_ca(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
     let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
     for path in [&cert_path, &key_path] {
@@ -100,7 +100,7 @@ fn create_ca(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create_node(dir: &Path, name: &str, hosts: &[String]) -> anyhow::Result<()> {
+pub fn create_node(dir: &Path, name: &str, hosts: &[String]) -> anyhow::Result<()> {
     if name.is_empty()
         || !name
             .chars()

@@ -30,6 +30,11 @@ pub struct DevClusterArgs {
     /// Node I talks to peers on this port + I.
     #[arg(long, default_value_t = 7070)]
     peer_port: u16,
+    /// TLS everywhere: makes a CA in DIR/certs (kept across runs) and a
+    /// certificate per node, and starts the nodes with peer TLS and client
+    /// TLS (HTTPS, RESP over TLS).
+    #[arg(long)]
+    tls: bool,
 }
 
 pub fn run(args: DevClusterArgs) -> anyhow::Result<()> {
@@ -55,6 +60,10 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("while creating {}", args.data_dir.display()))?;
     let first_peer = format!("127.0.0.1:{}", args.peer_port);
+    let certs = args.data_dir.join("certs");
+    if args.tls && !certs.join("ca.crt").exists() {
+        crate::cert::create_ca(&certs)?;
+    }
     let mut nodes: Vec<DevNode> = Vec::new();
     for i in 0..args.nodes {
         let name = format!("node{}", i + 1);
@@ -93,6 +102,24 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
             .kill_on_drop(true);
         if i > 0 {
             command.args(["--join", &first_peer]);
+        }
+        if args.tls {
+            crate::cert::create_node(&certs, &name, &["127.0.0.1".to_string()])?;
+            let (cert, key) = (
+                certs.join(format!("{name}.crt")),
+                certs.join(format!("{name}.key")),
+            );
+            command
+                .arg("--peer-tls-cert-file")
+                .arg(&cert)
+                .arg("--peer-tls-key-file")
+                .arg(&key)
+                .arg("--peer-tls-ca-file")
+                .arg(certs.join("ca.crt"))
+                .arg("--client-tls-cert-file")
+                .arg(&cert)
+                .arg("--client-tls-key-file")
+                .arg(&key);
         }
         let command_line = std::iter::once(exe.display().to_string())
             .chain(
@@ -193,7 +220,12 @@ async fn stop(nodes: &mut [DevNode]) {
 /// Waits until every node answers and all report the same layout with every member.
 async fn wait_until_ready(nodes: &mut [DevNode], args: &DevClusterArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| url(args, &n.http)).collect();
+    let ca = if args.tls {
+        Some(std::fs::read(args.data_dir.join("certs").join("ca.crt"))?)
+    } else {
+        None
+    };
     let expected = nodes.len();
     loop {
         for node in nodes.iter_mut() {
@@ -205,11 +237,15 @@ async fn wait_until_ready(nodes: &mut [DevNode], args: &DevClusterArgs) -> anyho
                 );
             }
         }
-        let urls = urls.clone();
+        let (urls, ca) = (urls.clone(), ca.clone());
         let agreed = tokio::task::spawn_blocking(move || {
             let mut versions = Vec::new();
             for url in &urls {
-                let status = Client::new(url).cluster_status().ok()?;
+                let client = match &ca {
+                    None => Client::new(url),
+                    Some(ca) => Client::with_tls(url, None, ca).ok()?,
+                };
+                let status = client.cluster_status().ok()?;
                 let members = status["members"].as_array()?.len();
                 if members != expected {
                     return None;
@@ -232,6 +268,12 @@ async fn wait_until_ready(nodes: &mut [DevNode], args: &DevClusterArgs) -> anyho
     }
 }
 
+/// The base URL of a node serving HTTP (or HTTPS, with `--tls`) on `addr`.
+fn url(args: &DevClusterArgs, addr: &str) -> String {
+    let scheme = if args.tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
 fn print_tour(nodes: &[DevNode], args: &DevClusterArgs) {
     println!(
         "ringkv dev cluster: {} nodes, data and logs under {}",
@@ -240,9 +282,9 @@ fn print_tour(nodes: &[DevNode], args: &DevClusterArgs) {
     );
     for node in nodes {
         println!(
-            "  {:<7} http://{}  resp {}  pid {}",
+            "  {:<7} {}  resp {}  pid {}",
             node.name,
-            node.http,
+            url(args, &node.http),
             node.resp,
             node.child.id().unwrap_or(0)
         );
@@ -250,18 +292,40 @@ fn print_tour(nodes: &[DevNode], args: &DevClusterArgs) {
     let first = &nodes[0];
     let last = &nodes[nodes.len() - 1];
     let resp_port = |addr: &str| addr.rsplit(':').next().unwrap_or("6380").to_string();
+    let ca = args.data_dir.join("certs").join("ca.crt");
+    let (curl, redis, cli) = if args.tls {
+        (
+            format!("curl --cacert {} ", ca.display()),
+            format!(" --tls --cacert {}", ca.display()),
+            format!(" --cacert {}", ca.display()),
+        )
+    } else {
+        ("curl ".to_string(), String::new(), String::new())
+    };
     println!();
+    if args.tls {
+        println!(
+            "TLS between the nodes and for clients; the CA is {}",
+            ca.display()
+        );
+    }
     println!("try:");
     println!(
-        "  curl -i -XPUT http://{}/v1/kv/demo/hello -H 'content-type: text/plain' -d 'world'",
-        first.http
+        "  {curl}-i -XPUT {}/v1/kv/demo/hello -H 'content-type: text/plain' -d 'world'",
+        url(args, &first.http)
     );
-    println!("  curl -i http://{}/v1/kv/demo/hello", last.http);
-    println!("  redis-cli -p {} set greeting hi", resp_port(&first.resp));
-    println!("  redis-cli -p {} get greeting", resp_port(&last.resp));
+    println!("  {curl}-i {}/v1/kv/demo/hello", url(args, &last.http));
     println!(
-        "  cargo run --release -- cluster status --url http://{}",
-        first.http
+        "  redis-cli -p {}{redis} set greeting hi",
+        resp_port(&first.resp)
+    );
+    println!(
+        "  redis-cli -p {}{redis} get greeting",
+        resp_port(&last.resp)
+    );
+    println!(
+        "  cargo run --release -- cluster status --url {}{cli}",
+        url(args, &first.http)
     );
     println!();
     println!("Ctrl-C stops every node.");

@@ -99,10 +99,14 @@ fn cli_put_get_delete_and_cluster_status() {
 
 /// Starts `ringkv dev-cluster` in `dir`; returns it, its nodes' pids as it
 /// printed them, and node1's HTTP port, once it has printed its tour.
-fn start_dev_cluster(dir: &std::path::Path) -> (std::process::Child, Vec<u32>, u16) {
+fn start_dev_cluster(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, Vec<u32>, u16) {
     let (http, resp, peer) = (free_ports(3), free_ports(3), free_ports(3));
     let mut child = Command::new(BIN)
         .args(["dev-cluster", "--nodes", "3"])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir)
         .args([
@@ -163,7 +167,7 @@ fn assert_signal_stops(mut child: std::process::Child, signal: &str, pids: &[u32
 #[test]
 fn dev_cluster_starts_three_nodes_survives_losing_one_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, pids, http) = start_dev_cluster(dir.path());
+    let (mut child, pids, http) = start_dev_cluster(dir.path(), &[]);
     let first = Client::new(&format!("http://127.0.0.1:{http}"));
     let last = Client::new(&format!("http://127.0.0.1:{}", http + 2));
     first
@@ -197,6 +201,33 @@ fn dev_cluster_starts_three_nodes_survives_losing_one_and_stops_on_ctrl_c() {
 #[test]
 fn dev_cluster_stops_its_nodes_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, pids, http) = start_dev_cluster(dir.path());
+    let (child, pids, http) = start_dev_cluster(dir.path(), &[]);
+    assert_signal_stops(child, "-TERM", &pids, http);
+}
+
+/// `--tls`: the nodes talk TLS to each other and to clients that trust
+/// the CA it made under the data dir.
+#[test]
+fn dev_cluster_with_tls_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, pids, http) = start_dev_cluster(dir.path(), &["--tls"]);
+    let ca = std::fs::read(dir.path().join("certs").join("ca.crt")).unwrap();
+    let first = Client::with_tls(&format!("https://127.0.0.1:{http}"), None, &ca).unwrap();
+    let last = Client::with_tls(&format!("https://127.0.0.1:{}", http + 2), None, &ca).unwrap();
+    first
+        .put("demo", b"hello", b"world", "text/plain", None, Some(3))
+        .unwrap();
+    assert!(
+        matches!(last.get("demo", b"hello", Some(3)).unwrap(), GetResult::Found { value, .. } if value == b"world")
+    );
+    assert!(
+        Client::new(&format!("http://127.0.0.1:{http}"))
+            .get("demo", b"hello", None)
+            .is_err()
+    );
+    for i in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node{i}.log"))).unwrap();
+        assert!(log.contains("peer connections use TLS"), "{log}");
+    }
     assert_signal_stops(child, "-TERM", &pids, http);
 }
