@@ -89,15 +89,13 @@ pub fn create_ca(dir: &Path) -> anyhow::Result<()> {
     let mut params = ca_params()?;
     validity(&mut params, CA_YEARS);
     let cert = params.self_signed(&key)?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem())
-        .with_context(|| format!("while writing {}", cert_path.display()))?;
-    println!(
-        "wrote {} and {} (keep the key off the nodes)",
-        cert_path.display(),
-        key_path.display()
-    );
-    Ok(())
+    write_pair(
+        &cert_path,
+        &cert,
+        &key_path,
+        &key,
+        "keep the key off the nodes",
+    )
 }
 
 pub fn create_node(dir: &Path, name: &str, hosts: &[String]) -> anyhow::Result<()> {
@@ -140,14 +138,30 @@ pub fn create_node(dir: &Path, name: &str, hosts: &[String]) -> anyhow::Result<(
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem())
+    write_pair(
+        &cert_path,
+        &cert,
+        &key_path,
+        &key,
+        &format!("for {}", hosts.join(", ")),
+    )
+}
+
+/// Writes a certificate and its key (PEM), and says so.
+fn write_pair(
+    cert_path: &Path,
+    cert: &rcgen::Certificate,
+    key_path: &Path,
+    key: &KeyPair,
+    note: &str,
+) -> anyhow::Result<()> {
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    std::fs::write(cert_path, cert.pem())
         .with_context(|| format!("while writing {}", cert_path.display()))?;
     println!(
-        "wrote {} and {} for {}",
+        "wrote {} and {} ({note})",
         cert_path.display(),
-        key_path.display(),
-        hosts.join(", ")
+        key_path.display()
     );
     Ok(())
 }

@@ -13,11 +13,12 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use ringkv_client::{Client, ClientError, GetResult};
-use ringkv_core::message::PeerRequest;
-use ringkv_core::ring::{Member, MemberState};
+use ringkv_wire::PROTOCOL_VERSION;
 use ringkv_wire::auth::MAGIC;
-use ringkv_wire::{Frame, PROTOCOL_VERSION, encode_frame};
-use support::{BIN, Cluster, TestNode, http_get, node_with_password, read_reply, secret_file};
+use support::{
+    BIN, Cluster, TestNode, http_get, intruder_join_frame, node_with_password, read_reply,
+    secret_file,
+};
 
 fn members(node: &TestNode) -> usize {
     node.client().cluster_status().unwrap()["members"]
@@ -30,25 +31,10 @@ fn members(node: &TestNode) -> usize {
 /// any handshake, as anything that reaches the peer port could. True if
 /// the node answered.
 fn raw_join(peer_addr: &str) -> bool {
-    let join = Frame::Request {
-        id: 1,
-        body: PeerRequest::Join {
-            member: Member {
-                id: 0xbad,
-                name: "intruder".into(),
-                peer_addr: "127.0.0.1:9".into(),
-                http_addr: "127.0.0.1:9".into(),
-                resp_addr: "127.0.0.1:9".into(),
-                state: MemberState::Valid,
-            },
-        },
-    };
-    let frame = encode_frame(&join).unwrap();
     let mut peer = TcpStream::connect(peer_addr).unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
-    peer.write_all(&frame).unwrap();
+    peer.write_all(&intruder_join_frame()).unwrap();
     // An answer is a frame: a length, then the protocol version and kind 1
     // (a response). A node with a secret sends its challenge instead, and
     // hangs up.

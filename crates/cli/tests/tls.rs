@@ -20,10 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringkv_client::GetResult;
-use ringkv_core::message::PeerRequest;
-use ringkv_core::ring::{Member, MemberState};
-use ringkv_wire::{Frame, encode_frame};
-use support::{BIN, Cluster, TestNode, wait_for_layout_agreement};
+use support::{BIN, Cluster, TestNode, intruder_join_frame, wait_for_layout_agreement};
 
 /// Runs `ringkv cert ...`, which must succeed.
 fn cert(args: &[&str]) {
@@ -81,25 +78,10 @@ fn refused_join(dir: &Path, name: &str, args: &[String], seed: &str, why: &str) 
 /// Sends a plain `Join` frame to `peer_addr`: what the node sends back
 /// before it closes the connection (at most 64 bytes).
 fn plain_join(peer_addr: &str) -> Vec<u8> {
-    let join = Frame::Request {
-        id: 1,
-        body: PeerRequest::Join {
-            member: Member {
-                id: 0xbad,
-                name: "intruder".into(),
-                peer_addr: "127.0.0.1:9".into(),
-                http_addr: "127.0.0.1:9".into(),
-                resp_addr: "127.0.0.1:9".into(),
-                state: MemberState::Valid,
-            },
-        },
-    };
-    let frame = encode_frame(&join).unwrap();
     let mut peer = TcpStream::connect(peer_addr).unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
-    peer.write_all(&frame).unwrap();
+    peer.write_all(&intruder_join_frame()).unwrap();
     let mut reply = Vec::new();
     let _ = peer.take(64).read_to_end(&mut reply);
     reply

@@ -459,3 +459,29 @@ pub fn node_with_password(dir: &Path, password: &str) -> TestNode {
     node.start(None);
     node
 }
+
+/// A `Join` of a made-up member, as a peer would send it on the wire
+/// (length prefix included): what anything that reaches a peer port could
+/// send.
+pub fn intruder_join_frame() -> Vec<u8> {
+    use ringkv_core::message::PeerRequest;
+    use ringkv_core::ring::{Member, MemberState};
+    use ringkv_wire::{Frame, encode_frame};
+    let join = Frame::Request {
+        id: 1,
+        body: PeerRequest::Join {
+            member: Member {
+                id: 0xbad,
+                name: "intruder".into(),
+                peer_addr: "127.0.0.1:9".into(),
+                http_addr: "127.0.0.1:9".into(),
+                resp_addr: "127.0.0.1:9".into(),
+                state: MemberState::Valid,
+            },
+        },
+    };
+    let frame = encode_frame(&join).unwrap();
+    let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&frame);
+    bytes
+}
