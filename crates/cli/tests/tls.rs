@@ -359,4 +359,22 @@ fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with('v'));
+
+    // Renewal without a restart: replace the files with a certificate of
+    // another CA; new connections get it (old clients no longer trust it).
+    // The certificate alone first: its key does not match yet, so the old
+    // pair stays in use.
+    let other = ca_with_nodes(&dir.path().join("other-ca"), &["node1"]);
+    std::fs::copy(other.join("node1.crt"), ca.join("node1.crt")).unwrap();
+    assert!(node1.client().get("b", b"k", None).is_ok());
+    std::fs::copy(other.join("node1.key"), ca.join("node1.key")).unwrap();
+    let renewed = std::fs::read(other.join("ca.crt")).unwrap();
+    let trusting = ringkv_client::Client::with_tls(&node1.url(), None, &renewed).unwrap();
+    match trusting.get("b", b"k", None) {
+        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
+        other => panic!("{other:?}"),
+    }
+    assert!(node1.client().get("b", b"k", None).is_err());
+    assert!(node1.log().contains("TLS certificate changed; reloaded"));
+    assert!(node1.log().contains("cannot be used; keeping the previous"));
 }

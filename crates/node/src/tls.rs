@@ -10,8 +10,9 @@
 //! authenticate with the password). rustls with the `ring` provider; TLS
 //! 1.3 and 1.2.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,12 +20,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::rustls::client::ResolvesClientCert;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// How long a client may take over its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +62,8 @@ impl PeerTls {
     /// Loads this node's certificate chain and key and the CA that signs
     /// every member's certificate (PEM files).
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<PeerTls> {
-        let (chain, key) = certified_key(cert, key)?;
+        let provider = provider();
+        let files = Arc::new(CertFiles::load(cert, key, provider.clone())?);
         let mut roots = RootCertStore::empty();
         for ca_cert in CertificateDer::pem_file_iter(ca)
             .with_context(|| format!("while reading the CA certificate {}", ca.display()))?
@@ -74,7 +78,6 @@ impl PeerTls {
             bail!("{} holds no CA certificate (PEM)", ca.display());
         }
         let roots = Arc::new(roots);
-        let provider = provider();
 
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
@@ -83,14 +86,12 @@ impl PeerTls {
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .context("the certificate does not match the private key")?;
+            .with_cert_resolver(files.clone());
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .context("the certificate does not match the private key")?;
+            .with_client_cert_resolver(files);
         Ok(PeerTls {
             connector: TlsConnector::from(Arc::new(client)),
             acceptor: TlsAcceptor::from(Arc::new(server)),
@@ -98,15 +99,100 @@ impl PeerTls {
     }
 }
 
+/// A node's certificate and key, read from their files again when either
+/// file changes (checked at each handshake, as etcd does), so that a
+/// certificate is renewed by replacing the files, without a restart. A
+/// new pair that cannot be loaded, or whose key does not match (say, the
+/// certificate is replaced and the key not yet), leaves the previous one
+/// in use until both are right.
+#[derive(Debug)]
+struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    loaded: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    stamps: [Option<SystemTime>; 2],
+    key: Arc<CertifiedKey>,
+}
+
+impl CertFiles {
+    fn load(
+        cert: &Path,
+        key: &Path,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> anyhow::Result<CertFiles> {
+        let stamps = stamps(cert, key);
+        let certified = certified_key(cert, key, &provider)?;
+        Ok(CertFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+            loaded: Mutex::new(Loaded {
+                stamps,
+                key: Arc::new(certified),
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let stamps = stamps(&self.cert, &self.key);
+        let mut loaded = self.loaded.lock().expect("certificate lock");
+        if stamps != loaded.stamps {
+            match certified_key(&self.cert, &self.key, &self.provider) {
+                Ok(certified) => {
+                    info!(cert = %self.cert.display(), "TLS certificate changed; reloaded");
+                    loaded.key = Arc::new(certified);
+                    loaded.stamps = stamps;
+                }
+                Err(e) => {
+                    warn!(error = %e, "TLS certificate files changed but cannot be used; keeping the previous certificate")
+                }
+            }
+        }
+        loaded.key.clone()
+    }
+}
+
+impl ResolvesServerCert for CertFiles {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for CertFiles {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// When each file last changed (None if it cannot be read).
+fn stamps(cert: &Path, key: &Path) -> [Option<SystemTime>; 2] {
+    [cert, key].map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A certificate chain and its private key, from PEM files.
+/// A certificate chain and its private key, from PEM files; the key must
+/// match the certificate.
 fn certified_key(
     cert: &Path,
     key: &Path,
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    provider: &rustls::crypto::CryptoProvider,
+) -> anyhow::Result<CertifiedKey> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("while reading the certificate {}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -114,21 +200,27 @@ fn certified_key(
     if chain.is_empty() {
         bail!("{} holds no certificate (PEM)", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    let private = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("while reading the private key {}", key.display()))?;
-    Ok((chain, key))
+    CertifiedKey::from_der(chain, private, provider).with_context(|| {
+        format!(
+            "the certificate {} does not match the private key {}",
+            cert.display(),
+            key.display()
+        )
+    })
 }
 
 /// The acceptor of the client ports (HTTP and RESP): the node's
 /// certificate, no client certificate asked for.
 pub fn client_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let (chain, key) = certified_key(cert, key)?;
-    let server = ServerConfig::builder_with_provider(provider())
+    let provider = provider();
+    let files = CertFiles::load(cert, key, provider.clone())?;
+    let server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the certificate does not match the private key")?;
+        .with_cert_resolver(Arc::new(files));
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
