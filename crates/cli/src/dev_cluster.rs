@@ -243,7 +243,7 @@ async fn wait_until_ready(nodes: &mut [DevNode], args: &DevClusterArgs) -> anyho
             for url in &urls {
                 let client = match &ca {
                     None => Client::new(url),
-                    Some(ca) => Client::with_tls(url, None, ca).ok()?,
+                    Some(ca) => Client::with_tls(url, None, ca, None).ok()?,
                 };
                 let status = client.cluster_status().ok()?;
                 let members = status["members"].as_array()?.len();

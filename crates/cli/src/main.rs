@@ -126,17 +126,29 @@ struct Target {
     /// nodes' client certificate, trusted instead of the public roots.
     #[arg(long, env = "RINGKV_CACERT")]
     cacert: Option<PathBuf>,
+    /// For nodes that ask for a client certificate: this client's (PEM).
+    #[arg(long, env = "RINGKV_CLIENT_CERT", requires_all = ["client_key", "cacert"])]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, env = "RINGKV_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 impl Target {
     fn client(&self) -> anyhow::Result<Client> {
         let password = self.password.as_deref();
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("while reading {}", path.display()))
+        };
         match &self.cacert {
             None => Ok(Client::with_password(&self.url, password)),
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("while reading {}", path.display()))?;
-                Ok(Client::with_tls(&self.url, password, &pem)?)
+            Some(ca) => {
+                let identity = match (&self.client_cert, &self.client_key) {
+                    (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                    _ => None,
+                };
+                let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+                Ok(Client::with_tls(&self.url, password, &read(ca)?, identity)?)
             }
         }
     }
@@ -226,6 +238,9 @@ struct ServerArgs {
     /// Client TLS: its private key (PEM, mode 600).
     #[arg(long, requires = "client_tls_cert_file")]
     client_tls_key_file: Option<std::path::PathBuf>,
+    /// Client TLS: clients must show a certificate signed by this CA (PEM).
+    #[arg(long, requires = "client_tls_cert_file")]
+    client_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -291,6 +306,7 @@ impl ServerArgs {
         if self.client_tls_cert_file.is_some() {
             config.client_tls_cert_file = self.client_tls_cert_file;
             config.client_tls_key_file = self.client_tls_key_file;
+            config.client_tls_ca_file = self.client_tls_ca_file;
         }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

@@ -212,8 +212,9 @@ fn dev_cluster_with_tls_serves_https() {
     let dir = tempfile::tempdir().unwrap();
     let (child, pids, http) = start_dev_cluster(dir.path(), &["--tls"]);
     let ca = std::fs::read(dir.path().join("certs").join("ca.crt")).unwrap();
-    let first = Client::with_tls(&format!("https://127.0.0.1:{http}"), None, &ca).unwrap();
-    let last = Client::with_tls(&format!("https://127.0.0.1:{}", http + 2), None, &ca).unwrap();
+    let first = Client::with_tls(&format!("https://127.0.0.1:{http}"), None, &ca, None).unwrap();
+    let last =
+        Client::with_tls(&format!("https://127.0.0.1:{}", http + 2), None, &ca, None).unwrap();
     first
         .put("demo", b"hello", b"world", "text/plain", None, Some(3))
         .unwrap();

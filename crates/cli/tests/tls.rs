@@ -369,7 +369,7 @@ fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
     assert!(node1.client().get("b", b"k", None).is_ok());
     std::fs::copy(other.join("node1.key"), ca.join("node1.key")).unwrap();
     let renewed = std::fs::read(other.join("ca.crt")).unwrap();
-    let trusting = ringkv_client::Client::with_tls(&node1.url(), None, &renewed).unwrap();
+    let trusting = ringkv_client::Client::with_tls(&node1.url(), None, &renewed, None).unwrap();
     match trusting.get("b", b"k", None) {
         Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
         other => panic!("{other:?}"),
@@ -377,4 +377,63 @@ fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
     assert!(node1.client().get("b", b"k", None).is_err());
     assert!(node1.log().contains("TLS certificate changed; reloaded"));
     assert!(node1.log().contains("cannot be used; keeping the previous"));
+}
+
+#[test]
+fn a_node_that_asks_for_client_certificates_serves_only_clients_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "app"]);
+    let other = ca_with_nodes(&dir.path().join("other-ca"), &["app"]);
+    let file = |dir: &Path, name: &str| dir.join(name).to_str().unwrap().to_string();
+    let mut node1 = TestNode::new(
+        "node1",
+        dir.path().join("node1"),
+        &[
+            "--client-tls-cert-file",
+            &file(&ca, "node1.crt"),
+            "--client-tls-key-file",
+            &file(&ca, "node1.key"),
+            "--client-tls-ca-file",
+            &file(&ca, "ca.crt"),
+        ],
+    );
+    node1.cacert = Some(ca.join("ca.crt"));
+    node1.identity = Some((ca.join("app.crt"), ca.join("app.key")));
+    node1.start(None);
+    assert!(node1.log().contains("a certificate of the client CA"));
+    let with_cert = node1.client();
+    with_cert
+        .put("b", b"k", b"v", "text/plain", None, None)
+        .unwrap();
+    match with_cert.get("b", b"k", None) {
+        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
+        other => panic!("{other:?}"),
+    }
+    // No certificate, or one of another CA: turned away.
+    let ca_pem = std::fs::read(ca.join("ca.crt")).unwrap();
+    let none = ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, None).unwrap();
+    assert!(none.get("b", b"k", None).is_err());
+    let read = |dir: &Path, name: &str| std::fs::read(dir.join(name)).unwrap();
+    let (cert, key) = (read(&other, "app.crt"), read(&other, "app.key"));
+    let foreign =
+        ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, Some((&cert, &key))).unwrap();
+    assert!(foreign.get("b", b"k", None).is_err());
+
+    // The CLI: --cacert, --client-cert, --client-key.
+    let out = Command::new(BIN)
+        .args(["get", "b", "k", "--url", &node1.url()])
+        .args(["--cacert", &file(&ca, "ca.crt")])
+        .args([
+            "--client-cert",
+            &file(&ca, "app.crt"),
+            "--client-key",
+            &file(&ca, "app.key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -92,27 +92,43 @@ impl Client {
     }
 
     /// A client for `https://` nodes (`--client-tls-cert-file`) that trusts
-    /// the CA certificates in `ca_pem` (PEM) instead of the public roots.
-    pub fn with_tls(url: &str, password: Option<&str>, ca_pem: &[u8]) -> Result<Self, ClientError> {
+    /// the CA certificates in `ca_pem` (PEM) instead of the public roots,
+    /// and shows `identity` (certificate chain, private key; PEM) to nodes
+    /// that ask for a client certificate.
+    pub fn with_tls(
+        url: &str,
+        password: Option<&str>,
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+    ) -> Result<Self, ClientError> {
         let bad = |reason: String| ClientError::Transport {
             url: url.to_string(),
             reason,
         };
-        let mut roots = Vec::new();
-        for item in ureq::tls::parse_pem(ca_pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => roots.push(cert),
-                Ok(_) => {}
-                Err(e) => return Err(bad(format!("CA certificate: {e}"))),
+        let certificates = |pem: &[u8], what: &str| {
+            let mut found = Vec::new();
+            for item in ureq::tls::parse_pem(pem) {
+                match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => found.push(cert),
+                    Ok(_) => {}
+                    Err(e) => return Err(bad(format!("{what}: {e}"))),
+                }
             }
+            if found.is_empty() {
+                return Err(bad(format!("{what}: no certificate (PEM)")));
+            }
+            Ok(found)
+        };
+        let roots = certificates(ca_pem, "CA certificate")?;
+        let mut tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)));
+        if let Some((cert_pem, key_pem)) = identity {
+            let chain = certificates(cert_pem, "client certificate")?;
+            let key = ureq::tls::PrivateKey::from_pem(key_pem)
+                .map_err(|e| bad(format!("client key: {e}")))?;
+            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
         }
-        if roots.is_empty() {
-            return Err(bad("no CA certificate (PEM) given".into()));
-        }
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
-            .build();
-        Ok(Self::build(url, password, Some(tls)))
+        Ok(Self::build(url, password, Some(tls.build())))
     }
 
     fn build(url: &str, password: Option<&str>, tls: Option<ureq::tls::TlsConfig>) -> Self {

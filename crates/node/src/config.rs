@@ -81,6 +81,9 @@ pub struct NodeConfig {
     /// only). Both ports then speak TLS only.
     pub client_tls_cert_file: Option<PathBuf>,
     pub client_tls_key_file: Option<PathBuf>,
+    /// With client TLS: clients must show a certificate signed by a CA in
+    /// this file (PEM), as etcd's `--client-cert-auth`.
+    pub client_tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -116,6 +119,7 @@ impl Default for NodeConfig {
             peer_tls_ca_file: None,
             client_tls_cert_file: None,
             client_tls_key_file: None,
+            client_tls_ca_file: None,
         }
     }
 }
@@ -161,6 +165,12 @@ impl NodeConfig {
         if self.client_tls_cert_file.is_some() != self.client_tls_key_file.is_some() {
             return Err(
                 "client TLS needs both client-tls-cert-file and client-tls-key-file".into(),
+            );
+        }
+        if self.client_tls_ca_file.is_some() && self.client_tls_cert_file.is_none() {
+            return Err(
+                "client-tls-ca-file needs client TLS (client-tls-cert-file, client-tls-key-file)"
+                    .into(),
             );
         }
         // A peer that refuses a connection for want of a secret or of TLS

@@ -418,8 +418,13 @@ fn client_tls(config: &NodeConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcc
     };
     let context = || format!("private key file {}", key.display());
     read_secret(key, &context)?;
-    let acceptor = tls::client_acceptor(cert, key)?;
-    info!("clients connect with TLS (HTTPS, RESP over TLS)");
+    let ca = config.client_tls_ca_file.as_deref();
+    let acceptor = tls::client_acceptor(cert, key, ca)?;
+    if ca.is_some() {
+        info!("clients connect with TLS (HTTPS, RESP over TLS) and a certificate of the client CA");
+    } else {
+        info!("clients connect with TLS (HTTPS, RESP over TLS)");
+    }
     Ok(Some(acceptor))
 }
 

@@ -64,20 +64,7 @@ impl PeerTls {
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<PeerTls> {
         let provider = provider();
         let files = Arc::new(CertFiles::load(cert, key, provider.clone())?);
-        let mut roots = RootCertStore::empty();
-        for ca_cert in CertificateDer::pem_file_iter(ca)
-            .with_context(|| format!("while reading the CA certificate {}", ca.display()))?
-        {
-            let ca_cert = ca_cert
-                .with_context(|| format!("while parsing the CA certificate {}", ca.display()))?;
-            roots
-                .add(ca_cert)
-                .with_context(|| format!("{} is not a usable CA certificate", ca.display()))?;
-        }
-        if roots.is_empty() {
-            bail!("{} holds no CA certificate (PEM)", ca.display());
-        }
-        let roots = Arc::new(roots);
+        let roots = roots(ca)?;
 
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
@@ -212,16 +199,43 @@ fn certified_key(
 }
 
 /// The acceptor of the client ports (HTTP and RESP): the node's
-/// certificate, no client certificate asked for.
-pub fn client_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+/// certificate; with `ca`, clients must show a certificate it signed
+/// (etcd's `--client-cert-auth`), else none is asked for.
+pub fn client_acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> anyhow::Result<TlsAcceptor> {
     let provider = provider();
     let files = CertFiles::load(cert, key, provider.clone())?;
-    let server = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(files));
+        .context("TLS protocol versions")?;
+    let builder = match ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider)
+                .build()
+                .context("while building the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let server = builder.with_cert_resolver(Arc::new(files));
     Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// The CA certificates in the PEM file `ca`.
+fn roots(ca: &Path) -> anyhow::Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for ca_cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("while reading the CA certificate {}", ca.display()))?
+    {
+        let ca_cert = ca_cert
+            .with_context(|| format!("while parsing the CA certificate {}", ca.display()))?;
+        roots
+            .add(ca_cert)
+            .with_context(|| format!("{} is not a usable CA certificate", ca.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no CA certificate (PEM)", ca.display());
+    }
+    Ok(Arc::new(roots))
 }
 
 /// Accepts TCP connections and hands on those that finished a TLS

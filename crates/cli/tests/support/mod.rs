@@ -66,8 +66,10 @@ pub struct TestNode {
     pub extra_args: Vec<String>,
     /// The client password the node requires, if any.
     pub password: Option<String>,
-    /// With client TLS: the CA certificate (PEM) clients trust.
+    /// With client TLS: the CA certificate (PEM) clients trust, and the
+    /// certificate and key the harness's client shows, if any.
     pub cacert: Option<PathBuf>,
+    pub identity: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -83,6 +85,7 @@ impl TestNode {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             password: None,
             cacert: None,
+            identity: None,
             child: None,
         }
     }
@@ -101,7 +104,10 @@ impl TestNode {
         match &self.cacert {
             None => Client::with_password(&self.url(), password),
             Some(ca) => {
-                Client::with_tls(&self.url(), password, &std::fs::read(ca).unwrap()).unwrap()
+                let read = |path: &PathBuf| std::fs::read(path).unwrap();
+                let identity = self.identity.as_ref().map(|(c, k)| (read(c), read(k)));
+                let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+                Client::with_tls(&self.url(), password, &read(ca), identity).unwrap()
             }
         }
     }
