@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_RESP_ADDR: &str = "127.0.0.1:6380";
 pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7070";
+/// The largest `max-frame-bytes`: below any length that the refusals of
+/// `ringkv_wire::auth::MAGIC` and `tls::TLS_REQUIRED` read as.
+pub const MAX_FRAME_BYTES: usize = 1280 * 1024 * 1024;
 
 /// Every field has a config-file key of the same name (kebab-case).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,9 +177,10 @@ impl NodeConfig {
             );
         }
         // A peer that refuses a connection for want of a secret or of TLS
-        // says so in 8 bytes that, read as a frame length, exceed the limit.
-        if self.max_frame_bytes > 1024 * 1024 * 1024 {
-            return Err("max-frame-bytes must be at most 1 GiB".into());
+        // says so in 8 bytes that, read as a frame length ("RK..", about
+        // 1.29 GiB), exceed the limit. (The largest value still fits.)
+        if self.max_frame_bytes > MAX_FRAME_BYTES {
+            return Err("max-frame-bytes must be at most 1280 MiB".into());
         }
         if self.max_frame_bytes < 2 * self.max_value_bytes + 64 * 1024 {
             return Err(

@@ -364,10 +364,14 @@ mod tests {
     }
 
     #[test]
-    fn the_plain_refusal_is_no_frame() {
-        // Read as a length prefix it is far over any frame limit.
-        let len = u32::from_be_bytes(TLS_REQUIRED[..4].try_into().unwrap());
-        assert!(len as usize > 256 * 1024 * 1024);
+    fn the_plain_refusals_are_no_frames() {
+        // Read as a length prefix they are over any frame limit allowed.
+        for refusal in [&TLS_REQUIRED[..], &ringkv_wire::auth::MAGIC[..]] {
+            let len = u32::from_be_bytes(refusal[..4].try_into().unwrap());
+            assert!(len as usize > crate::config::MAX_FRAME_BYTES);
+        }
+        let largest_value = 512 * 1024 * 1024;
+        assert!(2 * largest_value + 64 * 1024 <= crate::config::MAX_FRAME_BYTES);
         assert!(!looks_like_tls(TLS_REQUIRED[0]));
     }
 }
