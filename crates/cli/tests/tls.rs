@@ -127,6 +127,15 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
+/// The value of key `k` of bucket `b` read through `client` (at `r`),
+/// which must be found.
+fn value_of(client: &ringkv_client::Client, r: Option<u32>) -> Vec<u8> {
+    match client.get("b", b"k", r) {
+        Ok(GetResult::Found { value, .. }) => value,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn members(node: &TestNode) -> usize {
     node.client().cluster_status().unwrap()["members"]
         .as_array()
@@ -152,10 +161,7 @@ fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
         .client()
         .put("b", b"k", b"v", "text/plain", None, Some(2))
         .unwrap();
-    match node2.client().get("b", b"k", Some(2)) {
-        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(value_of(&node2.client(), Some(2)), b"v");
 
     // A certificate of another CA: refused, saying why; so is a node
     // without TLS.
@@ -311,10 +317,7 @@ fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
     client
         .put("b", b"k", b"v", "text/plain", None, None)
         .unwrap();
-    match client.get("b", b"k", None) {
-        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(value_of(&client, None), b"v");
     // Plain HTTP gets nothing; HTTPS without the CA trusts no certificate.
     let plain = ringkv_client::Client::new(&format!("http://{}", node1.http));
     assert!(plain.get("b", b"k", None).is_err());
@@ -370,10 +373,7 @@ fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
     std::fs::copy(other.join("node1.key"), ca.join("node1.key")).unwrap();
     let renewed = std::fs::read(other.join("ca.crt")).unwrap();
     let trusting = ringkv_client::Client::with_tls(&node1.url(), None, &renewed, None).unwrap();
-    match trusting.get("b", b"k", None) {
-        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(value_of(&trusting, None), b"v");
     assert!(node1.client().get("b", b"k", None).is_err());
     assert!(node1.log().contains("TLS certificate changed; reloaded"));
     assert!(node1.log().contains("cannot be used; keeping the previous"));
@@ -405,10 +405,7 @@ fn a_node_that_asks_for_client_certificates_serves_only_clients_with_one() {
     with_cert
         .put("b", b"k", b"v", "text/plain", None, None)
         .unwrap();
-    match with_cert.get("b", b"k", None) {
-        Ok(GetResult::Found { value, .. }) => assert_eq!(value, b"v"),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(value_of(&with_cert, None), b"v");
     // No certificate, or one of another CA: turned away.
     let ca_pem = std::fs::read(ca.join("ca.crt")).unwrap();
     let none = ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, None).unwrap();
