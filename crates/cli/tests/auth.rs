@@ -17,7 +17,7 @@ use ringkv_wire::PROTOCOL_VERSION;
 use ringkv_wire::auth::MAGIC;
 use support::{
     BIN, Cluster, TestNode, http_get, intruder_join_frame, node_with_password, read_reply,
-    secret_file,
+    refused_start, secret_file,
 };
 
 fn members(node: &TestNode) -> usize {
@@ -43,14 +43,6 @@ fn raw_join(peer_addr: &str) -> bool {
         Ok(()) => !head.starts_with(&MAGIC[..6]) && head[4..6] == [PROTOCOL_VERSION, 1],
         Err(_) => false,
     }
-}
-
-/// A node started with `args` to join through `seed` exits with an error,
-/// and its log says `why`.
-fn refused_join(dir: &std::path::Path, name: &str, args: &[&str], seed: &str, why: &str) {
-    let mut node = TestNode::new(name, dir.join(name), args);
-    assert!(!node.start_refused(Some(seed)).success());
-    assert!(node.log().contains(why), "{}", node.log());
 }
 
 #[test]
@@ -80,11 +72,11 @@ fn only_members_with_the_cluster_secret_join_and_talk() {
     let other = secret_file(dir.path(), "other", "not-our-cluster-secret", 0o600);
     let seed = &cluster.nodes[0].peer;
     let wrong = ["--cluster-secret-file", other.to_str().unwrap()];
-    refused_join(
+    refused_start(
         dir.path(),
         "node3",
         &wrong,
-        seed,
+        Some(seed),
         "do not share a cluster secret",
     );
     assert!(
@@ -94,7 +86,13 @@ fn only_members_with_the_cluster_secret_join_and_talk() {
     );
 
     // No secret: refused, saying that the cluster requires one.
-    refused_join(dir.path(), "node4", &[], seed, "requires a cluster secret");
+    refused_start(
+        dir.path(),
+        "node4",
+        &[] as &[&str],
+        Some(seed),
+        "requires a cluster secret",
+    );
 
     // A raw request that skips the handshake is not even read.
     assert!(
@@ -117,22 +115,12 @@ fn only_members_with_the_cluster_secret_join_and_talk() {
 fn a_secret_file_others_can_read_or_a_short_secret_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let loose = secret_file(dir.path(), "loose", "our-cluster-secret-0123", 0o644);
-    let mut node = TestNode::new(
-        "node1",
-        dir.path().join("node1"),
-        &["--cluster-secret-file", loose.to_str().unwrap()],
-    );
-    assert!(!node.start_refused(None).success());
-    assert!(node.log().contains("chmod 600"), "{}", node.log());
+    let args = ["--cluster-secret-file", loose.to_str().unwrap()];
+    refused_start(dir.path(), "node1", &args, None, "chmod 600");
 
     let short = secret_file(dir.path(), "short", "tooshort\n", 0o600);
-    let mut node = TestNode::new(
-        "node1",
-        dir.path().join("node1b"),
-        &["--cluster-secret-file", short.to_str().unwrap()],
-    );
-    assert!(!node.start_refused(None).success());
-    assert!(node.log().contains("at least 16 bytes"), "{}", node.log());
+    let args = ["--cluster-secret-file", short.to_str().unwrap()];
+    refused_start(dir.path(), "node1b", &args, None, "at least 16 bytes");
 }
 
 /// Sends RESP commands one after the other on one connection: the replies.

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringkv_client::GetResult;
-use support::{BIN, Cluster, TestNode, intruder_join_frame, wait_for_layout_agreement};
+use support::{
+    BIN, Cluster, TestNode, intruder_join_frame, refused_start, wait_for_layout_agreement,
+};
 
 /// Runs `ringkv cert ...`, which must succeed.
 fn cert(args: &[&str]) {
@@ -65,14 +67,6 @@ fn tls_args(ca: &Path, name: &str) -> Vec<String> {
 fn node(dir: &Path, name: &str, args: &[String]) -> TestNode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     TestNode::new(name, dir.join(name), &args)
-}
-
-/// A node started with `args` to join through `seed` exits with an error,
-/// and its log says `why`.
-fn refused_join(dir: &Path, name: &str, args: &[String], seed: &str, why: &str) {
-    let mut joiner = node(dir, name, args);
-    assert!(!joiner.start_refused(Some(seed)).success());
-    assert!(joiner.log().contains(why), "{}", joiner.log());
 }
 
 /// Sends a plain `Join` frame to `peer_addr`: what the node sends back
@@ -136,6 +130,23 @@ fn value_of(client: &ringkv_client::Client, r: Option<u32>) -> Vec<u8> {
     }
 }
 
+/// A node (not started) whose client ports speak TLS with node1's
+/// certificate of `ca`, also started with `extra`; the harness's client
+/// trusts `ca`.
+fn client_tls_node(dir: &Path, ca: &Path, extra: &[&str]) -> TestNode {
+    let (cert, key) = (ca.join("node1.crt"), ca.join("node1.key"));
+    let mut args = vec![
+        "--client-tls-cert-file",
+        cert.to_str().unwrap(),
+        "--client-tls-key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut node = TestNode::new("node1", dir.join("node1"), &args);
+    node.cacert = Some(ca.join("ca.crt"));
+    node
+}
+
 fn members(node: &TestNode) -> usize {
     node.client().cluster_status().unwrap()["members"]
         .as_array()
@@ -166,15 +177,10 @@ fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
     // A certificate of another CA: refused, saying why; so is a node
     // without TLS.
     let why = "TLS with the peer failed";
-    refused_join(
-        dir.path(),
-        "intruder",
-        &tls_args(&other, "intruder"),
-        &node1.peer,
-        why,
-    );
+    let intruder = tls_args(&other, "intruder");
+    refused_start(dir.path(), "intruder", &intruder, Some(&node1.peer), why);
     assert!(node1.log().contains("TLS handshake"), "{}", node1.log());
-    refused_join(dir.path(), "plain", &[], &node1.peer, why);
+    refused_start(dir.path(), "plain", &[] as &[&str], Some(&node1.peer), why);
     assert!(node1.log().contains("connected without TLS"));
 
     // A plain frame is not read: the answer is the TLS refusal, no frame.
@@ -201,13 +207,8 @@ fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
     // And a TLS node cannot join a plain cluster, whose join is plain text
     // (the control for the check above).
     let open = Cluster::start(1);
-    refused_join(
-        dir.path(),
-        "node4",
-        &tls_args(&ca, "node2"),
-        &open.nodes[0].peer,
-        why,
-    );
+    let args = tls_args(&ca, "node2");
+    refused_start(dir.path(), "node4", &args, Some(&open.nodes[0].peer), why);
     assert_eq!(members(&open.nodes[0]), 1);
     let (through, seen) = relay(&open.nodes[0].peer);
     let mut node5 = node(dir.path(), "node5", &[]);
@@ -220,27 +221,27 @@ fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
 fn bad_tls_files_stop_the_server_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "node2"]);
-    let refused = |name: &str, args: Vec<String>, why: &str| {
-        let mut n = node(dir.path(), name, &args);
-        assert!(!n.start_refused(None).success());
-        assert!(n.log().contains(why), "{}", n.log());
-    };
-
     // A key others can read.
     let key = ca.join("node1.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    refused("a", tls_args(&ca, "node1"), "chmod 600");
+    refused_start(dir.path(), "a", &tls_args(&ca, "node1"), None, "chmod 600");
 
     // node2's certificate with node1's key.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut mismatched = tls_args(&ca, "node2");
     mismatched[3] = key.to_str().unwrap().to_string();
-    refused("b", mismatched, "does not match the private key");
+    refused_start(
+        dir.path(),
+        "b",
+        &mismatched,
+        None,
+        "does not match the private key",
+    );
 
     // A CA file that holds no certificate.
     let mut no_ca = tls_args(&ca, "node1");
     no_ca[5] = key.to_str().unwrap().to_string();
-    refused("c", no_ca, "holds no CA certificate");
+    refused_start(dir.path(), "c", &no_ca, None, "holds no CA certificate");
 
     // Two of the three flags.
     let out = Command::new(BIN)
@@ -297,17 +298,7 @@ fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca_with_nodes(&dir.path().join("ca"), &["node1"]);
     let file = |name: &str| ca.join(name).to_str().unwrap().to_string();
-    let mut node1 = TestNode::new(
-        "node1",
-        dir.path().join("node1"),
-        &[
-            "--client-tls-cert-file",
-            &file("node1.crt"),
-            "--client-tls-key-file",
-            &file("node1.key"),
-        ],
-    );
-    node1.cacert = Some(ca.join("ca.crt"));
+    let mut node1 = client_tls_node(dir.path(), &ca, &[]);
     node1.start(None);
     assert!(node1.url().starts_with("https://"));
     assert!(node1.log().contains("clients connect with TLS"));
@@ -385,19 +376,8 @@ fn a_node_that_asks_for_client_certificates_serves_only_clients_with_one() {
     let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "app"]);
     let other = ca_with_nodes(&dir.path().join("other-ca"), &["app"]);
     let file = |dir: &Path, name: &str| dir.join(name).to_str().unwrap().to_string();
-    let mut node1 = TestNode::new(
-        "node1",
-        dir.path().join("node1"),
-        &[
-            "--client-tls-cert-file",
-            &file(&ca, "node1.crt"),
-            "--client-tls-key-file",
-            &file(&ca, "node1.key"),
-            "--client-tls-ca-file",
-            &file(&ca, "ca.crt"),
-        ],
-    );
-    node1.cacert = Some(ca.join("ca.crt"));
+    let ca_file = file(&ca, "ca.crt");
+    let mut node1 = client_tls_node(dir.path(), &ca, &["--client-tls-ca-file", &ca_file]);
     node1.identity = Some((ca.join("app.crt"), ca.join("app.key")));
     node1.start(None);
     assert!(node1.log().contains("a certificate of the client CA"));

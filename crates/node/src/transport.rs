@@ -271,14 +271,11 @@ async fn tls_connect(
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, peer_tls.connector.connect(name, stream)).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) if tls::is_tls_refusal(&e) => {
-            warn!(peer = %addr, error = %e, "TLS handshake with the peer failed");
-            Err(LinkState::TlsFailed)
-        }
-        // Closed before the handshake ended: a plain node (it hangs up on
-        // what it cannot read as a frame), or one that went away.
+        // A certificate refused either way, or the connection closed
+        // during the handshake: a plain node hangs up on what it cannot
+        // read as a frame.
         Ok(Err(e)) => {
-            debug!(peer = %addr, error = %e, "TLS handshake cut short");
+            warn!(peer = %addr, error = %e, "TLS handshake with the peer failed");
             Err(LinkState::TlsFailed)
         }
         Err(_) => Err(LinkState::Down),

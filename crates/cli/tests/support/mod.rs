@@ -491,3 +491,18 @@ pub fn intruder_join_frame() -> Vec<u8> {
     bytes.extend_from_slice(&frame);
     bytes
 }
+
+/// A node named `name` (data under `dir/name`), started with `args` (to
+/// join through `join`), exits with an error, and its log says `why`.
+pub fn refused_start(
+    dir: &Path,
+    name: &str,
+    args: &[impl AsRef<str>],
+    join: Option<&str>,
+    why: &str,
+) {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let mut node = TestNode::new(name, dir.join(name), &args);
+    assert!(!node.start_refused(join).success());
+    assert!(node.log().contains(why), "{}", node.log());
+}
