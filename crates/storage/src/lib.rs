@@ -156,6 +156,13 @@ pub trait Storage: Send + Sync + 'static {
         false
     }
 
+    /// Makes the engine usable again if an I/O error left it refusing
+    /// every operation (redb does, until reopened): reopens it as of its
+    /// last durable commit, as a restart would. Does nothing otherwise.
+    fn reopen_if_failed(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Records of one space in key order with key > `after` (`None` = from
     /// the start), at most `limit` of them. Pass the last key returned as
     /// `after` to read the next page.

@@ -25,11 +25,20 @@
 //! commit durable (`close_database` in `src/db.rs`), so only a real crash
 //! loses Buffered writes, not a clean close.
 //!
+//! After an I/O error (a full disk), redb refuses every later operation,
+//! reads included, with `PreviousIo` until the file is opened again
+//! (redb's `cached_file.rs` latches `io_failed`). [`Storage::reopen_if_failed`]
+//! does that in place: the file comes back as of its last durable commit,
+//! which is what a restart would give. While it reopens, operations fail at
+//! once instead of waiting for it.
+//!
 //! This module does not cache, batch concurrent writers (see
 //! [`crate::GroupCommitter`]) or compact the file.
 
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{ReadableDatabase, TableDefinition};
 
@@ -42,7 +51,15 @@ const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// A [`Storage`] on one redb file. Writes are serialized by redb (one write
 /// transaction at a time); reads run concurrently on snapshots.
 pub struct RedbStorage {
-    database: redb::Database,
+    path: PathBuf,
+    /// `None` only while [`Storage::reopen_if_failed`] replaces it.
+    database: RwLock<Option<redb::Database>>,
+    /// An operation failed with an I/O error, after which redb refuses
+    /// every other: the file must be opened again.
+    failed: AtomicBool,
+    /// Tests: while set, the file's writes and syncs fail.
+    #[cfg(test)]
+    inject_failures: Option<std::sync::Arc<AtomicBool>>,
 }
 
 /// Converts a redb error, keeping I/O errors apart from the engine's own.
@@ -58,13 +75,96 @@ fn engine_error(operation: &'static str, error: impl Into<redb::Error>) -> Stora
 impl RedbStorage {
     /// Opens the database file at `path`, creating it if missing.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let database =
-            redb::Database::create(path).map_err(|e| engine_error("opening the database", e))?;
-        let storage = RedbStorage { database };
+        let storage = RedbStorage {
+            path: path.to_path_buf(),
+            database: RwLock::new(None),
+            failed: AtomicBool::new(false),
+            #[cfg(test)]
+            inject_failures: None,
+        };
+        storage.open_file()?;
+        Ok(storage)
+    }
+
+    /// Tests: [`RedbStorage::open`] on a file whose writes and syncs fail
+    /// while `failing` is set.
+    #[cfg(test)]
+    pub(crate) fn open_failing(
+        path: &Path,
+        failing: std::sync::Arc<AtomicBool>,
+    ) -> Result<Self, StorageError> {
+        let storage = RedbStorage {
+            path: path.to_path_buf(),
+            database: RwLock::new(None),
+            failed: AtomicBool::new(false),
+            inject_failures: Some(failing),
+        };
+        storage.open_file()?;
+        Ok(storage)
+    }
+
+    /// Opens the file into `self.database`, which must be `None`.
+    fn open_file(&self) -> Result<(), StorageError> {
+        let database = self
+            .create_database()
+            .map_err(|e| engine_error("opening the database", e))?;
+        *self.database.write().expect("database lock poisoned") = Some(database);
         // Create the table up front so that readers never meet a missing
         // table.
-        storage.commit(Durability::Sync, "creating the records table", |_| Ok(()))?;
-        Ok(storage)
+        self.commit(Durability::Sync, "creating the records table", |_| Ok(()))
+    }
+
+    #[cfg(not(test))]
+    fn create_database(&self) -> Result<redb::Database, redb::DatabaseError> {
+        redb::Database::create(&self.path)
+    }
+
+    #[cfg(test)]
+    fn create_database(&self) -> Result<redb::Database, redb::DatabaseError> {
+        match &self.inject_failures {
+            None => redb::Database::create(&self.path),
+            Some(failing) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.path)?;
+                let backend = tests::FailingBackend {
+                    file: redb::backends::FileBackend::new(file)?,
+                    failing: std::sync::Arc::clone(failing),
+                };
+                redb::Builder::new().create_with_backend(backend)
+            }
+        }
+    }
+
+    /// The open database, or the error that it is being reopened.
+    fn database(
+        &self,
+        operation: &'static str,
+    ) -> Result<RwLockReadGuard<'_, Option<redb::Database>>, StorageError> {
+        let database = self.database.read().expect("database lock poisoned");
+        if database.is_none() {
+            return Err(StorageError::Engine {
+                message: format!(
+                    "redb is being opened again after an I/O error, while {operation}"
+                ),
+            });
+        }
+        Ok(database)
+    }
+
+    /// [`engine_error`], noting errors after which redb must be reopened.
+    fn error(&self, operation: &'static str, error: impl Into<redb::Error>) -> StorageError {
+        let error = error.into();
+        if matches!(
+            error,
+            redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+        ) {
+            self.failed.store(true, Ordering::Release);
+        }
+        engine_error(operation, error)
     }
 
     fn commit(
@@ -73,38 +173,46 @@ impl RedbStorage {
         operation: &'static str,
         fill: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<(), redb::Error>,
     ) -> Result<(), StorageError> {
-        let mut transaction = self
-            .database
+        let database = self.database(operation)?;
+        let database = database.as_ref().expect("checked by database()");
+        let mut transaction = database
             .begin_write()
-            .map_err(|e| engine_error(operation, e))?;
+            .map_err(|e| self.error(operation, e))?;
         let redb_durability = match durability {
             Durability::Sync => redb::Durability::Immediate,
             Durability::Buffered => redb::Durability::None,
         };
         transaction
             .set_durability(redb_durability)
-            .map_err(|e| engine_error(operation, e))?;
+            .map_err(|e| self.error(operation, e))?;
         {
             let mut table = transaction
                 .open_table(RECORDS)
-                .map_err(|e| engine_error(operation, e))?;
-            fill(&mut table).map_err(|e| engine_error(operation, e))?;
+                .map_err(|e| self.error(operation, e))?;
+            fill(&mut table).map_err(|e| self.error(operation, e))?;
         }
         // On error the transaction is dropped, which aborts it.
-        transaction.commit().map_err(|e| engine_error(operation, e))
+        transaction.commit().map_err(|e| self.error(operation, e))
     }
 
-    fn read_table(
+    /// Runs `read` on the records table of a read transaction.
+    fn read<T>(
         &self,
         operation: &'static str,
-    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StorageError> {
-        let transaction = self
-            .database
+        read: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        // Held until `read` is done, so that a reopen never closes the
+        // file under a reader.
+        let database = self.database(operation)?;
+        let transaction = database
+            .as_ref()
+            .expect("checked by database()")
             .begin_read()
-            .map_err(|e| engine_error(operation, e))?;
-        transaction
+            .map_err(|e| self.error(operation, e))?;
+        let table = transaction
             .open_table(RECORDS)
-            .map_err(|e| engine_error(operation, e))
+            .map_err(|e| self.error(operation, e))?;
+        read(&table)
     }
 
     #[cfg(test)]
@@ -120,15 +228,16 @@ impl RedbStorage {
 impl Storage for RedbStorage {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let operation = "reading a record";
-        let table = self.read_table(operation)?;
         let engine_key = encode_key(space, key);
-        let Some(stored) = table
-            .get(engine_key.as_slice())
-            .map_err(|e| engine_error(operation, e))?
-        else {
-            return Ok(None);
-        };
-        decode_value(space, key, stored.value()).map(|payload| Some(payload.to_vec()))
+        self.read(operation, |table| {
+            let Some(stored) = table
+                .get(engine_key.as_slice())
+                .map_err(|e| self.error(operation, e))?
+            else {
+                return Ok(None);
+            };
+            decode_value(space, key, stored.value()).map(|payload| Some(payload.to_vec()))
+        })
     }
 
     fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
@@ -169,26 +278,181 @@ impl Storage for RedbStorage {
             None => Bound::Included(range.start.as_slice()),
         };
         let end = Bound::Excluded(range.end.as_slice());
-        let table = self.read_table(operation)?;
-        let entries = table
-            .range::<&[u8]>((start, end))
-            .map_err(|e| engine_error(operation, e))?;
-        let mut records = Vec::new();
-        for entry in entries.take(limit) {
-            let (engine_key, stored) = entry.map_err(|e| engine_error(operation, e))?;
-            let key = user_key(space, engine_key.value())
-                .expect("engine key inside the space range has the space prefix");
-            let value = decode_value(space, key, stored.value())?;
-            records.push((key.to_vec(), value.to_vec()));
+        self.read(operation, |table| {
+            let entries = table
+                .range::<&[u8]>((start, end))
+                .map_err(|e| self.error(operation, e))?;
+            let mut records = Vec::new();
+            for entry in entries.take(limit) {
+                let (engine_key, stored) = entry.map_err(|e| self.error(operation, e))?;
+                let key = user_key(space, engine_key.value())
+                    .expect("engine key inside the space range has the space prefix");
+                let value = decode_value(space, key, stored.value())?;
+                records.push((key.to_vec(), value.to_vec()));
+            }
+            Ok(records)
+        })
+    }
+
+    fn reopen_if_failed(&self) -> Result<(), StorageError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
         }
-        Ok(records)
+        // Taken out under the lock, dropped outside it: readers fail at
+        // once meanwhile instead of waiting. Dropping closes the file and
+        // releases its lock, so it can be opened again.
+        let old = self
+            .database
+            .write()
+            .expect("database lock poisoned")
+            .take();
+        drop(old);
+        self.open_file()?;
+        self.failed.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "opened redb again after an I/O error");
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::sync::Arc;
+
+    use redb::StorageBackend;
+    use redb::backends::FileBackend;
+
     use super::*;
     use crate::conformance;
+
+    /// A file whose writes, length changes and syncs fail while `failing`.
+    #[derive(Debug)]
+    pub(super) struct FailingBackend {
+        pub(super) file: FileBackend,
+        pub(super) failing: Arc<AtomicBool>,
+    }
+
+    impl FailingBackend {
+        fn check(&self) -> Result<(), io::Error> {
+            if self.failing.load(Ordering::Acquire) {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "failure injected by FailingBackend",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for FailingBackend {
+        fn len(&self) -> Result<u64, io::Error> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), io::Error> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), io::Error> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> Result<(), io::Error> {
+            self.file.close()
+        }
+        fn try_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.file.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.file.try_lock_shared_range(start, end)
+        }
+        fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+            self.file.lock_range(start, end)
+        }
+        fn lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.file.lock_shared_range(start, end)
+        }
+        fn unlock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.file.unlock_range(start, end)
+        }
+        fn query_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.file.query_lock_range(start, end)
+        }
+    }
+
+    fn put(storage: &RedbStorage, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Data(1), key.to_vec(), value.to_vec());
+        storage.write(&batch, Durability::Sync)
+    }
+
+    #[test]
+    fn an_io_error_is_mended_by_reopening_in_place() {
+        let directory = tempfile::tempdir().unwrap();
+        let failing = Arc::new(AtomicBool::new(false));
+        let storage =
+            RedbStorage::open_failing(&directory.path().join("ringkv.redb"), Arc::clone(&failing))
+                .unwrap();
+        storage.reopen_if_failed().unwrap(); // nothing failed: a no-op
+        put(&storage, b"durable", b"1").unwrap();
+
+        failing.store(true, Ordering::Release);
+        let error = put(&storage, b"lost", b"2").unwrap_err();
+        assert!(matches!(error, StorageError::Io { .. }), "{error}");
+        // redb latches the error: with the disk fine again, it still
+        // refuses writes until it is opened again.
+        failing.store(false, Ordering::Release);
+        let error = put(&storage, b"later", b"2").unwrap_err();
+        assert!(error.to_string().contains("Previous I/O"), "{error}");
+        failing.store(true, Ordering::Release);
+        assert!(
+            storage.reopen_if_failed().is_err(),
+            "opening writes the file, which still fails"
+        );
+        let read = storage.get(Space::Data(1), b"durable").unwrap_err();
+        assert!(read.to_string().contains("opened again"), "{read}");
+
+        failing.store(false, Ordering::Release);
+        storage.reopen_if_failed().unwrap();
+        assert_eq!(
+            storage.get(Space::Data(1), b"durable").unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(storage.get(Space::Data(1), b"lost").unwrap(), None);
+        put(&storage, b"after", b"3").unwrap();
+        drop(storage);
+        let reopened = open_in(&directory);
+        assert_eq!(
+            reopened.get(Space::Data(1), b"after").unwrap().as_deref(),
+            Some(&b"3"[..])
+        );
+    }
 
     fn open_in(directory: &tempfile::TempDir) -> RedbStorage {
         RedbStorage::open(&directory.path().join("ringkv.redb")).unwrap()

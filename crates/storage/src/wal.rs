@@ -56,9 +56,18 @@
 //! it holds `max_memtable_bytes` and the previous flush has not finished.
 //!
 //! A failed append is undone (the file is truncated back); if that or a log
-//! sync fails, the log may no longer match what readers see, so the storage
-//! refuses every later write until it is reopened (as PostgreSQL does after
-//! a failed fsync). A failed flush is retried; reads keep working.
+//! sync fails, the log may no longer match what readers see (after a failed
+//! fsync, Linux may have dropped the pages: PostgreSQL crashes and replays
+//! for this reason), so the storage refuses every later write until the
+//! flusher has mended the log: it writes the memtables, which hold what
+//! readers have seen, to the engine in one durable commit, removes every
+//! log file and starts a new one. A write whose sync failed was told so,
+//! but readers may have seen it (group commit writes, then syncs), and the
+//! mend keeps it: its outcome was unknown, as with any failed write. A
+//! failed flush is retried, after reopening an engine that an I/O error
+//! stopped ([`Storage::reopen_if_failed`]); reads of the memtables keep
+//! working meanwhile. So a full disk needs no restart: once there is room,
+//! the next retry (at most 10 s later) takes writes again.
 //!
 //! The log's files live behind [`LogDir`]: [`FsLogDir`] on disk,
 //! [`MemoryLogDir`] in memory with a crash model, for tests.
@@ -341,221 +350,8 @@ impl LoggedStorage {
         self.replay
     }
 
-    /// Writes every memtable to the engine now and removes the log files
-    /// this covers.
-    pub fn flush(&self) -> Result<(), StorageError> {
-        // A frozen memtable left by an earlier failure goes first.
-        self.shared.flush_once()?;
-        self.shared.flush_once()
-    }
-
-    /// Stops as a crash would: no final flush, nothing more written.
-    #[cfg(test)]
-    fn halt(mut self) {
-        self.shared.lock_log().stop = Stop::Halt;
-        self.shared.work.notify_all();
-        if let Some(flusher) = self.flusher.take() {
-            flusher.join().expect("flusher thread panicked");
-        }
-    }
-}
-
-impl Drop for LoggedStorage {
-    /// A clean close flushes everything: the engine's file alone then holds
-    /// all data and the log is empty.
-    fn drop(&mut self) {
-        let Some(flusher) = self.flusher.take() else {
-            return;
-        };
-        self.shared.lock_log().stop = Stop::Close;
-        self.shared.work.notify_all();
-        if flusher.join().is_err() {
-            tracing::error!("the flusher thread panicked");
-        }
-    }
-}
-
-impl Shared {
-    fn lock_log(&self) -> MutexGuard<'_, Log> {
-        self.log.lock().expect("write-ahead log lock poisoned")
-    }
-
-    fn run_flusher(&self) {
-        let mut retry = FLUSH_RETRY;
-        loop {
-            let mut log = self.lock_log();
-            loop {
-                match log.stop {
-                    Stop::Halt => return,
-                    Stop::Close => {
-                        drop(log);
-                        let clean = log_flush_failure(self.flush_once())
-                            && log_flush_failure(self.flush_once());
-                        if !clean {
-                            tracing::warn!(
-                                "final flush failed; the log will be replayed at the next open"
-                            );
-                        }
-                        return;
-                    }
-                    Stop::Running => {}
-                }
-                let pending = self
-                    .tables
-                    .read()
-                    .expect("memtable lock poisoned")
-                    .immutable
-                    .is_some();
-                let since = log.last_flush.elapsed();
-                let full = self
-                    .options
-                    .flush_bytes
-                    .min(self.options.max_memtable_bytes);
-                if pending
-                    || log.active_bytes >= full
-                    || (log.active_bytes > 0 && since >= self.options.flush_interval)
-                {
-                    break;
-                }
-                let wait = self
-                    .options
-                    .flush_interval
-                    .saturating_sub(since)
-                    .max(Duration::from_millis(1));
-                log = self
-                    .work
-                    .wait_timeout(log, wait)
-                    .expect("write-ahead log lock poisoned")
-                    .0;
-            }
-            drop(log);
-            if log_flush_failure(self.flush_once()) {
-                retry = FLUSH_RETRY;
-            } else {
-                // An engine that keeps failing (a full disk) is retried,
-                // and logged, less and less often, unless writers wait for
-                // room (then every FLUSH_RETRY); a stop ends the wait.
-                let started = Instant::now();
-                let mut log = self.lock_log();
-                while log.stop == Stop::Running {
-                    let room_wanted = log.active_bytes >= self.options.max_memtable_bytes;
-                    let until = started + if room_wanted { FLUSH_RETRY } else { retry };
-                    let now = Instant::now();
-                    if now >= until {
-                        break;
-                    }
-                    log = self
-                        .work
-                        .wait_timeout(log, until - now)
-                        .expect("write-ahead log lock poisoned")
-                        .0;
-                }
-                retry = (retry * 2).min(FLUSH_RETRY_MAX);
-            }
-        }
-    }
-
-    /// Freezes the active memtable (unless one is already frozen), writes
-    /// the frozen one to the engine durably, then drops it and removes the
-    /// log files it covered.
-    fn flush_once(&self) -> Result<(), StorageError> {
-        let _one_at_a_time = self.flushing.lock().expect("flush lock poisoned");
-        let frozen = {
-            // Writers insert into the memtable while holding the log lock,
-            // so holding it keeps the memtable still; readers are kept out
-            // only for the swap itself, never during the log sync.
-            let mut log = self.lock_log();
-            let (pending, empty) = {
-                let tables = self.tables.read().expect("memtable lock poisoned");
-                (tables.immutable.clone(), tables.active.is_empty())
-            };
-            match pending {
-                Some(frozen) => frozen,
-                None if empty => {
-                    log.last_flush = Instant::now();
-                    return Ok(());
-                }
-                None => {
-                    // The frozen memtable holds exactly the records of the
-                    // log files up to this one: close it and start the next.
-                    // Sealed first: replay accepts a file that ends before a
-                    // newer one only at a seal. Should creating the next
-                    // file fail, writes go on after the seal in this one
-                    // (replay reads past a seal) and a later flush seals
-                    // it again.
-                    let generation = log.generation;
-                    let mut seal = encode_record(&WriteBatch::new());
-                    stamp_record(&mut seal, generation);
-                    log.buffer.extend_from_slice(&seal);
-                    log.unsynced = true;
-                    log.sync_file()?;
-                    log.dir
-                        .create(generation + 1)
-                        .map_err(|e| log_error("creating a log file", e))?;
-                    log.retired.push(generation);
-                    log.generation = generation + 1;
-                    log.bytes = 0;
-                    log.active_bytes = 0;
-                    let mut tables = self.tables.write().expect("memtable lock poisoned");
-                    let frozen = Arc::new(std::mem::take(&mut tables.active));
-                    tables.immutable = Some(Arc::clone(&frozen));
-                    frozen
-                }
-            }
-        };
-        let mut batch = WriteBatch::new();
-        for (engine_key, value) in frozen.iter() {
-            let (space, key) = decode_key(engine_key).expect("memtable keys are engine keys");
-            match value {
-                Some(value) => batch.put(space, key.to_vec(), value.clone()),
-                None => batch.delete(space, key.to_vec()),
-            }
-        }
-        self.inner.write(&batch, Durability::Sync)?;
-        let mut log = self.lock_log();
-        self.tables
-            .write()
-            .expect("memtable lock poisoned")
-            .immutable = None;
-        log.last_flush = Instant::now();
-        self.room.notify_all();
-        while let Some(&oldest) = log.retired.first() {
-            log.dir
-                .remove(oldest)
-                .map_err(|e| log_error("removing a flushed log file", e))?;
-            log.retired.remove(0);
-        }
-        Ok(())
-    }
-}
-
-/// Logs a failed flush; `true` if it succeeded.
-fn log_flush_failure(result: Result<(), StorageError>) -> bool {
-    match result {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(%error, "flushing the memtable to the engine failed; will retry");
-            false
-        }
-    }
-}
-
-impl Storage for LoggedStorage {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let engine_key = encode_key(space, key);
-        if let Some(value) = self
-            .shared
-            .tables
-            .read()
-            .expect("memtable lock poisoned")
-            .get(&engine_key)
-        {
-            return Ok(value.clone());
-        }
-        self.shared.inner.get(space, key)
-    }
-
-    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+    /// [`Storage::write`], before the flusher is told of a failure.
+    fn write_logged(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
         if batch.is_empty() {
             return match durability {
                 Durability::Sync => self.sync(),
@@ -635,6 +431,304 @@ impl Storage for LoggedStorage {
         Ok(())
     }
 
+    /// Writes every memtable to the engine now and removes the log files
+    /// this covers.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        // A frozen memtable left by an earlier failure goes first.
+        self.shared.flush_once()?;
+        self.shared.flush_once()
+    }
+
+    /// Stops as a crash would: no final flush, nothing more written.
+    #[cfg(test)]
+    fn halt(mut self) {
+        self.shared.lock_log().stop = Stop::Halt;
+        self.shared.work.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            flusher.join().expect("flusher thread panicked");
+        }
+    }
+}
+
+impl Drop for LoggedStorage {
+    /// A clean close flushes everything: the engine's file alone then holds
+    /// all data and the log is empty.
+    fn drop(&mut self) {
+        let Some(flusher) = self.flusher.take() else {
+            return;
+        };
+        self.shared.lock_log().stop = Stop::Close;
+        self.shared.work.notify_all();
+        if flusher.join().is_err() {
+            tracing::error!("the flusher thread panicked");
+        }
+    }
+}
+
+impl Shared {
+    fn lock_log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().expect("write-ahead log lock poisoned")
+    }
+
+    fn run_flusher(&self) {
+        let mut retry = FLUSH_RETRY;
+        loop {
+            let mut log = self.lock_log();
+            loop {
+                match log.stop {
+                    Stop::Halt => return,
+                    Stop::Close => {
+                        drop(log);
+                        let clean = log_flush_failure(self.flush_once())
+                            && log_flush_failure(self.flush_once());
+                        if !clean {
+                            tracing::warn!(
+                                "final flush failed; the log will be replayed at the next open"
+                            );
+                        }
+                        return;
+                    }
+                    Stop::Running => {}
+                }
+                let pending = self
+                    .tables
+                    .read()
+                    .expect("memtable lock poisoned")
+                    .immutable
+                    .is_some();
+                let since = log.last_flush.elapsed();
+                let full = self
+                    .options
+                    .flush_bytes
+                    .min(self.options.max_memtable_bytes);
+                if pending
+                    || log.failed.is_some()
+                    || log.active_bytes >= full
+                    || (log.active_bytes > 0 && since >= self.options.flush_interval)
+                {
+                    break;
+                }
+                let wait = self
+                    .options
+                    .flush_interval
+                    .saturating_sub(since)
+                    .max(Duration::from_millis(1));
+                log = self
+                    .work
+                    .wait_timeout(log, wait)
+                    .expect("write-ahead log lock poisoned")
+                    .0;
+            }
+            drop(log);
+            if log_flush_failure(self.flush_once()) {
+                retry = FLUSH_RETRY;
+            } else {
+                // An engine that keeps failing (a full disk) is retried,
+                // and logged, less and less often, unless writers wait for
+                // room (then every FLUSH_RETRY); a stop ends the wait.
+                let started = Instant::now();
+                let mut log = self.lock_log();
+                while log.stop == Stop::Running {
+                    let room_wanted = log.active_bytes >= self.options.max_memtable_bytes;
+                    let until = started + if room_wanted { FLUSH_RETRY } else { retry };
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    log = self
+                        .work
+                        .wait_timeout(log, until - now)
+                        .expect("write-ahead log lock poisoned")
+                        .0;
+                }
+                retry = (retry * 2).min(FLUSH_RETRY_MAX);
+            }
+        }
+    }
+
+    /// Freezes the active memtable (unless one is already frozen), writes
+    /// the frozen one to the engine durably, then drops it and removes the
+    /// log files it covered.
+    fn flush_once(&self) -> Result<(), StorageError> {
+        let _one_at_a_time = self.flushing.lock().expect("flush lock poisoned");
+        // An engine that an I/O error stopped (a full disk) is reopened
+        // before it is written to again.
+        self.inner.reopen_if_failed()?;
+        let frozen = {
+            // Writers insert into the memtable while holding the log lock,
+            // so holding it keeps the memtable still; readers are kept out
+            // only for the swap itself, never during the log sync.
+            let mut log = self.lock_log();
+            if log.failed.is_some() {
+                drop(log);
+                return self.rebuild_log();
+            }
+            let (pending, empty) = {
+                let tables = self.tables.read().expect("memtable lock poisoned");
+                (tables.immutable.clone(), tables.active.is_empty())
+            };
+            match pending {
+                Some(frozen) => frozen,
+                None if empty => {
+                    log.last_flush = Instant::now();
+                    return Ok(());
+                }
+                None => {
+                    // The frozen memtable holds exactly the records of the
+                    // log files up to this one: close it and start the next.
+                    // Sealed first: replay accepts a file that ends before a
+                    // newer one only at a seal. Should creating the next
+                    // file fail, writes go on after the seal in this one
+                    // (replay reads past a seal) and a later flush seals
+                    // it again.
+                    let generation = log.generation;
+                    let mut seal = encode_record(&WriteBatch::new());
+                    stamp_record(&mut seal, generation);
+                    log.buffer.extend_from_slice(&seal);
+                    log.unsynced = true;
+                    log.sync_file()?;
+                    log.dir
+                        .create(generation + 1)
+                        .map_err(|e| log_error("creating a log file", e))?;
+                    log.retired.push(generation);
+                    log.generation = generation + 1;
+                    log.bytes = 0;
+                    log.active_bytes = 0;
+                    let mut tables = self.tables.write().expect("memtable lock poisoned");
+                    let frozen = Arc::new(std::mem::take(&mut tables.active));
+                    tables.immutable = Some(Arc::clone(&frozen));
+                    frozen
+                }
+            }
+        };
+        self.inner.write(&batch_of(&frozen), Durability::Sync)?;
+        let mut log = self.lock_log();
+        self.tables
+            .write()
+            .expect("memtable lock poisoned")
+            .immutable = None;
+        log.last_flush = Instant::now();
+        self.room.notify_all();
+        while let Some(&oldest) = log.retired.first() {
+            log.dir
+                .remove(oldest)
+                .map_err(|e| log_error("removing a flushed log file", e))?;
+            log.retired.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Mends a failed log (see the module documentation); called by
+    /// `flush_once`, under its lock. What the memtables hold is what
+    /// readers have seen, while the log files may not hold it (a failed
+    /// sync may have lost pages; an append that could not be undone left
+    /// a torn record). So the memtables go to the engine in one durable
+    /// commit, every log file is removed and a new one started: what a
+    /// restart would do after replaying the files, except that buffered
+    /// writes the files never got are kept.
+    fn rebuild_log(&self) -> Result<(), StorageError> {
+        let everything = {
+            // The memtables stay still: writes are refused while the log
+            // has failed, and only this clears that.
+            let _log = self.lock_log();
+            let mut tables = self.tables.write().expect("memtable lock poisoned");
+            let mut merged = tables
+                .immutable
+                .take()
+                .map(Arc::unwrap_or_clone)
+                .unwrap_or_default();
+            // The active memtable is newer: its entries win.
+            merged.append(&mut tables.active);
+            let merged = Arc::new(merged);
+            tables.immutable = Some(Arc::clone(&merged));
+            merged
+        };
+        self.inner.write(&batch_of(&everything), Durability::Sync)?;
+        let mut log = self.lock_log();
+        // Removed before the next file exists, as at open: a crash in
+        // between leaves no file without its seal behind a newer one.
+        let mut newest = log.generation.max(log.dir.newest_spare().unwrap_or(0));
+        let generations = log
+            .dir
+            .generations()
+            .map_err(|e| log_error("listing the log files", e))?;
+        for generation in generations {
+            newest = newest.max(generation);
+            log.dir
+                .remove(generation)
+                .map_err(|e| log_error("removing a log file the engine now covers", e))?;
+        }
+        log.retired.clear();
+        log.dir
+            .create(newest + 1)
+            .map_err(|e| log_error("creating a log file", e))?;
+        log.generation = newest + 1;
+        log.bytes = 0;
+        log.buffer.clear();
+        log.unsynced = false;
+        log.active_bytes = 0;
+        log.last_flush = Instant::now();
+        let failure = log.failed.take();
+        self.tables
+            .write()
+            .expect("memtable lock poisoned")
+            .immutable = None;
+        self.room.notify_all();
+        if let Some(failure) = failure {
+            tracing::info!(%failure, "the write-ahead log had failed: its writes are in the engine now, and a new log file takes writes again");
+        }
+        Ok(())
+    }
+}
+
+/// A batch that writes a memtable to the engine.
+fn batch_of(memtable: &Memtable) -> WriteBatch {
+    let mut batch = WriteBatch::new();
+    for (engine_key, value) in memtable {
+        let (space, key) = decode_key(engine_key).expect("memtable keys are engine keys");
+        match value {
+            Some(value) => batch.put(space, key.to_vec(), value.clone()),
+            None => batch.delete(space, key.to_vec()),
+        }
+    }
+    batch
+}
+
+/// Logs a failed flush; `true` if it succeeded.
+fn log_flush_failure(result: Result<(), StorageError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "flushing the memtable to the engine failed; will retry");
+            false
+        }
+    }
+}
+
+impl Storage for LoggedStorage {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let engine_key = encode_key(space, key);
+        if let Some(value) = self
+            .shared
+            .tables
+            .read()
+            .expect("memtable lock poisoned")
+            .get(&engine_key)
+        {
+            return Ok(value.clone());
+        }
+        self.shared.inner.get(space, key)
+    }
+
+    fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        let result = self.write_logged(batch, durability);
+        if result.is_err() {
+            // The log may have failed: the flusher mends it.
+            self.shared.work.notify_all();
+        }
+        result
+    }
+
     fn write_may_wait(&self) -> bool {
         match self.shared.log.try_lock() {
             Ok(log) => log.active_bytes >= self.shared.options.max_memtable_bytes,
@@ -647,7 +741,11 @@ impl Storage for LoggedStorage {
         if let Some(error) = &log.failed {
             return Err(error.clone());
         }
-        log.sync_file()
+        let result = log.sync_file();
+        if result.is_err() {
+            self.shared.work.notify_all();
+        }
+        result
     }
 
     fn scan(

@@ -292,9 +292,10 @@ fn a_failed_append_changes_nothing_and_writing_goes_on() {
 }
 
 #[test]
-fn a_failed_log_sync_stops_writes_until_reopened() {
+fn a_failed_log_sync_is_mended_in_place() {
     let storage = Restartable::new(small_options());
     put(&storage, b"k", b"1", Durability::Sync);
+    put(&storage, b"buffered", b"b", Durability::Buffered);
     storage.log.fail_syncs(true);
     let mut batch = WriteBatch::new();
     batch.put(Space::Data(3), b"k".to_vec(), b"2".to_vec());
@@ -304,15 +305,72 @@ fn a_failed_log_sync_stops_writes_until_reopened() {
         Some(&b"1"[..]),
         "a write whose sync failed is not shown to readers"
     );
+    // The log cannot be trusted after a failed sync: the flusher writes
+    // what readers see to the engine and starts a new log file.
+    storage.with(|s| s.flush()).unwrap();
+    for (key, value) in [(&b"k"[..], &b"1"[..]), (b"buffered", b"b")] {
+        assert_eq!(
+            storage
+                .inner
+                .get_durable(Space::Data(3), key)
+                .unwrap()
+                .as_deref(),
+            Some(value),
+            "{key:?} is in the engine"
+        );
+    }
     storage.log.fail_syncs(false);
-    assert!(
-        storage.write(&batch, Durability::Sync).is_err(),
-        "after a failed sync the log cannot be trusted: no more writes"
-    );
-    assert!(storage.sync().is_err());
-    storage.crash(0);
     put(&storage, b"k", b"3", Durability::Sync);
+    storage.crash(0);
     assert_eq!(get(&storage, b"k").as_deref(), Some(&b"3"[..]));
+    assert_eq!(get(&storage, b"buffered").as_deref(), Some(&b"b"[..]));
+}
+
+#[test]
+fn writes_are_refused_from_a_failed_sync_until_the_log_is_mended() {
+    // The flusher is told at once; this checks that it mends the log by
+    // itself, with no flush called.
+    let storage = Restartable::new(small_options());
+    put(&storage, b"k", b"1", Durability::Buffered);
+    storage.log.fail_syncs(true);
+    assert!(storage.sync().is_err());
+    storage.log.fail_syncs(false);
+    let started = std::time::Instant::now();
+    let mut batch = WriteBatch::new();
+    batch.put(Space::Data(3), b"k".to_vec(), b"2".to_vec());
+    while storage.write(&batch, Durability::Sync).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the flusher never mended the log"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    storage.crash(0);
+    assert_eq!(get(&storage, b"k").as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn an_engine_stopped_by_an_io_error_is_reopened_by_the_next_flush() {
+    let directory = tempfile::tempdir().unwrap();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let engine =
+        RedbStorage::open_failing(&directory.path().join("ringkv.redb"), Arc::clone(&failing))
+            .unwrap();
+    let log = MemoryLogDir::new();
+    let storage = LoggedStorage::open(Arc::new(engine), Box::new(log), small_options()).unwrap();
+    put(&storage, b"k", b"1", Durability::Sync);
+    failing.store(true, std::sync::atomic::Ordering::Release);
+    assert!(storage.flush().is_err(), "the engine's file fails");
+    // With the disk fine again, redb alone would refuse every write until
+    // it is opened again; the next flush does that.
+    failing.store(false, std::sync::atomic::Ordering::Release);
+    storage.flush().unwrap();
+    put(&storage, b"k2", b"2", Durability::Sync);
+    storage.flush().unwrap();
+    drop(storage);
+    let engine = RedbStorage::open(&directory.path().join("ringkv.redb")).unwrap();
+    assert_eq!(get(&engine, b"k").as_deref(), Some(&b"1"[..]));
+    assert_eq!(get(&engine, b"k2").as_deref(), Some(&b"2"[..]));
 }
 
 /// A small deterministic generator, so failures replay from the seed.
