@@ -218,6 +218,48 @@ fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
 }
 
 #[test]
+fn members_take_a_new_ca_without_a_restart() {
+    // The move to a new CA: node1 has a certificate of the old CA; node2
+    // a certificate of the new one and both CAs in its CA file. node1
+    // refuses node2 until both CAs are in node1's CA file too, then takes
+    // it in, with no restart.
+    let dir = tempfile::tempdir().unwrap();
+    let old = ca_with_nodes(&dir.path().join("old"), &["node1"]);
+    let new = ca_with_nodes(&dir.path().join("new"), &["node2"]);
+    let both = [
+        std::fs::read(old.join("ca.crt")).unwrap(),
+        std::fs::read(new.join("ca.crt")).unwrap(),
+    ]
+    .concat();
+    let node1_ca = dir.path().join("node1-ca.crt");
+    std::fs::copy(old.join("ca.crt"), &node1_ca).unwrap();
+    let node2_ca = dir.path().join("node2-ca.crt");
+    std::fs::write(&node2_ca, &both).unwrap();
+    let with_ca = |ca_dir: &Path, name: &str, ca_file: &Path| {
+        let mut args = tls_args(ca_dir, name);
+        *args.last_mut().unwrap() = ca_file.to_str().unwrap().to_string();
+        args
+    };
+
+    let mut node1 = node(dir.path(), "node1", &with_ca(&old, "node1", &node1_ca));
+    node1.start(None);
+    let node2_args = with_ca(&new, "node2", &node2_ca);
+    let why = "TLS with the peer failed";
+    refused_start(dir.path(), "node2", &node2_args, Some(&node1.peer), why);
+
+    std::fs::write(&node1_ca, &both).unwrap();
+    let mut node2 = node(dir.path(), "node2-joined", &node2_args);
+    node2.start(Some(&node1.peer));
+    wait_for_layout_agreement(&[node1.client(), node2.client()], 2);
+    assert!(node1.log().contains("TLS CA file changed; reloaded"));
+    node1
+        .client()
+        .put("b", b"k", b"v", "text/plain", None, Some(2))
+        .unwrap();
+    assert_eq!(value_of(&node2.client(), Some(2)), b"v");
+}
+
+#[test]
 fn bad_tls_files_stop_the_server_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "node2"]);
@@ -376,7 +418,9 @@ fn a_node_that_asks_for_client_certificates_serves_only_clients_with_one() {
     let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "app"]);
     let other = ca_with_nodes(&dir.path().join("other-ca"), &["app"]);
     let file = |dir: &Path, name: &str| dir.join(name).to_str().unwrap().to_string();
-    let ca_file = file(&ca, "ca.crt");
+    // A file of the node's own, changed below.
+    let ca_file = file(dir.path(), "client-ca.crt");
+    std::fs::copy(ca.join("ca.crt"), &ca_file).unwrap();
     let mut node1 = client_tls_node(dir.path(), &ca, &["--client-tls-ca-file", &ca_file]);
     node1.identity = Some((ca.join("app.crt"), ca.join("app.key")));
     node1.start(None);
@@ -392,9 +436,33 @@ fn a_node_that_asks_for_client_certificates_serves_only_clients_with_one() {
     assert!(none.get("b", b"k", None).is_err());
     let read = |dir: &Path, name: &str| std::fs::read(dir.join(name)).unwrap();
     let (cert, key) = (read(&other, "app.crt"), read(&other, "app.key"));
-    let foreign =
+    let refused =
         ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, Some((&cert, &key))).unwrap();
-    assert!(foreign.get("b", b"k", None).is_err());
+    assert!(refused.get("b", b"k", None).is_err());
+
+    // A new client CA is taken when its file changes, with no restart:
+    // with both CAs in the file, both clients get in; with only the new
+    // one, the old client no longer does. A file that cannot be used
+    // leaves the CA in use as it was.
+    // (New clients each time: a client's open connection keeps going.)
+    let foreign = || {
+        ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, Some((&cert, &key))).unwrap()
+    };
+    let both = [read(&ca, "ca.crt"), read(&other, "ca.crt")].concat();
+    std::fs::write(&ca_file, both).unwrap();
+    assert_eq!(value_of(&foreign(), None), b"v");
+    assert_eq!(value_of(&node1.client(), None), b"v");
+    std::fs::write(&ca_file, read(&other, "ca.crt")).unwrap();
+    assert_eq!(value_of(&foreign(), None), b"v");
+    assert!(node1.client().get("b", b"k", None).is_err());
+    std::fs::write(&ca_file, b"not a certificate").unwrap();
+    assert_eq!(value_of(&foreign(), None), b"v");
+    assert!(
+        node1
+            .log()
+            .contains("TLS CA file changed but cannot be used")
+    );
+    std::fs::copy(ca.join("ca.crt"), &ca_file).unwrap();
 
     // The CLI: --cacert, --client-cert, --client-key.
     let out = Command::new(BIN)

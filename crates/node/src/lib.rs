@@ -411,7 +411,7 @@ fn peer_tls(config: &NodeConfig) -> anyhow::Result<Option<tls::PeerTls>> {
 }
 
 /// The TLS acceptor of the client ports, when `config` sets their files.
-fn client_tls(config: &NodeConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+fn client_tls(config: &NodeConfig) -> anyhow::Result<Option<tls::ClientAcceptor>> {
     let (Some(cert), Some(key)) = (&config.client_tls_cert_file, &config.client_tls_key_file)
     else {
         return Ok(None);

@@ -12,7 +12,6 @@ use ringkv_wire::resp::{self, CommandParser, RespLimits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::node::Node;
@@ -33,7 +32,7 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     connections: Arc<Semaphore>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<crate::tls::ClientAcceptor>,
 ) {
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {

@@ -7,8 +7,10 @@
 //! client does. On the client ports (`--client-tls-cert-file`,
 //! `--client-tls-key-file`): HTTPS and RESP over TLS, as etcd's client
 //! URLs and Redis's `tls-port`, with the node's certificate only (clients
-//! authenticate with the password). rustls with the `ring` provider; TLS
-//! 1.3 and 1.2.
+//! authenticate with the password, or with certificates of the client CA
+//! when `--client-tls-ca-file` is set). rustls with the `ring` provider;
+//! TLS 1.3 and 1.2. Every file is read again when it changes (checked at
+//! each handshake), so certificates and CAs change without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,11 +48,9 @@ pub fn looks_like_tls(first: u8) -> bool {
 }
 
 /// The connector and acceptor of a node whose peer connections use TLS.
+/// Both are built again when the CA file changes (see [`Trusting`]).
 #[derive(Clone)]
-pub struct PeerTls {
-    pub connector: TlsConnector,
-    pub acceptor: TlsAcceptor,
-}
+pub struct PeerTls(Arc<Trusting<(TlsConnector, TlsAcceptor)>>);
 
 impl std::fmt::Debug for PeerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,25 +64,96 @@ impl PeerTls {
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<PeerTls> {
         let provider = provider();
         let files = Arc::new(CertFiles::load(cert, key, provider.clone())?);
-        let roots = roots(ca)?;
+        let build = move |roots: Option<Arc<RootCertStore>>| {
+            let roots = roots.expect("peer TLS always has a CA file");
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .context("while building the peer certificate verifier")?;
+            let server = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .context("TLS protocol versions")?
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(files.clone());
+            let client = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .context("TLS protocol versions")?
+                .with_root_certificates(roots)
+                .with_client_cert_resolver(files.clone());
+            Ok((
+                TlsConnector::from(Arc::new(client)),
+                TlsAcceptor::from(Arc::new(server)),
+            ))
+        };
+        Ok(PeerTls(Arc::new(Trusting::load(Some(ca), build)?)))
+    }
 
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .context("while building the peer certificate verifier")?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(files.clone());
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_root_certificates(roots)
-            .with_client_cert_resolver(files);
-        Ok(PeerTls {
-            connector: TlsConnector::from(Arc::new(client)),
-            acceptor: TlsAcceptor::from(Arc::new(server)),
+    pub fn connector(&self) -> TlsConnector {
+        self.0.current().0
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.0.current().1
+    }
+}
+
+/// The acceptor of the client ports (HTTP and RESP), built again when the
+/// client CA file changes.
+#[derive(Clone)]
+pub struct ClientAcceptor(Arc<Trusting<TlsAcceptor>>);
+
+impl ClientAcceptor {
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.0.current()
+    }
+}
+
+type Build<T> = dyn Fn(Option<Arc<RootCertStore>>) -> anyhow::Result<T> + Send + Sync;
+
+/// What is built from a CA file (the verifiers, so the whole TLS
+/// configuration), built again when the file changes: checked at each
+/// handshake, as the certificate and key are, so that a new CA needs no
+/// restart (put both CAs in the file while members move to the new one).
+/// A file that cannot be used leaves the previous build in use.
+struct Trusting<T> {
+    ca: Option<PathBuf>,
+    build: Box<Build<T>>,
+    loaded: Mutex<(Option<SystemTime>, T)>,
+}
+
+impl<T: Clone> Trusting<T> {
+    fn load(
+        ca: Option<&Path>,
+        build: impl Fn(Option<Arc<RootCertStore>>) -> anyhow::Result<T> + Send + Sync + 'static,
+    ) -> anyhow::Result<Trusting<T>> {
+        let stamp = ca.and_then(stamp);
+        let built = build(ca.map(roots).transpose()?)?;
+        Ok(Trusting {
+            ca: ca.map(Path::to_path_buf),
+            build: Box::new(build),
+            loaded: Mutex::new((stamp, built)),
         })
+    }
+
+    fn current(&self) -> T {
+        let mut loaded = self.loaded.lock().expect("CA lock");
+        if let Some(ca) = &self.ca {
+            let stamp = stamp(ca);
+            if stamp != loaded.0 {
+                match roots(ca).and_then(|roots| (self.build)(Some(roots))) {
+                    Ok(built) => {
+                        info!(ca = %ca.display(), "TLS CA file changed; reloaded");
+                        *loaded = (stamp, built);
+                    }
+                    Err(e) => {
+                        // Not tried again until the file changes again.
+                        loaded.0 = stamp;
+                        warn!(error = %e, "TLS CA file changed but cannot be used; keeping the previous CA");
+                    }
+                }
+            }
+        }
+        loaded.1.clone()
     }
 }
 
@@ -166,7 +237,12 @@ impl ResolvesClientCert for CertFiles {
 
 /// When each file last changed (None if it cannot be read).
 fn stamps(cert: &Path, key: &Path) -> [Option<SystemTime>; 2] {
-    [cert, key].map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+    [cert, key].map(stamp)
+}
+
+/// When the file last changed (None if it cannot be read).
+fn stamp(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -201,23 +277,30 @@ fn certified_key(
 /// The acceptor of the client ports (HTTP and RESP): the node's
 /// certificate; with `ca`, clients must show a certificate it signed
 /// (etcd's `--client-cert-auth`), else none is asked for.
-pub fn client_acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> anyhow::Result<TlsAcceptor> {
+pub fn client_acceptor(
+    cert: &Path,
+    key: &Path,
+    ca: Option<&Path>,
+) -> anyhow::Result<ClientAcceptor> {
     let provider = provider();
-    let files = CertFiles::load(cert, key, provider.clone())?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?;
-    let builder = match ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider)
-                .build()
-                .context("while building the client certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let files = Arc::new(CertFiles::load(cert, key, provider.clone())?);
+    let build = move |roots: Option<Arc<RootCertStore>>| {
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?;
+        let builder = match roots {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .context("while building the client certificate verifier")?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let server = builder.with_cert_resolver(files.clone());
+        Ok(TlsAcceptor::from(Arc::new(server)))
     };
-    let server = builder.with_cert_resolver(Arc::new(files));
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(ClientAcceptor(Arc::new(Trusting::load(ca, build)?)))
 }
 
 /// The CA certificates in the PEM file `ca`.
@@ -250,7 +333,7 @@ pub struct TlsListener {
 impl TlsListener {
     pub fn new(
         listener: TcpListener,
-        acceptor: TlsAcceptor,
+        acceptor: ClientAcceptor,
         max_handshakes: usize,
     ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
@@ -306,10 +389,11 @@ impl axum::serve::Listener for TlsListener {
 /// A client's TLS handshake, within `HANDSHAKE_TIMEOUT`; `None` (and a
 /// line in the log) when it fails.
 pub async fn accept(
-    acceptor: &TlsAcceptor,
+    acceptor: &ClientAcceptor,
     stream: TcpStream,
     remote: SocketAddr,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = acceptor.acceptor();
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {

@@ -269,7 +269,7 @@ async fn tls_connect(
         warn!(peer = %addr, "no TLS server name in the peer address");
         return Err(LinkState::TlsFailed);
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, peer_tls.connector.connect(name, stream)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, peer_tls.connector().connect(name, stream)).await {
         Ok(Ok(stream)) => Ok(stream),
         // A certificate refused either way, or the connection closed
         // during the handshake: a plain node hangs up on what it cannot
@@ -547,7 +547,7 @@ async fn tls_accept(
         }
         _ => return Err("nothing received".into()),
     }
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer_tls.acceptor.accept(stream)).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer_tls.acceptor().accept(stream)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => {
             warn!(%remote, error = %e, "peer failed the TLS handshake; connection closed");
