@@ -198,6 +198,10 @@ struct ServerArgs {
     /// the background flush writes it to the redb file (bounds replay at start).
     #[arg(long)]
     memtable_flush_interval_ms: Option<u64>,
+    /// Memory for the storage engine's page cache, in MiB (default 256);
+    /// the rest of the data file is read through the OS page cache.
+    #[arg(long)]
+    engine_cache_mb: Option<usize>,
     /// Threads serving requests; 0 (default): one per core. Nodes that
     /// share a machine should split its cores between them.
     #[arg(long)]
@@ -281,6 +285,7 @@ impl ServerArgs {
             durability,
             buffered_sync_interval_ms,
             memtable_flush_interval_ms,
+            engine_cache_mb,
             worker_threads,
             heartbeat_interval_ms,
             hints_max,

@@ -28,7 +28,7 @@ use netns::{Lab, LabNode};
 use ringkv_client::{Client, ClientError, GetResult};
 use ringkv_core::causality::Object;
 use ringkv_core::ring::{Layout, key_hash, partition_of};
-use ringkv_storage::{LogOptions, Space, Storage, open_data_dir};
+use ringkv_storage::{DataDirOptions, Space, Storage, open_data_dir};
 use support::eventually;
 
 const BUCKET: &str = "partitions";
@@ -385,7 +385,7 @@ fn read_disk(node: &LabNode) -> Disk {
         "{} must be stopped to open its store",
         node.name
     );
-    let storage = open_data_dir(&node.data_dir, LogOptions::default()).unwrap();
+    let storage = open_data_dir(&node.data_dir, DataDirOptions::default()).unwrap();
     let layout = Layout::decode(&storage.get(Space::Meta, b"layout").unwrap().unwrap()).unwrap();
     let scan = |space: Space| {
         let mut records = Vec::new();

@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// memtable before the flusher writes it to redb (it also flushes at
     /// 16 MiB). Bounds the log replayed at start, not durability.
     pub memtable_flush_interval_ms: u64,
+    /// Memory for redb's page cache, in MiB. Pages beyond it are read from
+    /// the file (through the OS page cache).
+    pub engine_cache_mb: usize,
     /// Threads serving requests (tokio workers); 0: one per core. Several
     /// nodes sharing one machine should split its cores between them.
     pub worker_threads: usize,
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             durability: DurabilityMode::Sync,
             buffered_sync_interval_ms: 1000,
             memtable_flush_interval_ms: 5000,
+            engine_cache_mb: ringkv_storage::DEFAULT_ENGINE_CACHE_BYTES >> 20,
             worker_threads: 0,
             heartbeat_interval_ms: 500,
             hints_max: 1_000_000,
@@ -192,6 +196,9 @@ impl NodeConfig {
         }
         if self.memtable_flush_interval_ms == 0 || self.memtable_flush_interval_ms > 3_600_000 {
             return Err("memtable-flush-interval-ms must be between 1 and 3600000".into());
+        }
+        if self.engine_cache_mb > 1 << 20 {
+            return Err("engine-cache-mb must be at most 1048576 (1 TiB)".into());
         }
         if self.worker_threads > 1024 {
             return Err("worker-threads must be at most 1024 (0: one per core)".into());

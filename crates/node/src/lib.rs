@@ -23,7 +23,9 @@ use ringkv_core::NodeId;
 use ringkv_core::bucket::BucketRegistry;
 use ringkv_core::message::{Holders, PeerRequest, PeerResponse};
 use ringkv_core::ring::{DEFAULT_TARGET_N, Layout, Member, MemberState};
-use ringkv_storage::{GroupCommitOptions, GroupCommitter, LogOptions, Storage, open_data_dir};
+use ringkv_storage::{
+    DataDirOptions, GroupCommitOptions, GroupCommitter, LogOptions, Storage, open_data_dir,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -91,11 +93,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("while creating data dir {}", config.data_dir.display()))?;
-    let log_options = LogOptions {
-        flush_interval: Duration::from_millis(config.memtable_flush_interval_ms),
-        ..LogOptions::default()
+    let options = DataDirOptions {
+        log: LogOptions {
+            flush_interval: Duration::from_millis(config.memtable_flush_interval_ms),
+            ..LogOptions::default()
+        },
+        engine_cache_bytes: config.engine_cache_mb << 20,
     };
-    let storage = open_data_dir(&config.data_dir, log_options)
+    let storage = open_data_dir(&config.data_dir, options)
         .with_context(|| format!("while opening the store in {}", config.data_dir.display()))?;
     let replay = storage.replay_report();
     if replay.records > 0 {

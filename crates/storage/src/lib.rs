@@ -122,14 +122,37 @@ impl WriteBatch {
     }
 }
 
+/// How a data directory is opened.
+#[derive(Clone, Debug)]
+pub struct DataDirOptions {
+    pub log: LogOptions,
+    /// Memory for redb's cache of the file's pages (reads and writes);
+    /// pages beyond it are read from the file (the OS page cache).
+    pub engine_cache_bytes: usize,
+}
+
+/// The default of [`DataDirOptions::engine_cache_bytes`]: 256 MiB (redb's
+/// own default is 1 GiB).
+pub const DEFAULT_ENGINE_CACHE_BYTES: usize = 256 << 20;
+
+impl Default for DataDirOptions {
+    fn default() -> Self {
+        DataDirOptions {
+            log: LogOptions::default(),
+            engine_cache_bytes: DEFAULT_ENGINE_CACHE_BYTES,
+        }
+    }
+}
+
 /// The storage of a node's data directory: the redb file `ringkv.redb`
 /// behind the write-ahead log in `wal/`. Replays the log first, so this is
 /// also how tools and tests read a stopped (or killed) node's data.
-pub fn open_data_dir(dir: &Path, options: LogOptions) -> Result<LoggedStorage, StorageError> {
-    let engine = RedbStorage::open(&dir.join("ringkv.redb"))?;
+pub fn open_data_dir(dir: &Path, options: DataDirOptions) -> Result<LoggedStorage, StorageError> {
+    let engine =
+        RedbStorage::open_with_cache(&dir.join("ringkv.redb"), options.engine_cache_bytes)?;
     let log = FsLogDir::new(&dir.join("wal"))
         .map_err(|e| StorageError::io("creating the write-ahead log directory", e))?;
-    LoggedStorage::open(Arc::new(engine), Box::new(log), options)
+    LoggedStorage::open(Arc::new(engine), Box::new(log), options.log)
 }
 
 /// One record returned by [`Storage::scan`]: (user key, value).

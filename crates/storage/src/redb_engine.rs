@@ -52,6 +52,7 @@ const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// transaction at a time); reads run concurrently on snapshots.
 pub struct RedbStorage {
     path: PathBuf,
+    cache_bytes: usize,
     /// `None` only while [`Storage::reopen_if_failed`] replaces it.
     database: RwLock<Option<redb::Database>>,
     /// An operation failed with an I/O error, after which redb refuses
@@ -73,10 +74,17 @@ fn engine_error(operation: &'static str, error: impl Into<redb::Error>) -> Stora
 }
 
 impl RedbStorage {
-    /// Opens the database file at `path`, creating it if missing.
+    /// Opens the database file at `path`, creating it if missing, with
+    /// [`crate::DEFAULT_ENGINE_CACHE_BYTES`] of page cache.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        Self::open_with_cache(path, crate::DEFAULT_ENGINE_CACHE_BYTES)
+    }
+
+    /// [`RedbStorage::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
         let storage = RedbStorage {
             path: path.to_path_buf(),
+            cache_bytes,
             database: RwLock::new(None),
             failed: AtomicBool::new(false),
             #[cfg(test)]
@@ -95,6 +103,7 @@ impl RedbStorage {
     ) -> Result<Self, StorageError> {
         let storage = RedbStorage {
             path: path.to_path_buf(),
+            cache_bytes: crate::DEFAULT_ENGINE_CACHE_BYTES,
             database: RwLock::new(None),
             failed: AtomicBool::new(false),
             inject_failures: Some(failing),
@@ -116,13 +125,17 @@ impl RedbStorage {
 
     #[cfg(not(test))]
     fn create_database(&self) -> Result<redb::Database, redb::DatabaseError> {
-        redb::Database::create(&self.path)
+        redb::Builder::new()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)
     }
 
     #[cfg(test)]
     fn create_database(&self) -> Result<redb::Database, redb::DatabaseError> {
         match &self.inject_failures {
-            None => redb::Database::create(&self.path),
+            None => redb::Builder::new()
+                .set_cache_size(self.cache_bytes)
+                .create(&self.path),
             Some(failing) => {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
@@ -134,7 +147,9 @@ impl RedbStorage {
                     file: redb::backends::FileBackend::new(file)?,
                     failing: std::sync::Arc::clone(failing),
                 };
-                redb::Builder::new().create_with_backend(backend)
+                redb::Builder::new()
+                    .set_cache_size(self.cache_bytes)
+                    .create_with_backend(backend)
             }
         }
     }

@@ -385,9 +385,9 @@ impl TestNode {
 pub fn assert_disk_holds(node: &mut TestNode, bucket: &str, keys: &[String]) {
     use ringkv_core::causality::Object;
     use ringkv_core::ring::{Layout, key_hash, partition_of};
-    use ringkv_storage::{LogOptions, Space, Storage, open_data_dir};
+    use ringkv_storage::{DataDirOptions, Space, Storage, open_data_dir};
     node.kill9();
-    let storage = open_data_dir(&node.dir, LogOptions::default()).unwrap();
+    let storage = open_data_dir(&node.dir, DataDirOptions::default()).unwrap();
     let layout = Layout::decode(&storage.get(Space::Meta, b"layout").unwrap().unwrap()).unwrap();
     for key in keys {
         let partition = partition_of(

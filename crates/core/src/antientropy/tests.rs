@@ -227,6 +227,16 @@ proptest! {
         for (key, _, _) in &ops {
             prop_assert_eq!(tree.digest_of(key), map.get(key).copied());
         }
+        // Every segment lists exactly its keys, sorted, however many
+        // removals compacted its key buffer.
+        for segment in 0..tree.segments() {
+            let expected: Vec<(Vec<u8>, u64)> = map
+                .iter()
+                .filter(|(key, _)| tree.segment_of(key) == segment)
+                .map(|(key, &digest)| (key.clone(), digest))
+                .collect();
+            prop_assert_eq!(tree.segment_entries(segment), expected);
+        }
     }
 
     #[test]

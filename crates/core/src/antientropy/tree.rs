@@ -6,8 +6,6 @@
 //! Does not own what a digest means (the replica computes it from an
 //! object's clock), persistence, or the exchange between replicas.
 
-use std::collections::BTreeMap;
-
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64_with_seed};
 
 /// Default number of segments (leaves).
@@ -36,11 +34,95 @@ pub enum TreeShapeError {
     BadWidth { width: u32, max: u32 },
 }
 
+/// The entries of one segment, compactly: every key's bytes in one
+/// buffer, and a sorted list of (where the key is, digest). About 16 bytes
+/// plus the key per entry, where a `BTreeMap<Vec<u8>, u64>` took 80–110
+/// (a heap allocation per key, the `Vec` header, node slack); a node keeps
+/// one entry per key it holds, so this is most of its memory beyond the
+/// storage engine's cache.
 #[derive(Clone, Debug, Default)]
 struct Segment {
-    entries: BTreeMap<Vec<u8>, u64>,
-    /// Wrapping sum of `entry_hash` over `entries`; 0 when empty.
+    /// Sorted by key.
+    entries: Vec<Entry>,
+    /// The keys' bytes. A removed or replaced key leaves a hole until the
+    /// holes make up half of it; then it is rewritten without them.
+    keys: Vec<u8>,
+    holes: usize,
+    /// Wrapping sum of `entry_hash` over the entries; 0 when empty.
     hash: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    start: u32,
+    len: u32,
+    digest: u64,
+}
+
+impl Segment {
+    fn key(&self, entry: &Entry) -> &[u8] {
+        &self.keys[entry.start as usize..(entry.start + entry.len) as usize]
+    }
+
+    fn find(&self, key: &[u8]) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|entry| self.key(entry).cmp(key))
+    }
+
+    fn get(&self, key: &[u8]) -> Option<u64> {
+        self.find(key).ok().map(|at| self.entries[at].digest)
+    }
+
+    /// Records `digest` for `key`; the digest it replaces, if any.
+    fn insert(&mut self, key: &[u8], digest: u64) -> Option<u64> {
+        match self.find(key) {
+            Ok(at) => Some(std::mem::replace(&mut self.entries[at].digest, digest)),
+            Err(at) => {
+                let start = self.keys.len();
+                self.keys.extend_from_slice(key);
+                let entry = Entry {
+                    start: u32::try_from(start).expect("a segment holds under 4 GiB of keys"),
+                    len: u32::try_from(key.len()).expect("a key is under 4 GiB"),
+                    digest,
+                };
+                self.entries.insert(at, entry);
+                None
+            }
+        }
+    }
+
+    /// Forgets `key`; its digest, if it was there.
+    fn remove(&mut self, key: &[u8]) -> Option<u64> {
+        let at = self.find(key).ok()?;
+        let entry = self.entries.remove(at);
+        self.holes += entry.len as usize;
+        if self.holes * 2 > self.keys.len() {
+            self.compact();
+        }
+        Some(entry.digest)
+    }
+
+    fn compact(&mut self) {
+        let mut keys = Vec::with_capacity(self.keys.len() - self.holes);
+        for entry in &mut self.entries {
+            let start = keys.len();
+            keys.extend_from_slice(
+                &self.keys[entry.start as usize..(entry.start + entry.len) as usize],
+            );
+            entry.start = start as u32;
+        }
+        self.keys = keys;
+        self.holes = 0;
+        if self.entries.capacity() > 2 * self.entries.len() + 4 {
+            self.entries.shrink_to_fit();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        self.entries
+            .iter()
+            .map(|entry| (self.key(entry), entry.digest))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -65,10 +147,9 @@ struct InnerLevel {
 /// - inner node: xxh3-64 of its children's hashes, each u64 big-endian,
 ///   recomputed only when asked for and a segment below it changed.
 ///
-/// Memory: per key, the key bytes plus roughly 60–80 bytes (a `Vec`
-/// header, the u64 digest, the key's allocation overhead and B-tree node
-/// slack); per tree, about 32 bytes per segment and 9 bytes per inner node
-/// (≈ 35 KiB for the default 1024 × 16 shape).
+/// Memory: per key, the key bytes plus 16 (see `Segment`) and the slack
+/// of growing vectors; per tree, about 80 bytes per segment and 9 bytes
+/// per inner node (≈ 90 KiB for the default 1024 × 16 shape).
 #[derive(Clone, Debug)]
 pub struct MerkleTree {
     width: u32,
@@ -178,27 +259,22 @@ impl MerkleTree {
 
     /// Digest recorded for `key`.
     pub fn digest_of(&self, key: &[u8]) -> Option<u64> {
-        self.segments[self.segment_of(key) as usize]
-            .entries
-            .get(key)
-            .copied()
+        self.segments[self.segment_of(key) as usize].get(key)
     }
 
     /// Records `digest` for `key`, replacing any earlier one.
     pub fn insert(&mut self, key: &[u8], digest: u64) {
         let index = self.segment_of(key);
         let segment = &mut self.segments[index as usize];
-        match segment.entries.get_mut(key) {
-            Some(old) if *old == digest => return,
+        match segment.insert(key, digest) {
+            Some(old) if old == digest => return,
             Some(old) => {
                 segment.hash = segment
                     .hash
-                    .wrapping_sub(entry_hash(key, *old))
+                    .wrapping_sub(entry_hash(key, old))
                     .wrapping_add(entry_hash(key, digest));
-                *old = digest;
             }
             None => {
-                segment.entries.insert(key.to_vec(), digest);
                 segment.hash = segment.hash.wrapping_add(entry_hash(key, digest));
                 self.len += 1;
             }
@@ -210,7 +286,7 @@ impl MerkleTree {
     pub fn remove(&mut self, key: &[u8]) {
         let index = self.segment_of(key);
         let segment = &mut self.segments[index as usize];
-        if let Some(old) = segment.entries.remove(key) {
+        if let Some(old) = segment.remove(key) {
             segment.hash = segment.hash.wrapping_sub(entry_hash(key, old));
             self.len -= 1;
             self.mark_dirty(index);
@@ -240,9 +316,8 @@ impl MerkleTree {
     /// Entries of `segment`, sorted by key. Panics if out of range.
     pub fn segment_entries(&self, segment: u32) -> SegmentEntries {
         self.segments[segment as usize]
-            .entries
             .iter()
-            .map(|(key, &digest)| (key.clone(), digest))
+            .map(|(key, digest)| (key.to_vec(), digest))
             .collect()
     }
 
