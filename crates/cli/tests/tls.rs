@@ -147,6 +147,15 @@ fn client_tls_node(dir: &Path, ca: &Path, extra: &[&str]) -> TestNode {
     node
 }
 
+/// A write through `from` that waits for two replicas is read back
+/// through `to` from two (n is capped at 2: both hold every key).
+fn assert_replicate(from: &TestNode, to: &TestNode) {
+    from.client()
+        .put("b", b"k", b"v", "text/plain", None, Some(2))
+        .unwrap();
+    assert_eq!(value_of(&to.client(), Some(2)), b"v");
+}
+
 fn members(node: &TestNode) -> usize {
     node.client().cluster_status().unwrap()["members"]
         .as_array()
@@ -167,12 +176,8 @@ fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
     wait_for_layout_agreement(&[node1.client(), node2.client()], 2);
     assert!(node1.log().contains("peer connections use TLS"));
 
-    // They replicate over TLS (n is capped at 2: both hold every key).
-    node1
-        .client()
-        .put("b", b"k", b"v", "text/plain", None, Some(2))
-        .unwrap();
-    assert_eq!(value_of(&node2.client(), Some(2)), b"v");
+    // They replicate over TLS.
+    assert_replicate(&node1, &node2);
 
     // A certificate of another CA: refused, saying why; so is a node
     // without TLS.
@@ -252,11 +257,7 @@ fn members_take_a_new_ca_without_a_restart() {
     node2.start(Some(&node1.peer));
     wait_for_layout_agreement(&[node1.client(), node2.client()], 2);
     assert!(node1.log().contains("TLS CA file changed; reloaded"));
-    node1
-        .client()
-        .put("b", b"k", b"v", "text/plain", None, Some(2))
-        .unwrap();
-    assert_eq!(value_of(&node2.client(), Some(2)), b"v");
+    assert_replicate(&node1, &node2);
 }
 
 #[test]
