@@ -38,7 +38,8 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, TableDefinition};
 
@@ -58,9 +59,32 @@ pub struct RedbStorage {
     /// An operation failed with an I/O error, after which redb refuses
     /// every other: the file must be opened again.
     failed: AtomicBool,
+    /// When the next reopen may be tried. Reopening a file that was not
+    /// closed cleanly makes redb repair it (a walk over the whole file), so
+    /// a disk that stays full is not made to pay that at every flush
+    /// retry: the wait doubles from `REOPEN_WAIT_MIN` to `REOPEN_WAIT_MAX`.
+    reopen: Mutex<Reopen>,
     /// Tests: while set, the file's writes and syncs fail.
     #[cfg(test)]
     inject_failures: Option<std::sync::Arc<AtomicBool>>,
+}
+
+const REOPEN_WAIT_MIN: Duration = Duration::from_millis(200);
+const REOPEN_WAIT_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Reopen {
+    not_before: Instant,
+    wait: Duration,
+}
+
+impl Default for Reopen {
+    fn default() -> Self {
+        Reopen {
+            not_before: Instant::now(),
+            wait: REOPEN_WAIT_MIN,
+        }
+    }
 }
 
 /// Converts a redb error, keeping I/O errors apart from the engine's own.
@@ -87,6 +111,7 @@ impl RedbStorage {
             cache_bytes,
             database: RwLock::new(None),
             failed: AtomicBool::new(false),
+            reopen: Mutex::default(),
             #[cfg(test)]
             inject_failures: None,
         };
@@ -106,6 +131,7 @@ impl RedbStorage {
             cache_bytes: crate::DEFAULT_ENGINE_CACHE_BYTES,
             database: RwLock::new(None),
             failed: AtomicBool::new(false),
+            reopen: Mutex::default(),
             inject_failures: Some(failing),
         };
         storage.open_file()?;
@@ -310,9 +336,23 @@ impl Storage for RedbStorage {
     }
 
     fn reopen_if_failed(&self) -> Result<(), StorageError> {
+        let mut reopen = self.reopen.lock().expect("reopen lock poisoned");
         if !self.failed.load(Ordering::Acquire) {
+            reopen.wait = REOPEN_WAIT_MIN;
             return Ok(());
         }
+        let now = Instant::now();
+        if now < reopen.not_before {
+            return Err(StorageError::Engine {
+                message: format!(
+                    "redb stopped after an I/O error; it is opened again in {} ms",
+                    (reopen.not_before - now).as_millis()
+                ),
+            });
+        }
+        // Until the engine has worked again, each attempt waits longer.
+        reopen.not_before = now + reopen.wait;
+        reopen.wait = (reopen.wait * 2).min(REOPEN_WAIT_MAX);
         // Taken out under the lock, dropped outside it: readers fail at
         // once meanwhile instead of waiting. Dropping closes the file and
         // releases its lock, so it can be opened again.
@@ -454,6 +494,11 @@ mod tests {
         assert!(read.to_string().contains("opened again"), "{read}");
 
         failing.store(false, Ordering::Release);
+        // Attempts are spaced out (a reopen after an I/O error repairs the
+        // whole file): the next one waits for REOPEN_WAIT_MIN.
+        let error = storage.reopen_if_failed().unwrap_err();
+        assert!(error.to_string().contains("opened again in"), "{error}");
+        std::thread::sleep(REOPEN_WAIT_MIN);
         storage.reopen_if_failed().unwrap();
         assert_eq!(
             storage.get(Space::Data(1), b"durable").unwrap().as_deref(),

@@ -67,7 +67,8 @@
 //! failed flush is retried, after reopening an engine that an I/O error
 //! stopped ([`Storage::reopen_if_failed`]); reads of the memtables keep
 //! working meanwhile. So a full disk needs no restart: once there is room,
-//! the next retry (at most 10 s later) takes writes again.
+//! a retry takes writes again (flushes are retried at most 10 s apart;
+//! redb is reopened at most 30 s apart, since each reopen repairs it).
 //!
 //! The log's files live behind [`LogDir`]: [`FsLogDir`] on disk,
 //! [`MemoryLogDir`] in memory with a crash model, for tests.
