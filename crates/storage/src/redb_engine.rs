@@ -149,35 +149,24 @@ impl RedbStorage {
         self.commit(Durability::Sync, "creating the records table", |_| Ok(()))
     }
 
-    #[cfg(not(test))]
     fn create_database(&self) -> Result<redb::Database, redb::DatabaseError> {
-        redb::Builder::new()
-            .set_cache_size(self.cache_bytes)
-            .create(&self.path)
-    }
-
-    #[cfg(test)]
-    fn create_database(&self) -> Result<redb::Database, redb::DatabaseError> {
-        match &self.inject_failures {
-            None => redb::Builder::new()
-                .set_cache_size(self.cache_bytes)
-                .create(&self.path),
-            Some(failing) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&self.path)?;
-                let backend = tests::FailingBackend {
-                    file: redb::backends::FileBackend::new(file)?,
-                    failing: std::sync::Arc::clone(failing),
-                };
-                redb::Builder::new()
-                    .set_cache_size(self.cache_bytes)
-                    .create_with_backend(backend)
-            }
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(self.cache_bytes);
+        #[cfg(test)]
+        if let Some(failing) = &self.inject_failures {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)?;
+            let backend = tests::FailingBackend {
+                file: redb::backends::FileBackend::new(file)?,
+                failing: std::sync::Arc::clone(failing),
+            };
+            return builder.create_with_backend(backend);
         }
+        builder.create(&self.path)
     }
 
     /// The open database, or the error that it is being reopened.
