@@ -290,6 +290,8 @@ impl GroupCommitter {
             counters: Arc::clone(&counters),
             unsynced: false,
             last_sync: Instant::now(),
+            quiet_failures: 0,
+            last_failure_logged: None,
         }));
         let thread = {
             let committer = Arc::clone(&committer);
@@ -533,7 +535,15 @@ struct Committer {
     /// A Buffered commit has not been made durable yet.
     unsynced: bool,
     last_sync: Instant,
+    /// Failed background syncs not logged yet, and when one last was: a
+    /// failure that lasts (a full disk) is logged once a minute, with a
+    /// count, not at every interval.
+    quiet_failures: u64,
+    last_failure_logged: Option<Instant>,
 }
+
+/// How often a lasting failure of background syncs is logged.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 fn lock(committer: &Mutex<Committer>) -> MutexGuard<'_, Committer> {
     // A job that panicked while the lock was held left no half-written
@@ -613,9 +623,26 @@ impl Committer {
     /// Makes earlier Buffered commits durable (the bounded interval of
     /// buffered durability). A failure is logged; the next interval retries.
     fn background_sync(&mut self) {
-        if let Err(error) = self.sync(true) {
-            self.last_sync = Instant::now();
-            tracing::error!(%error, "background sync of buffered writes failed");
+        match self.sync(true) {
+            Ok(()) => {
+                if self.last_failure_logged.take().is_some() {
+                    tracing::info!("background sync of buffered writes works again");
+                }
+                self.quiet_failures = 0;
+            }
+            Err(error) => {
+                self.last_sync = Instant::now();
+                let due = self
+                    .last_failure_logged
+                    .is_none_or(|at| at.elapsed() >= FAILURE_LOG_INTERVAL);
+                if due {
+                    let also = std::mem::take(&mut self.quiet_failures);
+                    tracing::error!(%error, failures_since_last_logged = also, "background sync of buffered writes failed");
+                    self.last_failure_logged = Some(Instant::now());
+                } else {
+                    self.quiet_failures += 1;
+                }
+            }
         }
     }
 
