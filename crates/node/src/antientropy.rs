@@ -74,6 +74,13 @@ impl Node {
                 message: format!("no tree for partition {partition} and n {n}"),
             };
         }
+        // A tree still being filled at start would look as if this node
+        // lacked most keys, and the peer would repair them all for nothing.
+        if !self.trees_built.load(Ordering::Acquire) {
+            return PeerResponse::Refused {
+                message: "anti-entropy trees are still being built".to_string(),
+            };
+        }
         let tree = self.store.trees().tree(partition, n);
         let mut tree = tree.lock().expect("tree lock");
         match answer(&mut tree, request) {
@@ -385,4 +392,62 @@ impl Node {
 enum Side {
     Both,
     Peer,
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_core::antientropy::ExchangeRequest;
+    use ringkv_core::bucket::BucketRegistry;
+    use ringkv_core::ring::{Layout, Member, MemberState};
+    use ringkv_storage::{GroupCommitOptions, GroupCommitter, MemoryStorage, Storage};
+
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::store::LocalStore;
+    use crate::transport::{Peers, Security};
+
+    #[tokio::test]
+    async fn exchanges_are_answered_only_once_the_trees_are_built() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let committer = GroupCommitter::start(storage.clone(), GroupCommitOptions::default());
+        let me = Member {
+            id: 1,
+            name: "node1".into(),
+            peer_addr: "127.0.0.1:1".into(),
+            http_addr: "127.0.0.1:2".into(),
+            resp_addr: "127.0.0.1:3".into(),
+            state: MemberState::Valid,
+        };
+        let layout = Layout::new(8, 3, me.clone()).unwrap();
+        let security = Security {
+            key: None,
+            tls: None,
+        };
+        let node = Node::new(
+            NodeConfig::default(),
+            1,
+            1,
+            me,
+            LocalStore::new(storage, committer),
+            Peers::new(1 << 20, security),
+            layout,
+            BucketRegistry::default(),
+            None,
+        );
+        let root = ExchangeRequest::Level {
+            level: 0,
+            indices: vec![0],
+        };
+        match node.answer_exchange(0, 3, &root) {
+            PeerResponse::Refused { message } => {
+                assert!(message.contains("still being built"), "{message}")
+            }
+            other => panic!("answered from a tree being built: {other:?}"),
+        }
+        node.rebuild_trees().await.unwrap();
+        assert!(matches!(
+            node.answer_exchange(0, 3, &root),
+            PeerResponse::AntiEntropy(_)
+        ));
+    }
 }
