@@ -147,13 +147,20 @@ fn client_tls_node(dir: &Path, ca: &Path, extra: &[&str]) -> TestNode {
     node
 }
 
-/// A write through `from` that waits for two replicas is read back
-/// through `to` from two (n is capped at 2: both hold every key).
+/// A write through `writer` that waits for `n` replicas (None: the
+/// bucket's w) is read back through `reader` from as many.
+fn assert_round_trip(
+    writer: &ringkv_client::Client,
+    reader: &ringkv_client::Client,
+    n: Option<u32>,
+) {
+    writer.put("b", b"k", b"v", "text/plain", None, n).unwrap();
+    assert_eq!(value_of(reader, n), b"v");
+}
+
+/// Two members replicate (n is capped at 2: both hold every key).
 fn assert_replicate(from: &TestNode, to: &TestNode) {
-    from.client()
-        .put("b", b"k", b"v", "text/plain", None, Some(2))
-        .unwrap();
-    assert_eq!(value_of(&to.client(), Some(2)), b"v");
+    assert_round_trip(&from.client(), &to.client(), Some(2));
 }
 
 fn members(node: &TestNode) -> usize {
@@ -348,10 +355,7 @@ fn clients_reach_a_tls_node_over_https_and_resp_tls_only() {
 
     // HTTPS with the CA: reads and writes.
     let client = node1.client();
-    client
-        .put("b", b"k", b"v", "text/plain", None, None)
-        .unwrap();
-    assert_eq!(value_of(&client, None), b"v");
+    assert_round_trip(&client, &client, None);
     // Plain HTTP gets nothing; HTTPS without the CA trusts no certificate.
     let plain = ringkv_client::Client::new(&format!("http://{}", node1.http));
     assert!(plain.get("b", b"k", None).is_err());
@@ -427,10 +431,7 @@ fn a_node_that_asks_for_client_certificates_serves_only_clients_with_one() {
     node1.start(None);
     assert!(node1.log().contains("a certificate of the client CA"));
     let with_cert = node1.client();
-    with_cert
-        .put("b", b"k", b"v", "text/plain", None, None)
-        .unwrap();
-    assert_eq!(value_of(&with_cert, None), b"v");
+    assert_round_trip(&with_cert, &with_cert, None);
     // No certificate, or one of another CA: turned away.
     let ca_pem = std::fs::read(ca.join("ca.crt")).unwrap();
     let none = ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, None).unwrap();

@@ -106,15 +106,7 @@ impl RedbStorage {
 
     /// [`RedbStorage::open`] with a page cache of `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
-        let storage = RedbStorage {
-            path: path.to_path_buf(),
-            cache_bytes,
-            database: RwLock::new(None),
-            failed: AtomicBool::new(false),
-            reopen: Mutex::default(),
-            #[cfg(test)]
-            inject_failures: None,
-        };
+        let storage = Self::unopened(path, cache_bytes);
         storage.open_file()?;
         Ok(storage)
     }
@@ -126,16 +118,22 @@ impl RedbStorage {
         path: &Path,
         failing: std::sync::Arc<AtomicBool>,
     ) -> Result<Self, StorageError> {
-        let storage = RedbStorage {
+        let mut storage = Self::unopened(path, crate::DEFAULT_ENGINE_CACHE_BYTES);
+        storage.inject_failures = Some(failing);
+        storage.open_file()?;
+        Ok(storage)
+    }
+
+    fn unopened(path: &Path, cache_bytes: usize) -> Self {
+        RedbStorage {
             path: path.to_path_buf(),
-            cache_bytes: crate::DEFAULT_ENGINE_CACHE_BYTES,
+            cache_bytes,
             database: RwLock::new(None),
             failed: AtomicBool::new(false),
             reopen: Mutex::default(),
-            inject_failures: Some(failing),
-        };
-        storage.open_file()?;
-        Ok(storage)
+            #[cfg(test)]
+            inject_failures: None,
+        }
     }
 
     /// Opens the file into `self.database`, which must be `None`.
