@@ -61,6 +61,11 @@ fuzz_target!(|data: &[u8]| {
                 layout(&state.layout);
                 registry(&state.buckets);
             }
+            PeerResponse::ScanPage { entries, .. } => {
+                for (_, o) in entries {
+                    object(o);
+                }
+            }
             PeerResponse::Joined {
                 layout: l, buckets, ..
             } => {

@@ -1,5 +1,6 @@
 //! `ringkv`: the server, a local dev cluster, and a command-line client.
 
+mod backup;
 mod bench;
 mod cert;
 mod dev_cluster;
@@ -76,6 +77,23 @@ enum Command {
     },
     /// Generate load against ringkv, a Redis-protocol server or etcd and report latency percentiles.
     Bench(bench::BenchArgs),
+    /// Save the data of the whole cluster to FILE, read online from every
+    /// member and merged per key (siblings and version vectors kept).
+    Backup {
+        file: PathBuf,
+        /// Skip members that do not answer (named in the summary) instead of failing.
+        #[arg(long)]
+        partial: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Merge a backup FILE into the cluster: every object goes to its
+    /// replicas as a read repair would; newer writes are kept.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Cluster commands.
     Cluster {
         #[command(subcommand)]
@@ -427,6 +445,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Backup {
+            file,
+            partial,
+            target,
+        } => backup::backup(&target.client()?, &file, partial),
+        Command::Restore { file, target } => backup::restore(&target.client()?, &file),
         Command::Cluster {
             command: ClusterCommand::Status { json, target },
         } => {

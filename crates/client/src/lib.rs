@@ -348,6 +348,55 @@ impl Client {
         }
         Ok(())
     }
+
+    /// `GET /v1/backup`: the whole cluster's data as a backup file, copied
+    /// into `out` as it arrives, with no time limit. With `partial`, members
+    /// that do not answer are skipped (the file's summary names them).
+    /// Returns the bytes copied; the caller checks that they make a whole
+    /// backup (a node that fails midway ends the stream with an error record).
+    pub fn backup(&self, partial: bool, out: &mut dyn std::io::Write) -> Result<u64, ClientError> {
+        let query = if partial { "?partial=true" } else { "" };
+        let mut response = self
+            .agent
+            .get(&format!("{}/v1/backup{query}", self.base))
+            .config()
+            .timeout_global(None)
+            .build()
+            .call()
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = read_body(&mut response)?;
+            return Err(server_error(status, &body));
+        }
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut reader, out)
+            .map_err(|e| ClientError::Protocol(format!("copying the backup: {e}")))
+    }
+
+    /// `POST /v1/restore` with a backup file as the body, with no time
+    /// limit: the HTTP status and the node's JSON report (also sent with
+    /// the error statuses 400 and 503).
+    pub fn restore(
+        &self,
+        body: &mut dyn std::io::Read,
+    ) -> Result<(u16, serde_json::Value), ClientError> {
+        let mut response = self
+            .agent
+            .post(&format!("{}/v1/restore", self.base))
+            .config()
+            .timeout_global(None)
+            .build()
+            .header("content-type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(body))
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = read_body(&mut response)?;
+        match serde_json::from_slice(&body) {
+            Ok(report) => Ok((status, report)),
+            Err(_) => Err(server_error(status, &body)),
+        }
+    }
 }
 
 fn read_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ClientError> {

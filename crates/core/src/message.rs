@@ -152,6 +152,17 @@ pub enum PeerRequest {
         key: Vec<u8>,
         layout_version: u64,
     },
+    // New variants go last: the frame body encodes the variant's index.
+    /// One page of this node's records of a partition, for a backup: the
+    /// objects of its replica (`hints` false) or of the hints it holds
+    /// (`hints` true), keys after `after`, about `max_bytes` at most (at
+    /// least one record when any is left).
+    ScanPartition {
+        partition: u32,
+        hints: bool,
+        after: Option<Vec<u8>>,
+        max_bytes: u32,
+    },
 }
 
 /// Handoff holders: partition → member that held it under an earlier
@@ -191,5 +202,11 @@ pub enum PeerResponse {
     HandoffGetDone {
         object: Option<Vec<u8>>,
         holding: bool,
+    },
+    /// The answer to `ScanPartition`: (object key, encoded object) pairs in
+    /// key order; `done` when no record follows the last one.
+    ScanPage {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
     },
 }

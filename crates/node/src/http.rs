@@ -37,6 +37,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster/members/{name}/leave", post(leave))
         .route("/v1/cluster/members/{name}/remove", post(remove))
         .route("/v1/preflist/{bucket}/{*key}", get(preflist))
+        .route("/v1/backup", get(backup))
+        .route(
+            "/v1/restore",
+            post(restore).layer(DefaultBodyLimit::disable()),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             require_password,
@@ -511,6 +516,61 @@ async fn preflist(State(node): State<Arc<Node>>, uri: Uri) -> Response {
         "replicas_now": plan,
     }))
     .into_response()
+}
+
+/// `GET /v1/backup[?partial=true]`: the whole cluster's data as a backup
+/// file (`backup` module), streamed as it is read.
+async fn backup(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
+    let mut partial = false;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("partial", "true" | "1") => partial = true,
+            ("partial", "false" | "0") => partial = false,
+            _ => {
+                return bad_request(format!(
+                    "unknown query parameter {pair:?} (known: partial=true|false)"
+                ));
+            }
+        }
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"ringkv.backup\"",
+            ),
+        ],
+        crate::backup::backup_body(node, partial),
+    )
+        .into_response()
+}
+
+/// `POST /v1/restore` with a backup file as the body: merges every object
+/// into its replicas, creates the buckets not configured here, and answers
+/// with a JSON report (400 if the file is not a whole, valid backup; 503
+/// if some objects reached fewer than W replicas). What was merged before
+/// a bad record stays: restoring again is safe.
+async fn restore(State(node): State<Arc<Node>>, body: axum::body::Body) -> Response {
+    let (report, format_error) = crate::backup::restore(node, body).await;
+    if let Some(e) = format_error {
+        let body = json!({ "error": "bad_backup", "message": e.to_string(), "report": report });
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    if report.objects_failed > 0 || !report.complete {
+        let message = format!(
+            "{} objects could not be restored to W replicas; restoring the file again is safe",
+            report.objects_failed
+        );
+        let body = json!({ "error": "unavailable", "message": message, "report": report });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    axum::Json(report).into_response()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! moves bytes, runs timers and executes what the core decides.
 
 pub mod antientropy;
+pub mod backup;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -1216,6 +1216,26 @@ impl Node {
                 PeerResponse::Gossip(self.gossip_state())
             }
             PeerRequest::Join { member } => self.handle_join(member).await,
+            PeerRequest::ScanPartition {
+                partition,
+                hints,
+                after,
+                max_bytes,
+            } => {
+                if partition >= self.layout().partitions() {
+                    return PeerResponse::Refused {
+                        message: format!("no partition {partition}"),
+                    };
+                }
+                // The answer must fit in a frame.
+                let max_bytes = (max_bytes as usize).min(self.config.max_frame_bytes / 2);
+                match self.scan_page(partition, hints, after.as_deref(), max_bytes) {
+                    Ok((entries, done)) => PeerResponse::ScanPage { entries, done },
+                    Err(e) => PeerResponse::Refused {
+                        message: e.to_string(),
+                    },
+                }
+            }
         }
     }
 

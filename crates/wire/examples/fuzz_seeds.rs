@@ -4,13 +4,16 @@
 //!
 //! Usage: `cargo run -p ringkv-wire --example fuzz_seeds -- fuzz/corpus`
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ringkv_core::antientropy::{ExchangeRequest, ExchangeResponse};
 use ringkv_core::bucket::{BucketProps, BucketRegistry, DurabilityMode};
 use ringkv_core::causality::{ConflictMode, NewVersion, Object, VersionVector, encode_context};
+use ringkv_core::hint::object_key;
 use ringkv_core::message::{ClientOp, ClientReply, GossipState, PeerRequest, PeerResponse};
 use ringkv_core::ring::{Layout, Member, MemberState};
+use ringkv_wire::backup::{KIND_BUCKETS, KIND_END, MAGIC, Summary, encode_object, encode_record};
 use ringkv_wire::{Frame, encode_frame};
 
 fn member(id: u64) -> Member {
@@ -144,6 +147,12 @@ fn frames() -> Vec<Frame> {
             key: key.clone(),
             layout_version: 3,
         },
+        PeerRequest::ScanPartition {
+            partition: 5,
+            hints: true,
+            after: Some(object_key("demo", &key)),
+            max_bytes: 1 << 20,
+        },
     ];
     let responses = vec![
         PeerResponse::ReplicaPutDone,
@@ -165,6 +174,10 @@ fn frames() -> Vec<Frame> {
         },
         PeerResponse::Refused {
             message: "no".into(),
+        },
+        PeerResponse::ScanPage {
+            entries: vec![(object_key("demo", &key), objects[1].encode())],
+            done: false,
         },
     ];
     let mut frames: Vec<Frame> = requests
@@ -253,6 +266,39 @@ fn main() {
     for (i, seed) in exchange.into_iter().enumerate() {
         corpus.put("exchange", &format!("seed-{i}"), &seed.expect("postcard"));
     }
+
+    let mut backup = vec![7u8];
+    backup.extend_from_slice(MAGIC);
+    let buckets: BTreeMap<&str, BucketProps> = [("demo", BucketProps::lww())].into();
+    encode_record(
+        KIND_BUCKETS,
+        &serde_json::to_vec(&buckets).expect("json"),
+        &mut backup,
+    );
+    for (i, object) in objects.iter().enumerate() {
+        encode_object(
+            "demo",
+            format!("k{i}").as_bytes(),
+            &object.encode(),
+            &mut backup,
+        );
+    }
+    let summary = Summary {
+        objects: objects.len() as u64,
+        buckets: 1,
+        partitions: 64,
+        layout_version: 3,
+        members: vec!["node1".into()],
+        missing_members: vec!["node2".into()],
+        started_ms: 1,
+        finished_ms: 2,
+    };
+    encode_record(
+        KIND_END,
+        &serde_json::to_vec(&summary).expect("json"),
+        &mut backup,
+    );
+    corpus.put("backup_file", "seed-whole", &backup);
 
     let json = serde_json::to_vec(&BucketProps::default()).expect("json");
     corpus.put("bucket_props", "seed-json", &json);

@@ -4,6 +4,7 @@
 //! defined in `ringkv-core` (the simulator passes them as values).
 
 pub mod auth;
+pub mod backup;
 pub mod frame;
 pub mod resp;
 
