@@ -894,3 +894,53 @@ fn a_peer_write_over_the_value_limit_is_refused() {
         vec![b'y'; 1000]
     );
 }
+
+/// Writes a peer frame (length-prefixed) and reads the next one back.
+fn peer_exchange(stream: &mut TcpStream, frame: &[u8]) -> Frame {
+    stream
+        .write_all(&(frame.len() as u32).to_be_bytes())
+        .unwrap();
+    stream.write_all(frame).unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut answer).unwrap();
+    decode_frame(&answer).unwrap()
+}
+
+/// A request that a newer version added (here: a variant index this
+/// version does not have) is refused on its own: the connection, and the
+/// requests that share it, go on.
+#[test]
+fn a_request_of_a_newer_version_is_refused_and_the_connection_kept() {
+    let cluster = Cluster::start(1);
+    let mut stream = TcpStream::connect(&cluster.nodes[0].peer).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let ping = |id| {
+        encode_frame(&Frame::Request {
+            id,
+            body: PeerRequest::Ping { from: 99 },
+        })
+        .unwrap()
+        .to_vec()
+    };
+    let mut newer = ping(5);
+    // The frame header is 10 bytes; then postcard's variant index.
+    newer[10] = 120;
+    match peer_exchange(&mut stream, &newer) {
+        Frame::Response {
+            id: 5,
+            body: PeerResponse::Refused { message },
+        } => assert!(message.contains("older version"), "{message}"),
+        other => panic!("expected a refusal of request 5, got {other:?}"),
+    }
+    assert!(matches!(
+        peer_exchange(&mut stream, &ping(6)),
+        Frame::Response {
+            id: 6,
+            body: PeerResponse::Pong { .. }
+        }
+    ));
+}

@@ -48,8 +48,12 @@ use crate::store::StoreError;
 /// (object key, encoded object).
 type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// A page of one member's scan holds about this many bytes.
-const PAGE_BYTES: u32 = 1024 * 1024;
+/// A page of one member's scan holds about this many bytes at most ...
+const PAGE_BYTES: usize = 1024 * 1024;
+/// ... and at least this many ...
+const MIN_PAGE_BYTES: usize = 64 * 1024;
+/// ... so that the pages of all members together hold about this many.
+const BUFFERED_BYTES: usize = 16 * 1024 * 1024;
 /// The most records of one scan page.
 const PAGE_RECORDS: usize = 1024;
 /// The stream of a backup is sent in chunks of about this size.
@@ -260,7 +264,10 @@ impl Backup {
     /// The next page of `cursor`. Err: why its member did not give it.
     async fn fill(&self, partition: u32, cursor: &mut Cursor) -> Result<(), String> {
         let node = &self.node;
-        let max_bytes = (PAGE_BYTES as usize).min(node.config.max_frame_bytes / 4);
+        let cursors = 2 * self.layout.members().len().max(1);
+        let max_bytes = (BUFFERED_BYTES / cursors)
+            .clamp(MIN_PAGE_BYTES, PAGE_BYTES)
+            .min(node.config.max_frame_bytes / 4);
         let (entries, done) = match &cursor.addr {
             None => node
                 .scan_page(partition, cursor.hints, cursor.after.as_deref(), max_bytes)

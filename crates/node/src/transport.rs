@@ -20,7 +20,9 @@ use futures::{SinkExt, StreamExt};
 use rand::RngCore;
 use ringkv_core::message::{PeerRequest, PeerResponse};
 use ringkv_wire::auth::{ANSWER_BYTES, AuthError, CHALLENGE_BYTES, MAGIC, Nonce, PROOF_BYTES};
-use ringkv_wire::{ClusterKey, Frame, decode_frame, encode_frame, peer_codec};
+use ringkv_wire::{
+    ClusterKey, Frame, Unreadable, decode_frame, encode_frame, peer_codec, unreadable,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -470,7 +472,20 @@ async fn drive_connection<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     Ok(Frame::Request { .. }) => {
                         return "peer sent a request on a client connection".into();
                     }
-                    Err(e) => return format!("bad frame from peer: {e}"),
+                    Err(e) => match unreadable(&bytes) {
+                        // Fails its own request only.
+                        Some(Unreadable::Response { id }) => {
+                            warn!(error = %e, "a peer's response cannot be read (a newer version?)");
+                            if let Some(waiter) =
+                                link.pending.lock().expect("pending lock").remove(&id)
+                            {
+                                let _ = waiter.send(PeerResponse::Refused {
+                                    message: format!("unreadable response: {e}"),
+                                });
+                            }
+                        }
+                        _ => return format!("bad frame from peer: {e}"),
+                    },
                 },
             }
         }
@@ -625,8 +640,25 @@ where
                     return "peer sent a response on a server connection".into();
                 }
                 Err(e) => {
-                    warn!(error = %e, "bad frame from peer; closing the connection");
-                    return format!("bad frame: {e}");
+                    let Some(Unreadable::Request { id }) = unreadable(&bytes) else {
+                        warn!(error = %e, "bad frame from peer; closing the connection");
+                        return format!("bad frame: {e}");
+                    };
+                    warn!(error = %e, "refused a request this node cannot read (from a newer version?)");
+                    let refused = encode_frame(&Frame::Response {
+                        id,
+                        body: PeerResponse::Refused {
+                            message: format!(
+                                "the peer cannot read this request (it may run an older version of ringkv): {e}"
+                            ),
+                        },
+                    });
+                    if let Ok(bytes) = refused
+                        && tx.send(bytes).await.is_err()
+                    {
+                        return "write failed".into();
+                    }
+                    continue;
                 }
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else {

@@ -138,6 +138,30 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, WireError> {
     }
 }
 
+/// A frame with a good header whose body this version cannot read: a
+/// message that a newer version added, or a damaged one. The frame still
+/// ended where its length said, so the connection can go on: a request is
+/// answered with a refusal, a response fails only its own request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    Request { id: u64 },
+    Response { id: u64 },
+}
+
+/// `Some` when `bytes` is such a frame (`decode_frame` failed on its body).
+pub fn unreadable(bytes: &[u8]) -> Option<Unreadable> {
+    if bytes.len() < HEADER_BYTES || bytes[0] != PROTOCOL_VERSION {
+        return None;
+    }
+    let id = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let unreadable = match bytes[1] {
+        KIND_REQUEST => Unreadable::Request { id },
+        KIND_RESPONSE => Unreadable::Response { id },
+        _ => return None,
+    };
+    matches!(decode_frame(bytes), Err(WireError::Body { .. })).then_some(unreadable)
+}
+
 fn no_trailing(rest: &[u8]) -> Result<(), WireError> {
     if rest.is_empty() {
         Ok(())
@@ -151,6 +175,29 @@ fn no_trailing(rest: &[u8]) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_of_a_newer_version_is_unreadable_but_keeps_its_id() {
+        let ping = |id| {
+            encode_frame(&Frame::Request {
+                id,
+                body: PeerRequest::Ping { from: 1 },
+            })
+            .unwrap()
+        };
+        assert_eq!(unreadable(&ping(9)), None, "a readable frame");
+        // A variant index past this version's last one.
+        let mut newer = ping(7).to_vec();
+        newer[HEADER_BYTES] = 120;
+        assert!(matches!(decode_frame(&newer), Err(WireError::Body { .. })));
+        assert_eq!(unreadable(&newer), Some(Unreadable::Request { id: 7 }));
+        newer[1] = KIND_RESPONSE;
+        assert_eq!(unreadable(&newer), Some(Unreadable::Response { id: 7 }));
+        // Not this version's header: nothing can be answered.
+        newer[0] = PROTOCOL_VERSION + 1;
+        assert_eq!(unreadable(&newer), None);
+        assert_eq!(unreadable(&newer[..5]), None);
+    }
     use proptest::prelude::*;
     use ringkv_core::message::ClientOp;
 

@@ -9,4 +9,7 @@ pub mod frame;
 pub mod resp;
 
 pub use auth::{AuthError, ClusterKey, Password};
-pub use frame::{Frame, PROTOCOL_VERSION, WireError, decode_frame, encode_frame, peer_codec};
+pub use frame::{
+    Frame, PROTOCOL_VERSION, Unreadable, WireError, decode_frame, encode_frame, peer_codec,
+    unreadable,
+};
