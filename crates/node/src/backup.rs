@@ -241,7 +241,9 @@ impl Backup {
                     && let Err(message) = self.fill(partition, cursor).await
                 {
                     if !self.partial {
-                        return Err(Failed(message));
+                        return Err(Failed(format!(
+                            "{message} (a partial backup skips members that do not answer: ringkv backup --partial, or ?partial=true)"
+                        )));
                     }
                     warn!(member = %cursor.name, error = %message, "backup skips a member that does not answer");
                     self.missing.insert(cursor.member, cursor.name.clone());
