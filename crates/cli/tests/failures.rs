@@ -255,3 +255,56 @@ fn a_full_hint_store_never_fails_a_write_that_reaches_w_otherwise() {
         assert_eq!(hints_pending(&cluster, n), 0);
     }
 }
+
+/// A fallback stamps the writes it coordinates with one actor for as long
+/// as it holds the key's hint record (until this version: a fresh actor
+/// per write), so a key written again and again through a fallback during
+/// an outage gains one clock entry, not one per write.
+#[test]
+fn writes_through_a_fallback_add_one_clock_entry_per_outage() {
+    let mut cluster = Cluster::start(5);
+    let key = "hot";
+    let primaries = primaries(&cluster, key);
+    let index = |name: &str| cluster.nodes.iter().position(|n| n.name == name).unwrap();
+    let down: Vec<usize> = primaries.iter().map(|p| index(p)).collect();
+    let up: Vec<usize> = (0..5).filter(|i| !down.contains(i)).collect();
+    for &i in &down {
+        cluster.nodes[i].kill9();
+    }
+    for &observer in &up {
+        for &i in &down {
+            let name = cluster.nodes[i].name.clone();
+            eventually(
+                "the key's primaries to be seen down",
+                Duration::from_secs(5),
+                || (liveness(&cluster, observer, &name) == "down").then_some(()),
+            );
+        }
+    }
+    let client = cluster.nodes[up[0]].client();
+    let mut context: Option<String> = None;
+    for i in 0..10 {
+        let value = format!("v{i}");
+        let written = client
+            .put(
+                "sloppy",
+                key.as_bytes(),
+                value.as_bytes(),
+                "text/plain",
+                context.as_deref(),
+                Some(2),
+            )
+            .unwrap_or_else(|e| panic!("write {i} with {primaries:?} down: {e}"));
+        context = Some(written);
+    }
+    let context = context.unwrap();
+    let actors = ringkv_core::causality::decode_context(&context)
+        .unwrap()
+        .iter()
+        .count();
+    assert_eq!(actors, 1, "10 writes through one fallback: {context}");
+    match client.get("sloppy", key.as_bytes(), Some(2)).unwrap() {
+        ringkv_client::GetResult::Found { value, .. } => assert_eq!(value, b"v9"),
+        other => panic!("expected the last write, got {other:?}"),
+    }
+}

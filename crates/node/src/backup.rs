@@ -233,6 +233,10 @@ impl Backup {
     }
 
     async fn partition(&mut self, partition: u32) -> Result<(), Failed> {
+        // The members of the newest layout: a member that joined since
+        // the backup started may hold keys handed off to it, which their
+        // old holders then delete.
+        self.layout = self.node.layout();
         let mut cursors = self.cursors();
         loop {
             for cursor in cursors.iter_mut() {

@@ -540,14 +540,16 @@ impl Node {
         //   version goes out to the other replicas before its local sync,
         //   and with buffered durability without one, so a crash can lose
         //   the local copy that others already hold);
-        // - a fallback or a node outside the plan: a fresh id per write (its
-        //   hint copy is deleted once handed off).
+        // - a fallback or a node outside the plan, writing into its hint
+        //   store: the store's fallback actor, read inside the job, which
+        //   changes whenever a hint record is deleted (`FallbackActor`);
+        // - a node outside the plan that keeps the write as a replica (it
+        //   is the key's first primary, yet not in the plan): a fresh id.
         let actor = match mine.map(|m| m.role()) {
             Some(Role::Primary) => self.actor,
             _ => rand::random::<u64>().max(1),
         };
-        let (id, mode, max_siblings, now) = (
-            actor,
+        let (mode, max_siblings, now) = (
             effective.props.conflict,
             effective.props.max_siblings as usize,
             now_ms(),
@@ -559,8 +561,8 @@ impl Node {
             content_type,
             now_ms: now,
         };
-        let update = move |current: Option<&Object>| {
-            Object::update(current, &context, new_version, id, mode, max_siblings)
+        let update = move |current: Option<&Object>, actor: NodeId| {
+            Object::update(current, &context, new_version, actor, mode, max_siblings)
         };
         // Not a replica by this node's view (a forwarded request, views
         // differ): keep the write as a hint for the key's first primary.
@@ -579,6 +581,7 @@ impl Node {
         let hint_store_full = local_hint_for.is_some() && self.hint_store_full(value_bytes + 64);
         let remotes: Vec<PlannedReplica> =
             plan.iter().filter(|r| r.node != self.id).copied().collect();
+        let fallback_actor = self.store.fallback_actor();
         let stored = match local_hint_for {
             // A fallback coordinating for a primary that is down: the
             // write lives in the hint store until it is handed off.
@@ -590,8 +593,9 @@ impl Node {
                     durability,
                     move |current| {
                         let is_new = current.is_none();
-                        match update(current.as_ref().map(|h| &h.object)) {
-                            Ok(object) if hint_store_full => (current, (Ok(object), false)),
+                        let actor = fallback_actor.current();
+                        match update(current.as_ref().map(|h| &h.object), actor) {
+                            Ok(object) if hint_store_full => (current, (Ok(object), false, actor)),
                             Ok(object) => {
                                 let mut targets = current.map(|h| h.targets).unwrap_or_default();
                                 targets.insert(hint_for);
@@ -600,15 +604,15 @@ impl Node {
                                         targets,
                                         object: object.clone(),
                                     }),
-                                    (Ok(object), is_new),
+                                    (Ok(object), is_new, actor),
                                 )
                             }
-                            Err(e) => (current, (Err(e), false)),
+                            Err(e) => (current, (Err(e), false, actor)),
                         }
                     },
                 )
                 .await
-                .map(|(result, new_hint)| (result, new_hint, None)),
+                .map(|(result, new_hint, actor)| (result, new_hint, None, actor)),
             // A replica's copy with a sync to wait for and other replicas
             // to send to goes out as soon as it is written, and counts once
             // its sync is done.
@@ -628,26 +632,26 @@ impl Node {
                         effective.n as u32,
                         durability,
                         commit,
-                        move |current| update(current.as_ref()),
+                        move |current| update(current.as_ref(), actor),
                     )
                     .await
-                    .map(|(result, durable)| (result, false, durable))
+                    .map(|(result, durable)| (result, false, durable, actor))
             }
         };
-        let (object, local_sync) = match stored {
-            Ok((Ok(object), new_hint, durable)) => {
+        let (object, local_sync, actor) = match stored {
+            Ok((Ok(object), new_hint, durable, actor)) => {
                 if new_hint {
                     self.hint_stored();
                 }
-                (object, durable)
+                (object, durable, actor)
             }
-            Ok((Err(UpdateError::TooManySiblings { count, max }), _, _)) => {
+            Ok((Err(UpdateError::TooManySiblings { count, max }), ..)) => {
                 return ClientReply::Failed(OpError::TooManySiblings {
                     count: count as u32,
                     max: max as u32,
                 });
             }
-            Ok((Err(e), _, _)) => {
+            Ok((Err(e), ..)) => {
                 return ClientReply::Failed(OpError::BadRequest {
                     message: e.to_string(),
                 });

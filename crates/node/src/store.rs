@@ -4,7 +4,7 @@
 //! Also the node's metadata records (identity, layout, buckets).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ringkv_core::antientropy::MerkleTree;
@@ -44,6 +44,36 @@ pub struct LocalStore {
     committer: GroupCommitter,
     trees: Arc<Trees>,
     hints: Arc<HintUsage>,
+    fallback_actor: Arc<FallbackActor>,
+}
+
+/// The actor of the writes this node coordinates as a fallback (into its
+/// hint store): random at start, and replaced whenever a hint record is
+/// deleted, inside the committer job that deletes it.
+///
+/// A coordinator counts a key's next dot on from its local copy. A
+/// fallback's copy is the key's hint record, which holds every dot this
+/// actor issued for the key for as long as the record exists (it only
+/// grows until it is deleted). Once any record is deleted, a later write
+/// could find no copy of dots the actor issued, so the actor changes:
+/// dots are never issued twice, and a key gains one clock entry per hint
+/// record's life instead of one per fallback write. Read and replaced
+/// only inside committer jobs, which run one at a time in commit order.
+pub struct FallbackActor(AtomicU64);
+
+impl FallbackActor {
+    fn new() -> Self {
+        FallbackActor(AtomicU64::new(rand::random::<u64>().max(1)))
+    }
+
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn replace(&self) {
+        self.0
+            .store(rand::random::<u64>().max(1), Ordering::Relaxed);
+    }
 }
 
 /// Hint records and their bytes on disk: counted at start, then kept
@@ -135,7 +165,13 @@ impl LocalStore {
             committer,
             trees: Arc::new(Trees::default()),
             hints: Arc::new(HintUsage::default()),
+            fallback_actor: Arc::new(FallbackActor::new()),
         }
+    }
+
+    /// See [`FallbackActor`]: read it inside an `update_hint` closure.
+    pub fn fallback_actor(&self) -> Arc<FallbackActor> {
+        self.fallback_actor.clone()
     }
 
     /// Hint records held and their encoded bytes.
@@ -353,6 +389,7 @@ impl LocalStore {
             outcome: None,
             reply: tx,
             usage: self.hints.clone(),
+            fallback_actor: self.fallback_actor.clone(),
             delta: (0, 0),
         };
         self.committer.run_or_submit(
@@ -551,6 +588,7 @@ struct HintJob<T> {
     outcome: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
     usage: Arc<HintUsage>,
+    fallback_actor: Arc<FallbackActor>,
     /// (records, bytes) this job adds once applied.
     delta: (i64, i64),
 }
@@ -579,6 +617,7 @@ impl<T: Send + 'static> Job for HintJob<T> {
             }
             None if existed == 1 => {
                 self.delta = (-1, -old_bytes);
+                self.fallback_actor.replace();
                 Change::Delete
             }
             None => Change::Unchanged,

@@ -27,6 +27,11 @@ pub enum PlantedBug {
     /// off and deleted, its next write of the key reissues a dot the
     /// primaries already hold, and they drop one of the two writes.
     ReuseFallbackActor,
+    /// A fallback keeps its per-process actor when it deletes a hint record
+    /// (the node changes it then, `FallbackActor`): once a handed-off hint
+    /// is gone, its next write of the key reissues a dot the primaries
+    /// already hold.
+    FallbackActorOutlivesHint,
     /// A primary stamps its writes with its node id instead of a
     /// per-process incarnation id (the node before a56b069 for buffered
     /// writes, and for synced ones once they went out before their local

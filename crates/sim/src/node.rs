@@ -487,6 +487,10 @@ pub struct SimNode {
     /// coordinates as a primary (the node's `actor`, which it keeps across
     /// clean stops; the simulator's restarts all follow crashes).
     pub incarnation_actor: NodeId,
+    /// The actor of writes this node coordinates into its hint store:
+    /// random per process start, and replaced whenever a commit job deletes
+    /// a hint record (the node's `FallbackActor`).
+    fallback_actor: NodeId,
     /// This process's random ids (the node's `rand::random`), forked from
     /// the run's seed at each start.
     rng: SimRng,
@@ -539,6 +543,7 @@ impl SimNode {
         SimNode {
             id,
             incarnation_actor: rng.next_u64().max(1),
+            fallback_actor: rng.next_u64().max(1),
             rng,
             stats: SimStats::default(),
             tree_n: cluster.n() as u32,
@@ -578,8 +583,10 @@ impl SimNode {
     /// changes whenever that copy may miss dots the actor already issued:
     /// the incarnation actor for a primary (its copy goes out before its sync,
     /// or has none with buffered durability, so a crash can lose the copy
-    /// others hold); a fresh id per write for a fallback or a node outside
-    /// the plan (its hint copy is deleted once handed off).
+    /// others hold); a fresh id otherwise, which `apply` replaces with the
+    /// fallback actor for a write into the hint store (its hint copy holds
+    /// the actor's dots until it is deleted, and deleting one changes the
+    /// actor).
     fn write_actor(&mut self, cluster: &Cluster, role: Option<Role>) -> NodeId {
         match role {
             Some(Role::Primary) if cluster.bug == Some(PlantedBug::PrimaryActorIsNodeId) => self.id,
@@ -1187,6 +1194,11 @@ impl SimNode {
             }
             let entry = overlay.get_mut(&location).expect("inserted above");
             let (change, next) = self.apply(cluster, job, entry.0.as_deref());
+            if let (Space::Hints(_), Change::Delete) = (location.0, &change)
+                && cluster.bug != Some(PlantedBug::FallbackActorOutlivesHint)
+            {
+                self.fallback_actor = self.rng.next_u64().max(1);
+            }
             if let (Space::Data(partition), Change::Put(value)) = (location.0, &change)
                 && let Ok(written) = Object::decode(value)
             {
@@ -1336,6 +1348,12 @@ impl SimNode {
                         Ok(hint) => (hint.as_ref().map(|h| h.object.clone()), hint),
                         Err(e) => return (Change::Unchanged, job_failed(put, e.to_string())),
                     },
+                };
+                let actor = match hint_for {
+                    Some(_) if cluster.bug != Some(PlantedBug::ReuseFallbackActor) => {
+                        self.fallback_actor
+                    }
+                    _ => actor,
                 };
                 let updated = Object::update(
                     current_object.as_ref(),

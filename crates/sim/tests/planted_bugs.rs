@@ -158,13 +158,13 @@ fn checker_catches_drop_siblings_on_merge() {
     println!("DropSiblingsOnMerge caught on seed {seed}:\n{report}");
 }
 
-/// The node deletes a hint record once every target acknowledged it, and
-/// since commit a56b069 a fallback stamps each write it coordinates with a
-/// fresh actor id. Before that it counted its dots on from its hint copy,
-/// which deletion forgets, and reissued dots the primaries already held
-/// (`ReuseFallbackActor`): the checker catches that, and the same seed is
-/// clean with fresh actors although a fallback did write a key again after
-/// deleting its hint for it.
+/// The node deletes a hint record once every target acknowledged it. A
+/// fallback counts its dots on from its hint copy, which deletion forgets:
+/// before commit a56b069 it did so under its node id and reissued dots the
+/// primaries already held (`ReuseFallbackActor`). The checker catches
+/// that, and the same seed is clean with the node's rule (a fallback actor
+/// per process, replaced whenever a hint record is deleted) although a
+/// fallback did write a key again after deleting its hint for it.
 #[test]
 fn deleting_delivered_hints_is_safe_with_fresh_fallback_actors() {
     let (seed, Run { report, .. }, healthy) = first_caught(
@@ -187,6 +187,29 @@ fn deleting_delivered_hints_is_safe_with_fresh_fallback_actors() {
         healthy.stats
     );
     println!("ReuseFallbackActor caught on seed {seed}:\n{report}");
+}
+
+/// A fallback actor that outlives a deleted hint record reissues dots
+/// (`FallbackActorOutlivesHint`): what changing it on every deletion
+/// prevents, while a key gains one clock entry per hint record's life
+/// rather than one per fallback write.
+#[test]
+fn a_fallback_actor_is_replaced_when_a_hint_record_is_deleted() {
+    let (seed, Run { report, .. }, healthy) = first_caught(
+        "FallbackActorOutlivesHint",
+        ViolationKind::LostWrite,
+        with_bug(crash_scenario, PlantedBug::FallbackActorOutlivesHint),
+    );
+    assert!(
+        report.has(ViolationKind::LostWrite),
+        "seed {seed}: expected a lost write:\n{report}"
+    );
+    assert!(
+        healthy.stats.fallback_writes_after_hint_deletion > 0,
+        "{:?}",
+        healthy.stats
+    );
+    println!("FallbackActorOutlivesHint caught on seed {seed}:\n{report}");
 }
 
 /// Returning the object's whole clock to a writer lets its next write drop
