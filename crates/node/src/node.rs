@@ -542,7 +542,8 @@ impl Node {
         //   the local copy that others already hold);
         // - a fallback or a node outside the plan, writing into its hint
         //   store: the store's fallback actor, read inside the job, which
-        //   changes whenever a hint record is deleted (`FallbackActor`);
+        //   changes whenever a hint record is deleted (`FallbackActor`), or
+        //   a fresh id if the store is full and keeps no copy;
         // - a node outside the plan that keeps the write as a replica (it
         //   is the key's first primary, yet not in the plan): a fresh id.
         let actor = match mine.map(|m| m.role()) {
@@ -593,7 +594,14 @@ impl Node {
                     durability,
                     move |current| {
                         let is_new = current.is_none();
-                        let actor = fallback_actor.current();
+                        // A full hint store keeps no copy of this write,
+                        // so its dot must not be counted on from: a fresh
+                        // actor.
+                        let actor = if hint_store_full {
+                            rand::random::<u64>().max(1)
+                        } else {
+                            fallback_actor.current()
+                        };
                         match update(current.as_ref().map(|h| &h.object), actor) {
                             Ok(object) if hint_store_full => (current, (Ok(object), false, actor)),
                             Ok(object) => {
