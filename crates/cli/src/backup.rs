@@ -21,8 +21,7 @@ pub fn backup(client: &Client, file: &Path, partial: bool) -> anyhow::Result<()>
     let mut checked = Checked {
         out: io::BufWriter::with_capacity(1 << 20, out),
         parser: Parser::new(MAX_RECORD_BYTES),
-        summary: None,
-        objects: 0,
+        tally: Tally::default(),
     };
     let result = client
         .backup(partial, &mut checked)
@@ -44,7 +43,10 @@ pub fn backup(client: &Client, file: &Path, partial: bool) -> anyhow::Result<()>
             return Err(e.context(format!("the backup from {} failed", client.url())));
         }
     };
-    let summary = checked.summary.expect("a finished backup has its summary");
+    let summary = checked
+        .tally
+        .summary
+        .expect("a finished backup has its summary");
     println!(
         "wrote {}: {} objects in {} partitions, {} configured buckets, {:.1} MiB, from members {} (layout version {}) in {:.1} s",
         file.display(),
@@ -65,34 +67,46 @@ pub fn backup(client: &Client, file: &Path, partial: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// What a whole backup shows, counted record by record.
+#[derive(Default)]
+struct Tally {
+    objects: u64,
+    summary: Option<Summary>,
+}
+
+impl Tally {
+    /// Err: why the records cannot make a whole backup.
+    fn take(&mut self, record: Record) -> Result<(), String> {
+        match record {
+            Record::Object { .. } => self.objects += 1,
+            Record::End(summary) if summary.objects != self.objects => {
+                return Err(format!(
+                    "its summary counts {} objects but it holds {}",
+                    summary.objects, self.objects
+                ));
+            }
+            Record::End(summary) => self.summary = Some(summary),
+            Record::Error(message) => {
+                return Err(format!("the node writing it failed: {message}"));
+            }
+            Record::Buckets(_) => {}
+        }
+        Ok(())
+    }
+}
+
 /// The file being written, and the check of what goes into it.
 struct Checked {
     out: io::BufWriter<File>,
     parser: Parser,
-    summary: Option<Summary>,
-    objects: u64,
+    tally: Tally,
 }
 
 impl Write for Checked {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.parser.push(bytes);
         while let Some(record) = self.parser.next_record().map_err(io::Error::other)? {
-            match record {
-                Record::Object { .. } => self.objects += 1,
-                Record::End(summary) => {
-                    if summary.objects != self.objects {
-                        return Err(io::Error::other(format!(
-                            "the node counted {} objects but sent {}",
-                            summary.objects, self.objects
-                        )));
-                    }
-                    self.summary = Some(summary);
-                }
-                Record::Error(message) => {
-                    return Err(io::Error::other(format!("the node failed: {message}")));
-                }
-                Record::Buckets(_) => {}
-            }
+            self.tally.take(record).map_err(io::Error::other)?;
         }
         self.out.write_all(bytes)?;
         Ok(bytes.len())
@@ -134,8 +148,8 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
         File::open(file).with_context(|| format!("while opening {}", file.display()))?;
     let mut parser = Parser::new(MAX_RECORD_BYTES);
     let mut buf = vec![0u8; 1 << 20];
-    let mut summary = None;
-    let mut objects = 0u64;
+    let mut tally = Tally::default();
+    let not_restored = || format!("{} is not restored", file.display());
     loop {
         let n = input
             .read(&mut buf)
@@ -144,33 +158,15 @@ fn check(file: &Path) -> anyhow::Result<Summary> {
             break;
         }
         parser.push(&buf[..n]);
-        while let Some(record) = parser
-            .next_record()
-            .with_context(|| format!("{} is not restored", file.display()))?
-        {
-            match record {
-                Record::Object { .. } => objects += 1,
-                Record::End(s) => summary = Some(s),
-                Record::Error(message) => {
-                    bail!(
-                        "{} is not a whole backup: the node writing it failed: {message}",
-                        file.display()
-                    )
-                }
-                Record::Buckets(_) => {}
-            }
+        while let Some(record) = parser.next_record().with_context(not_restored)? {
+            tally
+                .take(record)
+                .map_err(anyhow::Error::msg)
+                .with_context(not_restored)?;
         }
     }
-    parser
-        .finish()
-        .with_context(|| format!("{} is not restored", file.display()))?;
-    let summary = summary.expect("a finished parser has read the end record");
-    if summary.objects != objects {
-        bail!(
-            "{} is not restored: its summary counts {} objects but it holds {objects}",
-            file.display(),
-            summary.objects
-        );
-    }
-    Ok(summary)
+    parser.finish().with_context(not_restored)?;
+    Ok(tally
+        .summary
+        .expect("a finished parser has read the end record"))
 }
