@@ -291,8 +291,11 @@ impl Backup {
                     Ok(PeerResponse::Refused { message }) => {
                         return Err(format!("member {} refused: {message}", cursor.name));
                     }
-                    Ok(other) => {
-                        return Err(format!("member {} answered {other:?}", cursor.name));
+                    Ok(_) => {
+                        return Err(format!(
+                            "member {} answered a scan with another message",
+                            cursor.name
+                        ));
                     }
                     Err(e) => return Err(format!("member {} did not answer: {e}", cursor.name)),
                 }
