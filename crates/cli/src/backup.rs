@@ -14,42 +14,43 @@ const MAX_RECORD_BYTES: usize = ringkv_node::config::MAX_FRAME_BYTES;
 
 /// Writes the backup to `FILE.partial`, checking each record as it
 /// arrives, then syncs it and renames it to `file`: `file` is a whole,
-/// valid backup or is not touched.
+/// valid backup or is not touched. `-` writes it to standard output
+/// (checked too: the command fails if it is not whole).
 pub fn backup(client: &Client, file: &Path, partial: bool) -> anyhow::Result<()> {
-    let tmp = PathBuf::from(format!("{}.partial", file.display()));
-    let out = File::create(&tmp).with_context(|| format!("while creating {}", tmp.display()))?;
-    let mut checked = Checked {
-        out: io::BufWriter::with_capacity(1 << 20, out),
-        parser: Parser::new(MAX_RECORD_BYTES),
-        tally: Tally::default(),
-    };
-    let result = client
-        .backup(partial, &mut checked)
-        .map_err(anyhow::Error::from)
-        .and_then(|bytes| {
-            checked.parser.finish()?;
-            let out = checked.out.into_inner().map_err(|e| e.into_error())?;
-            out.sync_all()?;
-            fs::rename(&tmp, file)?;
-            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
+    let failed = || format!("the backup from {} failed", client.url());
+    let (bytes, summary) = if file == Path::new("-") {
+        let (bytes, _, summary) = receive(client, partial, io::BufWriter::new(io::stdout().lock()))
+            .with_context(failed)?;
+        (bytes, summary)
+    } else {
+        let tmp = PathBuf::from(format!("{}.partial", file.display()));
+        let out =
+            File::create(&tmp).with_context(|| format!("while creating {}", tmp.display()))?;
+        let result = receive(client, partial, io::BufWriter::with_capacity(1 << 20, out)).and_then(
+            |(bytes, out, summary)| {
+                let out = out.into_inner().map_err(|e| e.into_error())?;
+                out.sync_all()?;
+                fs::rename(&tmp, file)?;
+                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    File::open(dir)?.sync_all()?;
+                }
+                Ok((bytes, summary))
+            },
+        );
+        match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.context(failed()));
             }
-            Ok(bytes)
-        });
-    let bytes = match result {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.context(format!("the backup from {} failed", client.url())));
         }
     };
-    let summary = checked
-        .tally
-        .summary
-        .expect("a finished backup has its summary");
-    println!(
-        "wrote {}: {} objects in {} partitions, {} configured buckets, {:.1} MiB, from members {} (layout version {}) in {:.1} s",
-        file.display(),
+    let name = match file.to_str() {
+        Some("-") => "standard output".to_string(),
+        _ => file.display().to_string(),
+    };
+    eprintln!(
+        "wrote {name}: {} objects in {} partitions, {} configured buckets, {:.1} MiB, from members {} (layout version {}) in {:.1} s",
         summary.objects,
         summary.partitions,
         summary.buckets,
@@ -65,6 +66,24 @@ pub fn backup(client: &Client, file: &Path, partial: bool) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Copies a backup into `out`, checking every record: the bytes copied,
+/// `out` flushed, and the backup's summary.
+fn receive<W: Write>(client: &Client, partial: bool, out: W) -> anyhow::Result<(u64, W, Summary)> {
+    let mut checked = Checked {
+        out,
+        parser: Parser::new(MAX_RECORD_BYTES),
+        tally: Tally::default(),
+    };
+    let bytes = client.backup(partial, &mut checked)?;
+    checked.parser.finish()?;
+    checked.out.flush()?;
+    let summary = checked
+        .tally
+        .summary
+        .expect("a finished backup has its summary");
+    Ok((bytes, checked.out, summary))
 }
 
 /// What a whole backup shows, counted record by record.
@@ -96,13 +115,13 @@ impl Tally {
 }
 
 /// The file being written, and the check of what goes into it.
-struct Checked {
-    out: io::BufWriter<File>,
+struct Checked<W> {
+    out: W,
     parser: Parser,
     tally: Tally,
 }
 
-impl Write for Checked {
+impl<W: Write> Write for Checked<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.parser.push(bytes);
         while let Some(record) = self.parser.next_record().map_err(io::Error::other)? {
@@ -119,7 +138,16 @@ impl Write for Checked {
 
 /// Reads the whole file first, so that a damaged or truncated one changes
 /// nothing; then sends it to the node, which merges it into the cluster.
+/// `-` sends standard input as it comes, unchecked: the node checks each
+/// record, and merges those before a bad one.
 pub fn restore(client: &Client, file: &Path) -> anyhow::Result<()> {
+    if file == Path::new("-") {
+        eprintln!(
+            "restoring standard input through {}: the node checks each record as it comes",
+            client.url()
+        );
+        return send(client, &mut io::stdin().lock());
+    }
     let summary = check(file)?;
     eprintln!(
         "{} is a whole backup: {} objects, {} configured buckets, written {} ms after the epoch; restoring through {}",
@@ -133,7 +161,12 @@ pub fn restore(client: &Client, file: &Path) -> anyhow::Result<()> {
         1 << 20,
         File::open(file).with_context(|| format!("while opening {}", file.display()))?,
     );
-    let (status, report) = client.restore(&mut body)?;
+    send(client, &mut body)
+}
+
+/// Sends a backup to the node and prints its report.
+fn send(client: &Client, body: &mut dyn Read) -> anyhow::Result<()> {
+    let (status, report) = client.restore(body)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if status != 200 {
         let message = report["message"].as_str().unwrap_or("no message");

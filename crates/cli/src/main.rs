@@ -80,6 +80,7 @@ enum Command {
     /// Save the data of the whole cluster to FILE, read online from every
     /// member and merged per key (siblings and version vectors kept).
     Backup {
+        /// `-`: standard output.
         file: PathBuf,
         /// Skip members that do not answer (named in the summary) instead of failing.
         #[arg(long)]
@@ -90,6 +91,7 @@ enum Command {
     /// Merge a backup FILE into the cluster: every object goes to its
     /// replicas as a read repair would; newer writes are kept.
     Restore {
+        /// `-`: standard input (checked by the node record by record, not first).
         file: PathBuf,
         #[command(flatten)]
         target: Target,

@@ -162,6 +162,13 @@ fn a_backup_restores_every_key_into_an_empty_cluster_and_keeps_newer_writes() {
         "{out}"
     );
     let (_, old_context) = found(&old.nodes[0].client(), DOCS, "doc-7");
+    // `-`: the same backup on standard output, for a pipe.
+    let piped = ringkv(&["backup", "-", "--url", &old.nodes[0].url()]);
+    assert!(piped.status.success(), "{}", text(&piped));
+    assert!(
+        records_of(&piped.stdout) == records(file),
+        "a piped backup differs"
+    );
 
     // A member down: no backup (nor file) unless asked for a partial one.
     old.nodes[2].kill9();
@@ -256,7 +263,14 @@ fn a_backup_restores_every_key_into_an_empty_cluster_and_keeps_newer_writes() {
 
     // A restore merges: what was written since is kept, and the partial
     // backup restores the same keys again without harm.
-    let out = succeed(&["restore", second, "--url", &new.nodes[1].url()]);
+    // (From standard input, as from a pipe.)
+    let output = Command::new(BIN)
+        .args(["restore", "-", "--url", &new.nodes[1].url()])
+        .stdin(std::fs::File::open(second).unwrap())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let out = text(&output);
     assert!(
         out.contains("\"objects_restored\": 302") && out.contains("\"buckets_kept\": 3"),
         "{out}"
@@ -285,8 +299,12 @@ fn bucket_n(node: &TestNode, bucket: &str) -> u64 {
 
 /// The records of a backup file but its summary.
 fn records(path: &str) -> Vec<Record> {
+    records_of(&std::fs::read(path).unwrap())
+}
+
+fn records_of(bytes: &[u8]) -> Vec<Record> {
     let mut parser = Parser::new(64 << 20);
-    parser.push(&std::fs::read(path).unwrap());
+    parser.push(bytes);
     let mut records = Vec::new();
     while let Some(record) = parser.next_record().unwrap() {
         if !matches!(record, Record::End(_)) {
