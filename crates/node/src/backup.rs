@@ -501,29 +501,19 @@ async fn restore_object(
 ) -> Result<(), String> {
     let layout = node.layout();
     let effective = node.effective(&bucket, &layout);
-    let w = effective.props.w.min(effective.n as u32).max(1) as usize;
+    let w = effective.quorum("w", None).map_err(|e| e.to_string())?;
     let partition = partition_of(key_hash(bucket.as_bytes(), &key), layout.partitions());
     let plan = node.replica_plan(&layout, partition, effective.n);
     let encoded = object.encode();
     let timeout = Duration::from_millis(node.config.request_timeout_ms);
     let sends = plan.iter().map(|replica| {
-        let request = match replica.hint_for {
-            None => PeerRequest::ReplicaPut {
-                bucket: bucket.clone(),
-                key: key.clone(),
-                object: encoded.clone(),
-                conflict: effective.props.conflict,
-                durability: effective.durability,
-            },
-            Some(hint_for) => PeerRequest::HintPut {
-                bucket: bucket.clone(),
-                key: key.clone(),
-                object: encoded.clone(),
-                conflict: effective.props.conflict,
-                durability: effective.durability,
-                hint_for,
-            },
-        };
+        let request = replica.write(
+            &bucket,
+            &key,
+            &encoded,
+            effective.props.conflict,
+            effective.durability,
+        );
         let node = node.clone();
         let addr = Node::peer_addr(&layout, replica.node);
         let replica = replica.node;

@@ -110,7 +110,11 @@ pub(crate) struct Effective {
 }
 
 impl Effective {
-    fn quorum(&self, field: &'static str, requested: Option<u32>) -> Result<usize, OpError> {
+    pub(crate) fn quorum(
+        &self,
+        field: &'static str,
+        requested: Option<u32>,
+    ) -> Result<usize, OpError> {
         let q = self.props.quorum(field, requested).map_err(bad_request)?;
         Ok(q.min(self.n))
     }
@@ -138,6 +142,36 @@ impl PlannedReplica {
             Role::Fallback
         } else {
             Role::Primary
+        }
+    }
+
+    /// The request that stores `object` on this replica: a merge into a
+    /// primary's copy, or into a fallback's hint store.
+    pub(crate) fn write(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        object: &[u8],
+        conflict: ConflictMode,
+        durability: DurabilityMode,
+    ) -> PeerRequest {
+        let (bucket, key, object) = (bucket.to_string(), key.to_vec(), object.to_vec());
+        match self.hint_for {
+            None => PeerRequest::ReplicaPut {
+                bucket,
+                key,
+                object,
+                conflict,
+                durability,
+            },
+            Some(hint_for) => PeerRequest::HintPut {
+                bucket,
+                key,
+                object,
+                conflict,
+                durability,
+                hint_for,
+            },
         }
     }
 }
@@ -546,10 +580,6 @@ impl Node {
         //   a fresh id if the store is full and keeps no copy;
         // - a node outside the plan that keeps the write as a replica (it
         //   is the key's first primary, yet not in the plan): a fresh id.
-        let actor = match mine.map(|m| m.role()) {
-            Some(Role::Primary) => self.actor,
-            _ => rand::random::<u64>().max(1),
-        };
         let (mode, max_siblings, now) = (
             effective.props.conflict,
             effective.props.max_siblings as usize,
@@ -625,6 +655,10 @@ impl Node {
             // to send to goes out as soon as it is written, and counts once
             // its sync is done.
             None => {
+                let actor = match mine.map(|m| m.role()) {
+                    Some(Role::Primary) => self.actor,
+                    _ => rand::random::<u64>().max(1),
+                };
                 let commit = if remotes.is_empty() {
                     Commit::Own
                 } else if durability == DurabilityMode::Sync {
@@ -718,23 +752,7 @@ impl Node {
             let Some(addr) = Self::peer_addr(&layout, replica.node) else {
                 continue;
             };
-            let request = match replica.hint_for {
-                None => PeerRequest::ReplicaPut {
-                    bucket: bucket.clone(),
-                    key: key.clone(),
-                    object: encoded.clone(),
-                    conflict: mode,
-                    durability,
-                },
-                Some(hint_for) => PeerRequest::HintPut {
-                    bucket: bucket.clone(),
-                    key: key.clone(),
-                    object: encoded.clone(),
-                    conflict: mode,
-                    durability,
-                    hint_for,
-                },
-            };
+            let request = replica.write(&bucket, &key, &encoded, mode, durability);
             let node = self.clone();
             let acks_tx = acks_tx.clone();
             tokio::spawn(async move {
