@@ -509,11 +509,7 @@ impl Shared {
                 {
                     break;
                 }
-                let wait = self
-                    .options
-                    .flush_interval
-                    .saturating_sub(since)
-                    .max(Duration::from_millis(1));
+                let wait = flusher_wait(log.active_bytes, since, self.options.flush_interval);
                 log = self
                     .work
                     .wait_timeout(log, wait)
@@ -696,6 +692,19 @@ fn batch_of(memtable: &Memtable) -> WriteBatch {
 }
 
 /// Logs a failed flush; `true` if it succeeded.
+/// How long the flusher sleeps when no flush is due: until the active
+/// log's bytes are `interval` old, and with an empty log a whole interval
+/// (a write that comes meanwhile is then flushed when the wait ends, at
+/// most an interval after it). Never less than a millisecond.
+fn flusher_wait(active_bytes: u64, since_flush: Duration, interval: Duration) -> Duration {
+    if active_bytes == 0 {
+        return interval.max(Duration::from_millis(1));
+    }
+    interval
+        .saturating_sub(since_flush)
+        .max(Duration::from_millis(1))
+}
+
 fn log_flush_failure(result: Result<(), StorageError>) -> bool {
     match result {
         Ok(()) => true,

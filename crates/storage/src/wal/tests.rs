@@ -680,3 +680,22 @@ fn a_new_generation_is_newer_than_any_kept_space() {
     assert_eq!(get(&storage, b"a").as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&storage, b"b"), None, "an old record was replayed");
 }
+
+#[test]
+fn an_idle_flusher_sleeps_a_whole_interval() {
+    let interval = Duration::from_secs(5);
+    // An empty log long after the last flush: nothing to wait for but
+    // the next write (this waited 1 ms, so an idle node woke ~1000 times
+    // a second).
+    assert_eq!(flusher_wait(0, Duration::from_secs(60), interval), interval);
+    assert_eq!(flusher_wait(0, Duration::ZERO, interval), interval);
+    // Bytes in the log: until they are an interval old.
+    assert_eq!(
+        flusher_wait(10, Duration::from_secs(2), interval),
+        Duration::from_secs(3)
+    );
+    assert_eq!(
+        flusher_wait(10, Duration::from_secs(9), interval),
+        Duration::from_millis(1)
+    );
+}
