@@ -2,6 +2,9 @@
 //! them: a cluster CA, then one certificate per node signed by it, naming
 //! the hosts (IP addresses or DNS names) its peers dial. Keys are ECDSA
 //! P-256 (rcgen); every key file is written readable by its owner only.
+//! `revoke` writes the CA's certificate revocation list (CRL), which nodes
+//! read with `--peer-tls-crl-file` / `--client-tls-crl-file` (etcd's
+//! `--peer-crl-file`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,12 +12,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, date_time_ymd,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber, date_time_ymd,
 };
+use time::OffsetDateTime;
+use x509_parser::pem::Pem;
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
+const CRL: &str = "crl.pem";
+/// How long a CRL says it is current. Nodes do not refuse an older one
+/// (as etcd), so this only informs other readers.
+const CRL_DAYS: i64 = 365;
 const CA_NAME: &str = "ringkv cluster CA";
 const CA_YEARS: i32 = 10;
 const NODE_YEARS: i32 = 5;
@@ -40,12 +50,26 @@ pub enum CertCommand {
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
     },
+    /// Revoke node or client certificates signed by DIR/ca.key: writes
+    /// DIR/crl.pem listing them and every certificate an earlier DIR/crl.pem
+    /// listed. Give crl.pem to every node (--peer-tls-crl-file,
+    /// --client-tls-crl-file); a node reads it again when it changes and
+    /// drops its peer connections to renegotiate them. With no CERT_FILE it
+    /// writes a CRL that revokes nothing, to start nodes with.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A certificate (PEM) to revoke, such as DIR/NAME.crt.
+        #[arg(value_name = "CERT_FILE")]
+        certs: Vec<PathBuf>,
+    },
 }
 
 pub fn run(command: CertCommand) -> anyhow::Result<()> {
     match command {
         CertCommand::CreateCa { dir } => create_ca(&dir),
         CertCommand::CreateNode { dir, name, hosts } => create_node(&dir, &name, &hosts),
+        CertCommand::Revoke { dir, certs } => revoke(&dir, &certs),
     }
 }
 
@@ -106,17 +130,7 @@ pub fn create_node(dir: &Path, name: &str, hosts: &[String]) -> anyhow::Result<(
     {
         bail!("--name must be letters, digits, '-', '_' or '.'");
     }
-    let ca_key_path = dir.join(CA_KEY);
-    let ca_key = std::fs::read_to_string(&ca_key_path).with_context(|| {
-        format!(
-            "while reading {} (make it with `ringkv cert create-ca --dir {}`)",
-            ca_key_path.display(),
-            dir.display()
-        )
-    })?;
-    let ca_key = KeyPair::from_pem(&ca_key)
-        .with_context(|| format!("{} is not a private key", ca_key_path.display()))?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
+    let issuer = ca_issuer(dir)?;
 
     let mut params = CertificateParams::new(hosts.to_vec())
         .context("a --host is neither an IP address nor a DNS name")?;
@@ -145,6 +159,104 @@ pub fn create_node(dir: &Path, name: &str, hosts: &[String]) -> anyhow::Result<(
         &key,
         &format!("for {}", hosts.join(", ")),
     )
+}
+
+/// The CA of `dir` as the signer of certificates and CRLs.
+fn ca_issuer(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let ca_key_path = dir.join(CA_KEY);
+    let ca_key = std::fs::read_to_string(&ca_key_path).with_context(|| {
+        format!(
+            "while reading {} (make it with `ringkv cert create-ca --dir {}`)",
+            ca_key_path.display(),
+            dir.display()
+        )
+    })?;
+    let ca_key = KeyPair::from_pem(&ca_key)
+        .with_context(|| format!("{} is not a private key", ca_key_path.display()))?;
+    Ok(Issuer::new(ca_params()?, ca_key))
+}
+
+/// Writes DIR/crl.pem: the certificates an earlier one revoked, and
+/// `certs`, each of which must have been issued by this CA.
+pub fn revoke(dir: &Path, certs: &[PathBuf]) -> anyhow::Result<()> {
+    let issuer = ca_issuer(dir)?;
+    let ca_pem = read_pem(&dir.join(CA_CERT))?;
+    let ca = ca_pem
+        .parse_x509()
+        .with_context(|| format!("{} is not a certificate", dir.join(CA_CERT).display()))?;
+    let now = OffsetDateTime::now_utc();
+    let crl_path = dir.join(CRL);
+    let mut revoked: Vec<RevokedCertParams> = Vec::new();
+    if crl_path.exists() {
+        let pem = read_pem(&crl_path)?;
+        let (_, crl) = x509_parser::parse_x509_crl(&pem.contents)
+            .map_err(|e| anyhow::anyhow!("{} is not a CRL: {e}", crl_path.display()))?;
+        for entry in crl.iter_revoked_certificates() {
+            revoked.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(entry.raw_serial()),
+                revocation_time: entry.revocation_date.to_datetime(),
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+    }
+    let mut added = 0;
+    for path in certs {
+        let pem = read_pem(path)?;
+        let cert = pem
+            .parse_x509()
+            .with_context(|| format!("{} is not a certificate", path.display()))?;
+        // Signed by this CA's key (CAs made here all have one name).
+        if cert.issuer() != ca.subject() || cert.verify_signature(Some(ca.public_key())).is_err() {
+            bail!(
+                "{} was not issued by the CA in {} (issuer: {})",
+                path.display(),
+                dir.display(),
+                cert.issuer()
+            );
+        }
+        let serial = SerialNumber::from_slice(cert.raw_serial());
+        if revoked.iter().any(|r| r.serial_number == serial) {
+            println!("{} is already revoked", path.display());
+            continue;
+        }
+        revoked.push(RevokedCertParams {
+            serial_number: serial,
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+        added += 1;
+    }
+    let count = revoked.len();
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(CRL_DAYS),
+        // Increases with every CRL written (milliseconds since 1970).
+        crl_number: SerialNumber::from((now.unix_timestamp_nanos() / 1_000_000) as u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer)?;
+    // Nodes read the file when it changes: never let them see half of it.
+    let partial = dir.join(format!("{CRL}.partial"));
+    std::fs::write(&partial, crl.pem()?)
+        .and_then(|()| std::fs::rename(&partial, &crl_path))
+        .with_context(|| format!("while writing {}", crl_path.display()))?;
+    println!(
+        "wrote {} ({added} newly revoked, {count} in all); give it to every node as --peer-tls-crl-file (and --client-tls-crl-file)",
+        crl_path.display()
+    );
+    Ok(())
+}
+
+/// The first PEM block of `path`.
+fn read_pem(path: &Path) -> anyhow::Result<Pem> {
+    let bytes = std::fs::read(path).with_context(|| format!("while reading {}", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a PEM file: {e}", path.display()))?;
+    Ok(pem)
 }
 
 /// Writes a certificate and its key (PEM), and says so.

@@ -255,6 +255,10 @@ struct ServerArgs {
     /// Peer TLS: the CA certificate that signs every member's (PEM).
     #[arg(long, requires_all = ["peer_tls_cert_file", "peer_tls_key_file"])]
     peer_tls_ca_file: Option<std::path::PathBuf>,
+    /// Peer TLS: the CA's revocation list (PEM; `ringkv cert revoke`).
+    /// Members whose certificates it lists are refused and cut off.
+    #[arg(long, requires = "peer_tls_ca_file")]
+    peer_tls_crl_file: Option<std::path::PathBuf>,
     /// Client TLS: the certificate the HTTP and RESP ports present (PEM).
     /// Both ports then speak TLS only.
     #[arg(long, requires = "client_tls_key_file")]
@@ -265,6 +269,10 @@ struct ServerArgs {
     /// Client TLS: clients must show a certificate signed by this CA (PEM).
     #[arg(long, requires = "client_tls_cert_file")]
     client_tls_ca_file: Option<std::path::PathBuf>,
+    /// Client TLS: the client CA's revocation list (PEM): clients whose
+    /// certificates it lists are refused.
+    #[arg(long, requires = "client_tls_ca_file")]
+    client_tls_crl_file: Option<std::path::PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -328,10 +336,16 @@ impl ServerArgs {
             config.peer_tls_key_file = self.peer_tls_key_file;
             config.peer_tls_ca_file = self.peer_tls_ca_file;
         }
+        if self.peer_tls_crl_file.is_some() {
+            config.peer_tls_crl_file = self.peer_tls_crl_file;
+        }
         if self.client_tls_cert_file.is_some() {
             config.client_tls_cert_file = self.client_tls_cert_file;
             config.client_tls_key_file = self.client_tls_key_file;
             config.client_tls_ca_file = self.client_tls_ca_file;
+        }
+        if self.client_tls_crl_file.is_some() {
+            config.client_tls_crl_file = self.client_tls_crl_file;
         }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

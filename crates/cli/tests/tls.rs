@@ -5,7 +5,10 @@
 //! without TLS, cannot join and is told why; a TLS node cannot join a
 //! plain cluster; a plain frame sent to a TLS port is not read; what
 //! crosses the wire is encrypted (a relay in between sees no plain text);
-//! bad TLS files stop the server with a clear error. And client TLS
+//! bad TLS files stop the server with a clear error; a member whose
+//! certificate the CRL revokes (`ringkv cert revoke`,
+//! `--peer-tls-crl-file`) is cut off at once and cannot join again, with
+//! no restart of the others. And client TLS
 //! (`--client-tls-cert-file`, `--client-tls-key-file`): HTTPS and RESP over
 //! TLS for clients that trust the CA, nothing for plain ones.
 
@@ -21,7 +24,8 @@ use std::time::Duration;
 
 use ringkv_client::GetResult;
 use support::{
-    BIN, Cluster, TestNode, intruder_join_frame, refused_start, wait_for_layout_agreement,
+    BIN, Cluster, TestNode, eventually, intruder_join_frame, refused_start,
+    wait_for_layout_agreement,
 };
 
 /// Runs `ringkv cert ...`, which must succeed.
@@ -229,6 +233,137 @@ fn only_members_with_certificates_of_the_cluster_ca_join_and_talk() {
     assert!(contains(&seen.lock().unwrap(), &open.nodes[0].http));
 }
 
+/// Runs `ringkv cert ...`: its standard output, or its standard error if
+/// it fails.
+fn cert_output(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(BIN)
+        .env_remove("RUST_BACKTRACE")
+        .arg("cert")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match out.status.success() {
+        true => Ok(text(&out.stdout)),
+        false => Err(text(&out.stderr)),
+    }
+}
+
+/// How `observer` sees `peer`: "up" or "down".
+fn liveness(observer: &TestNode, peer: &str) -> String {
+    let status = observer.client().cluster_status().unwrap();
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == peer)
+        .map(|m| m["liveness"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// A write of `key` (its own name as value) through `writer` that waits
+/// for `n` replicas is read back through `reader` from as many.
+fn write_and_read(
+    writer: &ringkv_client::Client,
+    reader: &ringkv_client::Client,
+    key: &[u8],
+    n: Option<u32>,
+) {
+    writer.put("b", key, key, "text/plain", None, n).unwrap();
+    match reader.get("b", key, n) {
+        Ok(GetResult::Found { value, .. }) => assert_eq!(value, key),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_revoked_member_is_cut_off_at_once_and_cannot_join_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "node2", "node3"]);
+    let ca_dir = ca.to_str().unwrap();
+    // A CRL that revokes nothing yet, read by every node.
+    let out = cert_output(&["revoke", "--dir", ca_dir]).unwrap();
+    assert!(out.contains("0 newly revoked, 0 in all"), "{out}");
+    let crl = ca.join("crl.pem");
+    let args = |name: &str| {
+        let mut args = tls_args(&ca, name);
+        args.extend(["--peer-tls-crl-file".into(), crl.to_str().unwrap().into()]);
+        args
+    };
+    let mut node1 = node(dir.path(), "node1", &args("node1"));
+    node1.start(None);
+    let mut node2 = node(dir.path(), "node2", &args("node2"));
+    node2.start(Some(&node1.peer));
+    let mut node3 = node(dir.path(), "node3", &args("node3"));
+    node3.start(Some(&node1.peer));
+    let all = [node1.client(), node2.client(), node3.client()];
+    wait_for_layout_agreement(&all, 3);
+    assert!(
+        node1
+            .log()
+            .contains("peer certificates the CRL lists are refused")
+    );
+    // Every member takes part: a write through node3 that needs all three.
+    write_and_read(&node3.client(), &node1.client(), b"k1", Some(3));
+
+    // A certificate of another CA is refused as no CRL of this CA; one
+    // that is not a certificate, or a missing CA, is refused too, and the
+    // CRL is left as it was.
+    let other = ca_with_nodes(&dir.path().join("other-ca"), &["intruder"]);
+    let foreign = other.join("intruder.crt");
+    let why = cert_output(&["revoke", "--dir", ca_dir, foreign.to_str().unwrap()]).unwrap_err();
+    assert!(why.contains("was not issued by the CA"), "{why}");
+    let not_a_cert = ca.join("node3.key");
+    assert!(cert_output(&["revoke", "--dir", ca_dir, not_a_cert.to_str().unwrap()]).is_err());
+    write_and_read(&node3.client(), &node1.client(), b"k2", Some(3));
+
+    // Revoke node3's certificate: node1 and node2 drop their connections
+    // with it, with no restart, and see it down; writes go on between
+    // them, and no longer reach node3.
+    let revoked = ca.join("node3.crt");
+    let out = cert_output(&["revoke", "--dir", ca_dir, revoked.to_str().unwrap()]).unwrap();
+    assert!(out.contains("1 newly revoked, 1 in all"), "{out}");
+    for observer in [&node1, &node2] {
+        eventually("node3 to be cut off", Duration::from_secs(20), || {
+            (liveness(observer, "node3") == "down").then_some(())
+        });
+    }
+    assert!(
+        node1.log().contains("invalid peer certificate: Revoked"),
+        "{}",
+        node1.log()
+    );
+    write_and_read(&node1.client(), &node2.client(), b"k3", Some(2));
+    assert!(
+        node1
+            .client()
+            .put("b", b"k5", b"k5", "text/plain", None, Some(3))
+            .is_err(),
+        "a write acknowledged by node3"
+    );
+    // node3 sees the others refuse it.
+    eventually("node3 to see node1 down", Duration::from_secs(20), || {
+        (liveness(&node3, "node1") == "down").then_some(())
+    });
+    assert!(node3.log().contains("TLS"), "{}", node3.log());
+
+    // A later CRL keeps what an earlier one revoked; a new node with the
+    // revoked certificate cannot join.
+    let out = cert_output(&["revoke", "--dir", ca_dir]).unwrap();
+    assert!(out.contains("0 newly revoked, 1 in all"), "{out}");
+    node3.stop();
+    let intruder_args = args("node3");
+    refused_start(
+        dir.path(),
+        "node3-again",
+        &intruder_args,
+        Some(&node1.peer),
+        "TLS with the peer failed",
+    );
+    assert_eq!(members(&node1), 3);
+    write_and_read(&node2.client(), &node1.client(), b"k4", Some(2));
+}
+
 #[test]
 fn members_take_a_new_ca_without_a_restart() {
     // The move to a new CA: node1 has a certificate of the old CA; node2
@@ -292,6 +427,25 @@ fn bad_tls_files_stop_the_server_with_a_clear_error() {
     let mut no_ca = tls_args(&ca, "node1");
     no_ca[5] = key.to_str().unwrap().to_string();
     refused_start(dir.path(), "c", &no_ca, None, "holds no CA certificate");
+
+    // A CRL file that holds no CRL, and a CRL of another CA.
+    let crl_args = |crl: &Path| {
+        let mut args = tls_args(&ca, "node1");
+        args.extend(["--peer-tls-crl-file".into(), crl.to_str().unwrap().into()]);
+        args
+    };
+    let no_crl = crl_args(&ca.join("node1.crt"));
+    refused_start(
+        dir.path(),
+        "d",
+        &no_crl,
+        None,
+        "holds no certificate revocation list",
+    );
+    let other = ca_with_nodes(&dir.path().join("other-ca"), &[]);
+    cert(&["revoke", "--dir", other.to_str().unwrap()]);
+    let foreign = crl_args(&other.join("crl.pem"));
+    refused_start(dir.path(), "e", &foreign, None, "not signed by a CA of");
 
     // Two of the three flags.
     let out = Command::new(BIN)
@@ -483,4 +637,50 @@ fn a_node_that_asks_for_client_certificates_serves_only_clients_with_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_client_whose_certificate_is_revoked_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_with_nodes(&dir.path().join("ca"), &["node1", "app", "other-app"]);
+    let ca_dir = ca.to_str().unwrap();
+    cert_output(&["revoke", "--dir", ca_dir]).unwrap();
+    let (ca_file, crl) = (ca.join("ca.crt"), ca.join("crl.pem"));
+    let extra = [
+        "--client-tls-ca-file",
+        ca_file.to_str().unwrap(),
+        "--client-tls-crl-file",
+        crl.to_str().unwrap(),
+    ];
+    let mut node1 = client_tls_node(dir.path(), &ca, &extra);
+    node1.identity = Some((ca.join("app.crt"), ca.join("app.key")));
+    node1.start(None);
+    let ca_pem = std::fs::read(&ca_file).unwrap();
+    let client_as = |name: &str| {
+        let read = |file: String| std::fs::read(ca.join(file)).unwrap();
+        let (cert, key) = (read(format!("{name}.crt")), read(format!("{name}.key")));
+        ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, Some((&cert, &key))).unwrap()
+    };
+    assert_round_trip(&client_as("app"), &client_as("other-app"), None);
+
+    // Revoked: refused from the next connection on, with no restart; a
+    // certificate the CRL does not list still gets in.
+    let app = ca.join("app.crt");
+    cert_output(&["revoke", "--dir", ca_dir, app.to_str().unwrap()]).unwrap();
+    eventually("app to be refused", Duration::from_secs(10), || {
+        client_as("app").get("b", b"k", None).is_err().then_some(())
+    });
+    assert_eq!(value_of(&client_as("other-app"), None), b"v");
+
+    // A CRL file that is not one leaves the CRL in use as it was.
+    std::fs::write(&crl, b"not a CRL").unwrap();
+    eventually("the bad CRL to be seen", Duration::from_secs(10), || {
+        let _ = client_as("other-app").get("b", b"k", None);
+        node1
+            .log()
+            .contains("TLS CA file changed but cannot be used")
+            .then_some(())
+    });
+    assert!(client_as("app").get("b", b"k", None).is_err());
+    assert_eq!(value_of(&client_as("other-app"), None), b"v");
 }

@@ -82,6 +82,10 @@ pub struct NodeConfig {
     pub peer_tls_cert_file: Option<PathBuf>,
     pub peer_tls_key_file: Option<PathBuf>,
     pub peer_tls_ca_file: Option<PathBuf>,
+    /// With peer TLS: the CA's certificate revocation list (PEM; `ringkv
+    /// cert revoke` writes it). A member whose certificate it lists is
+    /// refused, and cut off when the file changes.
+    pub peer_tls_crl_file: Option<PathBuf>,
     /// Client TLS (both or none): the certificate chain (PEM) the HTTP and
     /// RESP ports present, and its private key (PEM, readable by its owner
     /// only). Both ports then speak TLS only.
@@ -90,6 +94,8 @@ pub struct NodeConfig {
     /// With client TLS: clients must show a certificate signed by a CA in
     /// this file (PEM), as etcd's `--client-cert-auth`.
     pub client_tls_ca_file: Option<PathBuf>,
+    /// With a client CA: the CA's certificate revocation list (PEM).
+    pub client_tls_crl_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -124,9 +130,11 @@ impl Default for NodeConfig {
             peer_tls_cert_file: None,
             peer_tls_key_file: None,
             peer_tls_ca_file: None,
+            peer_tls_crl_file: None,
             client_tls_cert_file: None,
             client_tls_key_file: None,
             client_tls_ca_file: None,
+            client_tls_crl_file: None,
         }
     }
 }
@@ -172,6 +180,15 @@ impl NodeConfig {
         if self.client_tls_cert_file.is_some() != self.client_tls_key_file.is_some() {
             return Err(
                 "client TLS needs both client-tls-cert-file and client-tls-key-file".into(),
+            );
+        }
+        if self.peer_tls_crl_file.is_some() && set != 3 {
+            return Err("peer-tls-crl-file needs peer TLS (peer-tls-cert-file, peer-tls-key-file, peer-tls-ca-file)".into());
+        }
+        if self.client_tls_crl_file.is_some() && self.client_tls_ca_file.is_none() {
+            return Err(
+                "client-tls-crl-file needs client-tls-ca-file (the CA whose certificates it revokes)"
+                    .into(),
             );
         }
         if self.client_tls_ca_file.is_some() && self.client_tls_cert_file.is_none() {

@@ -266,6 +266,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         let node = handler_node.clone();
         Box::pin(async move { node.handle_peer(request).await })
     });
+    if let Some(peer_tls) = &security.tls {
+        tokio::spawn(peer_tls.clone().watch_files());
+    }
     tokio::spawn(transport::serve(
         peer_listener,
         handler,
@@ -411,8 +414,12 @@ fn peer_tls(config: &NodeConfig) -> anyhow::Result<Option<tls::PeerTls>> {
     };
     let context = || format!("private key file {}", key.display());
     read_secret(key, &context)?;
-    let peer_tls = tls::PeerTls::load(cert, key, ca)?;
+    let crl = config.peer_tls_crl_file.as_deref();
+    let peer_tls = tls::PeerTls::load(cert, key, ca, crl)?;
     info!("peer connections use TLS (mutual, certificates signed by the cluster CA)");
+    if let Some(crl) = crl {
+        info!(crl = %crl.display(), "peer certificates the CRL lists are refused");
+    }
     Ok(Some(peer_tls))
 }
 
@@ -425,7 +432,8 @@ fn client_tls(config: &NodeConfig) -> anyhow::Result<Option<tls::ClientAcceptor>
     let context = || format!("private key file {}", key.display());
     read_secret(key, &context)?;
     let ca = config.client_tls_ca_file.as_deref();
-    let acceptor = tls::client_acceptor(cert, key, ca)?;
+    let crl = config.client_tls_crl_file.as_deref();
+    let acceptor = tls::client_acceptor(cert, key, ca, crl)?;
     if ca.is_some() {
         info!("clients connect with TLS (HTTPS, RESP over TLS) and a certificate of the client CA");
     } else {

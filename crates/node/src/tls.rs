@@ -11,6 +11,12 @@
 //! when `--client-tls-ca-file` is set). rustls with the `ring` provider;
 //! TLS 1.3 and 1.2. Every file is read again when it changes (checked at
 //! each handshake), so certificates and CAs change without a restart.
+//! Certificates are revoked with a CRL of the CA (`--peer-tls-crl-file`,
+//! `--client-tls-crl-file`, as etcd's `--peer-crl-file`; `ringkv cert
+//! revoke` writes one), read again when it changes too. When the CA or
+//! CRL file of peer TLS changes, every peer connection is dropped and made
+//! again under the new trust (a node checks the files every second), so a
+//! revoked member is cut off at once, not only from new connections.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,10 +27,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::rustls::client::ResolvesClientCert;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName,
+};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
@@ -48,7 +56,7 @@ pub fn looks_like_tls(first: u8) -> bool {
 }
 
 /// The connector and acceptor of a node whose peer connections use TLS.
-/// Both are built again when the CA file changes (see [`Trusting`]).
+/// Both are built again when the CA or CRL file changes (see [`Trusting`]).
 #[derive(Clone)]
 pub struct PeerTls(Arc<Trusting<(TlsConnector, TlsAcceptor)>>);
 
@@ -59,33 +67,52 @@ impl std::fmt::Debug for PeerTls {
 }
 
 impl PeerTls {
-    /// Loads this node's certificate chain and key and the CA that signs
-    /// every member's certificate (PEM files).
-    pub fn load(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<PeerTls> {
+    /// Loads this node's certificate chain and key, the CA that signs
+    /// every member's certificate, and the CA's revocation list if any
+    /// (PEM files).
+    pub fn load(cert: &Path, key: &Path, ca: &Path, crl: Option<&Path>) -> anyhow::Result<PeerTls> {
         let provider = provider();
         let files = Arc::new(CertFiles::load(cert, key, provider.clone())?);
-        let build = move |roots: Option<Arc<RootCertStore>>| {
-            let roots = roots.expect("peer TLS always has a CA file");
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                    .build()
-                    .context("while building the peer certificate verifier")?;
+        let build = move |trust: Trust| {
+            let roots = trust.roots.expect("peer TLS always has a CA file");
+            let mut accepting =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+            let mut connecting =
+                WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+            if !trust.crls.is_empty() {
+                accepting = accepting
+                    .with_crls(trust.crls.clone())
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+                connecting = connecting
+                    .with_crls(trust.crls)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+            }
             let server = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .context("TLS protocol versions")?
-                .with_client_cert_verifier(verifier)
+                .with_client_cert_verifier(
+                    accepting
+                        .build()
+                        .context("while building the peer certificate verifier")?,
+                )
                 .with_cert_resolver(files.clone());
             let client = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .context("TLS protocol versions")?
-                .with_root_certificates(roots)
+                .with_webpki_verifier(
+                    connecting
+                        .build()
+                        .context("while building the peer certificate verifier")?,
+                )
                 .with_client_cert_resolver(files.clone());
             Ok((
                 TlsConnector::from(Arc::new(client)),
                 TlsAcceptor::from(Arc::new(server)),
             ))
         };
-        Ok(PeerTls(Arc::new(Trusting::load(Some(ca), build)?)))
+        Ok(PeerTls(Arc::new(Trusting::load(Some(ca), crl, build)?)))
     }
 
     pub fn connector(&self) -> TlsConnector {
@@ -94,6 +121,23 @@ impl PeerTls {
 
     pub fn acceptor(&self) -> TlsAcceptor {
         self.0.current().1
+    }
+
+    /// Changes whenever the CA or CRL file was read anew: a connection made
+    /// before under the old trust is to be dropped (the transport does).
+    /// Take it before the handshake, so that no change is missed.
+    pub fn trust_changes(&self) -> watch::Receiver<u64> {
+        self.0.generation.subscribe()
+    }
+
+    /// Reads the CA and CRL files again if they changed (every second, so
+    /// that a revocation takes effect without waiting for a handshake).
+    pub async fn watch_files(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let _ = self.0.current();
+        }
     }
 }
 
@@ -108,53 +152,80 @@ impl ClientAcceptor {
     }
 }
 
-type Build<T> = dyn Fn(Option<Arc<RootCertStore>>) -> anyhow::Result<T> + Send + Sync;
+/// What the CA file and the CRL file give the verifiers.
+struct Trust {
+    roots: Option<Arc<RootCertStore>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+}
 
-/// What is built from a CA file (the verifiers, so the whole TLS
-/// configuration), built again when the file changes: checked at each
-/// handshake, as the certificate and key are, so that a new CA needs no
-/// restart (put both CAs in the file while members move to the new one).
-/// A file that cannot be used leaves the previous build in use.
+type Build<T> = dyn Fn(Trust) -> anyhow::Result<T> + Send + Sync;
+
+/// What is built from a CA file and a CRL file (the verifiers, so the
+/// whole TLS configuration), built again when either file changes: checked
+/// at each handshake, as the certificate and key are, so that a new CA or
+/// CRL needs no restart (put both CAs in the file while members move to
+/// the new one). A file that cannot be used leaves the previous build in
+/// use.
 struct Trusting<T> {
     ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
     build: Box<Build<T>>,
-    loaded: Mutex<(Option<SystemTime>, T)>,
+    loaded: Mutex<([Option<SystemTime>; 2], T)>,
+    /// Counts the builds since the first.
+    generation: watch::Sender<u64>,
 }
 
 impl<T: Clone> Trusting<T> {
     fn load(
         ca: Option<&Path>,
-        build: impl Fn(Option<Arc<RootCertStore>>) -> anyhow::Result<T> + Send + Sync + 'static,
+        crl: Option<&Path>,
+        build: impl Fn(Trust) -> anyhow::Result<T> + Send + Sync + 'static,
     ) -> anyhow::Result<Trusting<T>> {
-        let stamp = ca.and_then(stamp);
-        let built = build(ca.map(roots).transpose()?)?;
+        let stamps = [ca.and_then(stamp), crl.and_then(stamp)];
+        let built = build(trust(ca, crl)?)?;
         Ok(Trusting {
             ca: ca.map(Path::to_path_buf),
+            crl: crl.map(Path::to_path_buf),
             build: Box::new(build),
-            loaded: Mutex::new((stamp, built)),
+            loaded: Mutex::new((stamps, built)),
+            generation: watch::Sender::new(0),
         })
     }
 
     fn current(&self) -> T {
         let mut loaded = self.loaded.lock().expect("CA lock");
-        if let Some(ca) = &self.ca {
-            let stamp = stamp(ca);
-            if stamp != loaded.0 {
-                match roots(ca).and_then(|roots| (self.build)(Some(roots))) {
+        if self.ca.is_some() || self.crl.is_some() {
+            let stamps = [
+                self.ca.as_deref().and_then(stamp),
+                self.crl.as_deref().and_then(stamp),
+            ];
+            if stamps != loaded.0 {
+                match trust(self.ca.as_deref(), self.crl.as_deref()).and_then(&self.build) {
                     Ok(built) => {
-                        info!(ca = %ca.display(), "TLS CA file changed; reloaded");
-                        *loaded = (stamp, built);
+                        info!("TLS CA file changed; reloaded (CA and CRL files)");
+                        *loaded = (stamps, built);
+                        self.generation.send_modify(|g| *g += 1);
                     }
                     Err(e) => {
-                        // Not tried again until the file changes again.
-                        loaded.0 = stamp;
-                        warn!(error = %e, "TLS CA file changed but cannot be used; keeping the previous CA");
+                        // Not tried again until a file changes again.
+                        loaded.0 = stamps;
+                        warn!(error = %e, "TLS CA file changed but cannot be used; keeping the previous CA and CRL");
                     }
                 }
             }
         }
         loaded.1.clone()
     }
+}
+
+/// Reads the CA file and the CRL file.
+fn trust(ca: Option<&Path>, crl: Option<&Path>) -> anyhow::Result<Trust> {
+    let roots = ca.map(roots).transpose()?;
+    let crls = match (crl, ca) {
+        (Some(crl), Some(ca)) => revocation_lists(crl, ca)?,
+        _ => Vec::new(),
+    };
+    Ok(Trust { roots, crls })
 }
 
 /// A node's certificate and key, read from their files again when either
@@ -281,17 +352,26 @@ pub fn client_acceptor(
     cert: &Path,
     key: &Path,
     ca: Option<&Path>,
+    crl: Option<&Path>,
 ) -> anyhow::Result<ClientAcceptor> {
     let provider = provider();
     let files = Arc::new(CertFiles::load(cert, key, provider.clone())?);
-    let build = move |roots: Option<Arc<RootCertStore>>| {
+    let build = move |trust: Trust| {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?;
-        let builder = match roots {
+        let builder = match trust.roots {
             None => builder.with_no_client_auth(),
             Some(roots) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                let mut verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+                if !trust.crls.is_empty() {
+                    verifier = verifier
+                        .with_crls(trust.crls)
+                        .only_check_end_entity_revocation()
+                        .allow_unknown_revocation_status();
+                }
+                let verifier = verifier
                     .build()
                     .context("while building the client certificate verifier")?;
                 builder.with_client_cert_verifier(verifier)
@@ -300,7 +380,7 @@ pub fn client_acceptor(
         let server = builder.with_cert_resolver(files.clone());
         Ok(TlsAcceptor::from(Arc::new(server)))
     };
-    Ok(ClientAcceptor(Arc::new(Trusting::load(ca, build)?)))
+    Ok(ClientAcceptor(Arc::new(Trusting::load(ca, crl, build)?)))
 }
 
 /// The CA certificates in the PEM file `ca`.
@@ -319,6 +399,51 @@ fn roots(ca: &Path) -> anyhow::Result<Arc<RootCertStore>> {
         bail!("{} holds no CA certificate (PEM)", ca.display());
     }
     Ok(Arc::new(roots))
+}
+
+/// The revocation lists in the PEM file `crl`, each of which must be
+/// signed by a CA of the PEM file `ca` (a CRL of another CA would revoke
+/// nothing, silently).
+fn revocation_lists(
+    crl: &Path,
+    ca: &Path,
+) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    let lists: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_file_iter(crl)
+            .with_context(|| format!("while reading the CRL {}", crl.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("while parsing the CRL {}", crl.display()))?;
+    if lists.is_empty() {
+        bail!(
+            "{} holds no certificate revocation list (PEM X509 CRL)",
+            crl.display()
+        );
+    }
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("while reading the CA certificate {}", ca.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("while parsing the CA certificate {}", ca.display()))?;
+    for list in &lists {
+        let (_, parsed) = x509_parser::parse_x509_crl(list.as_ref())
+            .map_err(|e| anyhow::anyhow!("{} is not a usable CRL: {e}", crl.display()))?;
+        // Signed by the CA's key, not only naming it (CAs made by
+        // `ringkv cert` all have one name).
+        let issued_by_a_ca = cas.iter().any(|ca_cert| {
+            x509_parser::parse_x509_certificate(ca_cert.as_ref()).is_ok_and(|(_, ca_cert)| {
+                ca_cert.subject() == parsed.issuer()
+                    && parsed.verify_signature(ca_cert.public_key()).is_ok()
+            })
+        });
+        if !issued_by_a_ca {
+            bail!(
+                "the CRL {} ({}) is not signed by a CA of {}",
+                crl.display(),
+                parsed.issuer(),
+                ca.display()
+            );
+        }
+    }
+    Ok(lists)
 }
 
 /// Accepts TCP connections and hands on those that finished a TLS

@@ -25,9 +25,9 @@ use ringkv_wire::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::tls::{self, PeerTls, TLS_REQUIRED};
 
@@ -227,13 +227,29 @@ async fn run_link(
                         let split = TcpStream::into_split;
                         session(stream, split, &addr, key, link, queue, max_frame_bytes).await
                     }
-                    Some(peer_tls) => match tls_connect(peer_tls, &addr, stream).await {
-                        Ok(stream) => {
-                            let split = tokio::io::split;
-                            session(stream, split, &addr, key, link, queue, max_frame_bytes).await
+                    Some(peer_tls) => {
+                        let changes = peer_tls.trust_changes();
+                        match tls_connect(peer_tls, &addr, stream).await {
+                            Ok(stream) => {
+                                let split = tokio::io::split;
+                                let session = session(
+                                    stream,
+                                    split,
+                                    &addr,
+                                    key,
+                                    link,
+                                    queue,
+                                    max_frame_bytes,
+                                );
+                                until_trust_changes(changes, session, || {
+                                    info!(peer = %addr, "peer TLS trust changed; connecting again");
+                                    Session::Ended
+                                })
+                                .await
+                            }
+                            Err(state) => Session::Failed(state),
                         }
-                        Err(state) => Session::Failed(state),
-                    },
+                    }
                 }
             }
             _ => Session::Failed(LinkState::Down),
@@ -523,13 +539,27 @@ pub async fn serve(
                             let split = TcpStream::into_split;
                             accepted(stream, split, remote, key, handler, max_frame_bytes).await
                         }
-                        Some(peer_tls) => match tls_accept(peer_tls, stream, remote).await {
-                            Ok(stream) => {
-                                let split = tokio::io::split;
-                                accepted(stream, split, remote, key, handler, max_frame_bytes).await
+                        Some(peer_tls) => {
+                            let changes = peer_tls.trust_changes();
+                            match tls_accept(peer_tls, stream, remote).await {
+                                Ok(stream) => {
+                                    let split = tokio::io::split;
+                                    let serving = accepted(
+                                        stream,
+                                        split,
+                                        remote,
+                                        key,
+                                        handler,
+                                        max_frame_bytes,
+                                    );
+                                    until_trust_changes(changes, serving, || {
+                                        "peer TLS trust changed".to_string()
+                                    })
+                                    .await
+                                }
+                                Err(reason) => reason,
                             }
-                            Err(reason) => reason,
-                        },
+                        }
                     };
                     debug!(%remote, %reason, "peer connection ended");
                     drop(permit);
@@ -540,6 +570,21 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Runs a TLS connection's `work` until it ends, or until the CA or CRL
+/// files change (`changes`, taken before the handshake): then the
+/// connection is dropped, to be made again under the new trust, so that a
+/// revoked certificate loses the connections it already has.
+async fn until_trust_changes<T>(
+    mut changes: watch::Receiver<u64>,
+    work: impl Future<Output = T>,
+    changed: impl FnOnce() -> T,
+) -> T {
+    tokio::select! {
+        done = work => done,
+        Ok(()) = changes.changed() => changed(),
     }
 }
 
