@@ -238,6 +238,11 @@ struct ServerArgs {
     aae_interval_ms: Option<u64>,
     #[arg(long)]
     aae_max_segments: Option<usize>,
+    /// What becomes of tombstones (Riak's delete_mode): `keep`, or reap a
+    /// delete this many milliseconds after every primary acknowledged it
+    /// and no member holds a hint for the key [default: 3000].
+    #[arg(long, value_name = "keep|MS", value_parser = parse_delete_mode)]
+    delete_mode: Option<ringkv_node::config::DeleteMode>,
     /// File with the cluster secret (16+ bytes, mode 600): peer connections
     /// then authenticate with it, and peers without it are refused.
     #[arg(long)]
@@ -273,6 +278,10 @@ struct ServerArgs {
     /// certificates it lists are refused.
     #[arg(long, requires = "client_tls_ca_file")]
     client_tls_crl_file: Option<std::path::PathBuf>,
+}
+
+fn parse_delete_mode(text: &str) -> Result<ringkv_node::config::DeleteMode, String> {
+    text.parse()
 }
 
 fn parse_durability(text: &str) -> Result<DurabilityMode, String> {
@@ -320,7 +329,8 @@ impl ServerArgs {
             hints_max_bytes,
             hint_delivery_per_second,
             aae_interval_ms,
-            aae_max_segments
+            aae_max_segments,
+            delete_mode
         );
         if !self.join.is_empty() {
             config.join = self.join;

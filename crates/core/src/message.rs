@@ -163,6 +163,24 @@ pub enum PeerRequest {
         after: Option<Vec<u8>>,
         max_bytes: u32,
     },
+    /// Whether this node holds a copy of the key that could be handed to
+    /// its primaries later: a hint (for any target), or, if it is none of
+    /// `primaries`, a replica copy (an earlier layout's, not handed off
+    /// yet). A tombstone is not reaped while such a copy exists.
+    CopyHeld {
+        bucket: String,
+        key: Vec<u8>,
+        primaries: Vec<NodeId>,
+    },
+    /// Drop the local replica of the key if it is still exactly the
+    /// tombstone object with `digest` (its clock is `clock`): every primary
+    /// acknowledged the delete and no hint for the key is left.
+    Reap {
+        bucket: String,
+        key: Vec<u8>,
+        digest: u64,
+        clock: VersionVector,
+    },
 }
 
 /// Handoff holders: partition → member that held it under an earlier
@@ -208,5 +226,13 @@ pub enum PeerResponse {
     ScanPage {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         done: bool,
+    },
+    /// The answer to `CopyHeld`.
+    CopyHeld {
+        held: bool,
+    },
+    /// The answer to `Reap`: whether the local copy was dropped.
+    Reaped {
+        dropped: bool,
     },
 }

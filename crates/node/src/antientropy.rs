@@ -427,6 +427,7 @@ mod tests {
             NodeConfig::default(),
             1,
             1,
+            0,
             me,
             LocalStore::new(storage, committer),
             Peers::new(1 << 20, security),

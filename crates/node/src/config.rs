@@ -66,6 +66,11 @@ pub struct NodeConfig {
     /// Anti-entropy rate limit: Merkle segments (of 1024 per tree) compared
     /// and repaired per exchange.
     pub aae_max_segments: usize,
+    /// What becomes of a tombstone (Riak's `delete_mode`): `keep`, or a
+    /// number of milliseconds after which a delete that every primary
+    /// acknowledged is reaped, once no member holds a hint for the key
+    /// (default 3000).
+    pub delete_mode: DeleteMode,
     /// A file holding the cluster secret (at least 16 bytes, readable by
     /// its owner only): when set, peer connections authenticate with it
     /// and peers without it are cut off. Every member needs the same.
@@ -125,6 +130,7 @@ impl Default for NodeConfig {
             hint_delivery_per_second: 2000,
             aae_interval_ms: 10_000,
             aae_max_segments: 64,
+            delete_mode: DeleteMode::ReapAfterMs(3000),
             cluster_secret_file: None,
             client_password_file: None,
             peer_tls_cert_file: None,
@@ -135,6 +141,52 @@ impl Default for NodeConfig {
             client_tls_key_file: None,
             client_tls_ca_file: None,
             client_tls_crl_file: None,
+        }
+    }
+}
+
+/// What becomes of a tombstone: kept for ever, or reaped this many
+/// milliseconds after a delete every primary acknowledged. Written `keep`
+/// or a number, in flags and config files alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeleteMode {
+    Keep,
+    ReapAfterMs(u64),
+}
+
+/// The longest reap delay accepted: a day.
+const MAX_REAP_DELAY_MS: u64 = 24 * 3600 * 1000;
+
+impl std::str::FromStr for DeleteMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<DeleteMode, String> {
+        match text {
+            "keep" => Ok(DeleteMode::Keep),
+            ms => match ms.parse::<u64>() {
+                Ok(ms) if ms <= MAX_REAP_DELAY_MS => Ok(DeleteMode::ReapAfterMs(ms)),
+                _ => Err(format!(
+                    "delete-mode: expected keep or a delay in milliseconds up to {MAX_REAP_DELAY_MS}, got {text:?}"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeleteMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<DeleteMode, String> {
+        text.parse()
+    }
+}
+
+impl From<DeleteMode> for String {
+    fn from(mode: DeleteMode) -> String {
+        match mode {
+            DeleteMode::Keep => "keep".into(),
+            DeleteMode::ReapAfterMs(ms) => ms.to_string(),
         }
     }
 }

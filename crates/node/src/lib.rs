@@ -35,7 +35,9 @@ use tracing::{info, warn};
 pub use config::NodeConfig;
 pub use node::Node;
 
-use crate::node::{META_ACTOR, META_BUCKETS, META_IDENTITY, META_LAYOUT, META_LEFT};
+use crate::node::{
+    META_ACTOR, META_BUCKETS, META_DOT_FLOOR, META_IDENTITY, META_LAYOUT, META_LEFT,
+};
 use crate::store::LocalStore;
 use crate::transport::{PeerError, Peers};
 
@@ -60,6 +62,14 @@ struct Identity {
 struct ActorRecord {
     actor: NodeId,
     clean_stop: bool,
+}
+
+/// The actor's dot floor at a clean stop (`Node::dot_floor`): kept with
+/// the actor, since its dots must go on counting above it.
+#[derive(Serialize, Deserialize)]
+struct DotFloorRecord {
+    actor: NodeId,
+    floor: u64,
 }
 
 const META_FORMAT: u8 = 1;
@@ -160,6 +170,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
         None => None,
     };
+    let dot_floor = match (actor, store.meta_get(META_DOT_FLOOR)?) {
+        (Some(actor), Some(bytes)) => {
+            let record: DotFloorRecord = decode_meta("dot floor", &bytes)?;
+            if record.actor == actor { record.floor } else { 0 }
+        }
+        _ => 0,
+    };
     let actor = match actor {
         Some(actor) => actor,
         None => {
@@ -245,6 +262,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config.clone(),
         identity.id,
         actor,
+        dot_floor,
         me.clone(),
         store,
         peers,
@@ -365,7 +383,7 @@ pub fn stop_cleanly(node: Arc<Node>) -> bool {
     let Ok(node) = Arc::try_unwrap(node) else {
         return false;
     };
-    let actor = node.actor();
+    let (actor, floor) = (node.actor(), node.dot_floor());
     let Some(storage) = node.into_store().close() else {
         return false;
     };
@@ -374,6 +392,11 @@ pub fn stop_cleanly(node: Arc<Node>) -> bool {
         clean_stop: true,
     };
     let mut batch = ringkv_storage::WriteBatch::default();
+    batch.put(
+        ringkv_storage::Space::Meta,
+        META_DOT_FLOOR.as_bytes().to_vec(),
+        encode_meta(&DotFloorRecord { actor, floor }),
+    );
     batch.put(
         ringkv_storage::Space::Meta,
         META_ACTOR.as_bytes().to_vec(),

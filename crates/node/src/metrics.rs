@@ -83,6 +83,8 @@ pub struct Metrics {
     pub handoff_pending: Gauge,
     pub handoff_holders: Gauge,
     pub keys_dropped: Counter,
+    pub tombstones_reaped: Counter,
+    pub reaps_skipped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,6 +211,18 @@ impl Metrics {
             "Keys deleted from this node after it handed them off to the replicas of a partition it no longer holds",
             keys_dropped.clone(),
         );
+        let tombstones_reaped = Counter::default();
+        registry.register(
+            "tombstones_reaped",
+            "Tombstones this node dropped after every primary acknowledged the delete (delete-mode)",
+            tombstones_reaped.clone(),
+        );
+        let reaps_skipped = Counter::default();
+        registry.register(
+            "reaps_skipped",
+            "Deletes this node coordinated whose tombstone it did not reap: a member held a hint for the key, did not answer, or the layout changed",
+            reaps_skipped.clone(),
+        );
         let exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -223,6 +237,8 @@ impl Metrics {
             handoff_pending,
             handoff_holders,
             keys_dropped,
+            tombstones_reaped,
+            reaps_skipped,
             hints_pending,
             hints_stored,
             hints_delivered,

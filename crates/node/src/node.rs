@@ -29,7 +29,7 @@ use ringkv_wire::Password;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::config::NodeConfig;
+use crate::config::{DeleteMode, NodeConfig};
 use crate::metrics::{FailureLabels, FailureReason, Metrics, Op, OpLabels};
 use crate::store::{Commit, Hint, LocalStore, StoreError, object_key};
 use crate::transport::{PeerError, Peers};
@@ -39,6 +39,8 @@ pub const META_IDENTITY: &str = "identity";
 pub const META_LAYOUT: &str = "layout";
 pub const META_BUCKETS: &str = "buckets";
 pub const META_ACTOR: &str = "actor";
+/// The actor's dot floor (`Node::dot_floor`), recorded at a clean stop.
+pub const META_DOT_FLOOR: &str = "dot-floor";
 /// Present once this node has left its cluster: the layout version that
 /// removed it (u64 BE). A data dir with it does not start again.
 pub const META_LEFT: &str = "left";
@@ -67,6 +69,11 @@ pub struct Node {
     /// The actor of the writes this node coordinates as a primary: kept
     /// across clean stops, new after any other (see `start`).
     actor: NodeId,
+    /// The highest counter of `actor` in a tombstone this node reaped: its
+    /// new dots count above it, since another replica may still hold that
+    /// tombstone (`Object::update_above`). Raised before a reap is
+    /// submitted, so every write the committer runs after the reap sees it.
+    dot_floor: AtomicU64,
     detector: Mutex<FailureDetector>,
     /// When a local write last failed in storage (ms since the epoch; 0:
     /// never). For `LOCAL_FAILURE_BACKOFF_MS` after it, writes this node would
@@ -94,6 +101,19 @@ pub struct Node {
     /// True once it has told the others too: the server stops.
     stop: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
+}
+
+/// A delete whose tombstone is to be reaped (`Node::reap`): every one of
+/// the key's primaries (`primaries`, under the layout of `layout_version`)
+/// acknowledged it, and no fallback took part.
+struct Reap {
+    bucket: String,
+    key: Vec<u8>,
+    layout_version: u64,
+    primaries: Vec<NodeId>,
+    /// The coordinator's copy after the delete: tombstones only.
+    object: Object,
+    delay: Duration,
 }
 
 /// How long a node forwards the writes it would coordinate after its own
@@ -216,6 +236,7 @@ impl Node {
         config: NodeConfig,
         id: NodeId,
         actor: NodeId,
+        dot_floor: u64,
         me: Member,
         store: LocalStore,
         peers: Arc<Peers>,
@@ -236,6 +257,7 @@ impl Node {
             buckets: RwLock::new(Arc::new(buckets)),
             membership: tokio::sync::Mutex::new(()),
             actor,
+            dot_floor: AtomicU64::new(dot_floor),
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             local_write_failed_ms: AtomicU64::new(0),
             layout_changed_ms: AtomicU64::new(now_ms()),
@@ -252,6 +274,11 @@ impl Node {
     /// The actor of the writes this node coordinates as a primary.
     pub fn actor(&self) -> NodeId {
         self.actor
+    }
+
+    /// The counter the actor's next dots count above (see `dot_floor`).
+    pub fn dot_floor(&self) -> u64 {
+        self.dot_floor.load(AtomicOrdering::SeqCst)
     }
 
     /// The node's store, the rest dropped (for a clean stop).
@@ -592,8 +619,16 @@ impl Node {
             content_type,
             now_ms: now,
         };
-        let update = move |current: Option<&Object>, actor: NodeId| {
-            Object::update(current, &context, new_version, actor, mode, max_siblings)
+        let update = move |current: Option<&Object>, actor: NodeId, floor: u64| {
+            Object::update_above(
+                current,
+                &context,
+                new_version,
+                actor,
+                floor,
+                mode,
+                max_siblings,
+            )
         };
         // Not a replica by this node's view (a forwarded request, views
         // differ): keep the write as a hint for the key's first primary.
@@ -632,7 +667,7 @@ impl Node {
                         } else {
                             fallback_actor.current()
                         };
-                        match update(current.as_ref().map(|h| &h.object), actor) {
+                        match update(current.as_ref().map(|h| &h.object), actor, 0) {
                             Ok(object) if hint_store_full => (current, (Ok(object), false, actor)),
                             Ok(object) => {
                                 let mut targets = current.map(|h| h.targets).unwrap_or_default();
@@ -659,6 +694,8 @@ impl Node {
                     Some(Role::Primary) => self.actor,
                     _ => rand::random::<u64>().max(1),
                 };
+                // Read inside the job: a reap raises it before its own job.
+                let node = self.clone();
                 let commit = if remotes.is_empty() {
                     Commit::Own
                 } else if durability == DurabilityMode::Sync {
@@ -674,7 +711,10 @@ impl Node {
                         effective.n as u32,
                         durability,
                         commit,
-                        move |current| update(current.as_ref(), actor),
+                        move |current| {
+                            let floor = if actor == node.actor { node.dot_floor() } else { 0 };
+                            update(current.as_ref(), actor, floor)
+                        },
                     )
                     .await
                     .map(|(result, durable)| (result, false, durable, actor))
@@ -714,6 +754,26 @@ impl Node {
             local_acked.is_some() as u32,
             (local_acked == Some(Role::Primary)) as u32,
         );
+        // A delete that all N primaries (and no fallback) acknowledge is
+        // reaped later.
+        let reap = match self.config.delete_mode {
+            DeleteMode::ReapAfterMs(delay_ms)
+                if object.is_deleted()
+                    && object.siblings().iter().all(|s| s.is_tombstone())
+                    && plan.len() == effective.n
+                    && plan.iter().all(|r| r.hint_for.is_none()) =>
+            {
+                Some(Reap {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    layout_version: layout.version(),
+                    primaries: plan.iter().map(|r| r.node).collect(),
+                    object: object.clone(),
+                    delay: Duration::from_millis(delay_ms),
+                })
+            }
+            _ => None,
+        };
         if roles.is_empty() {
             // Nothing to send or wait for (N=1, or no other replica in the
             // plan): the local copy decides, with no channel, timer or
@@ -722,6 +782,11 @@ impl Node {
                 .start()
                 .or_else(|| round.timed_out())
                 .expect("an undecided round decides when it times out");
+            if let (Some(reap), Quorum::Reached(_)) = (reap, &decision)
+                && primaries_acked as usize == reap.primaries.len()
+            {
+                tokio::spawn(self.clone().reap(reap));
+            }
             return put_reply(
                 decision,
                 (acked, primaries_acked),
@@ -766,7 +831,8 @@ impl Node {
             });
         }
         drop(acks_tx);
-        let deadline = tokio::time::sleep(timeout);
+        let deadline_at = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::sleep_until(deadline_at);
         tokio::pin!(deadline);
         let mut decision = round.start();
         while decision.is_none() {
@@ -784,6 +850,32 @@ impl Node {
             };
         }
         let decision = decision.expect("loop ends with a decision");
+        // The acknowledgements of a delete to reap that are still out are
+        // awaited in the background.
+        if let (Some(reap), Quorum::Reached(_)) = (reap, &decision) {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let mut primaries_acked = primaries_acked as usize;
+                while primaries_acked < reap.primaries.len() {
+                    tokio::select! {
+                        ack = acks.recv() => match ack {
+                            Some((Role::Primary, true)) => primaries_acked += 1,
+                            _ => return,
+                        },
+                        () = tokio::time::sleep_until(deadline_at) => return,
+                    }
+                }
+                node.reap(reap).await;
+            });
+            return put_reply(
+                decision,
+                (acked, primaries_acked),
+                (w, pw),
+                &object,
+                context_in,
+                actor,
+            );
+        }
         if let Quorum::Unreachable { .. } = decision {
             // Tell the client how many replicas really hold the write:
             // wait (within the deadline) for the answers still out.
@@ -812,6 +904,145 @@ impl Node {
     }
 
     /// Sends a put to the first primary that answers.
+    /// Reaps a delete's tombstone after `reap.delay` (Riak's `delete_mode`),
+    /// if nothing could bring back what it deleted: the layout has not
+    /// changed, and every member answers that it holds no copy of the key
+    /// other than a primary's (`CopyHeld`: a hint, or an earlier layout's
+    /// copy not handed off yet, handed to the primaries after the reap,
+    /// would be stored again with no tombstone to supersede it).
+    /// Each primary then drops its copy if it is still exactly this
+    /// tombstone (`reap_local`); one that holds more keeps it, and
+    /// anti-entropy brings that back to the others, which is safe: it is
+    /// the tombstone or a newer write. Skipped otherwise: the tombstone stays.
+    async fn reap(self: Arc<Self>, reap: Reap) {
+        tokio::time::sleep(reap.delay).await;
+        let layout = self.layout();
+        let skip = |why: &str| {
+            debug!(bucket = %reap.bucket, why, "tombstone not reaped");
+            self.metrics.reaps_skipped.inc();
+        };
+        if layout.version() != reap.layout_version {
+            return skip("the layout changed");
+        }
+        if !matches!(
+            self.copy_held(&reap.bucket, &reap.key, &reap.primaries),
+            Ok(false)
+        ) {
+            return skip("this node holds another copy of the key");
+        }
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let asks = layout
+            .members()
+            .iter()
+            .filter(|m| m.id != self.id)
+            .map(|member| {
+                let request = PeerRequest::CopyHeld {
+                    bucket: reap.bucket.clone(),
+                    key: reap.key.clone(),
+                    primaries: reap.primaries.clone(),
+                };
+                self.peers.request(&member.peer_addr, request, timeout)
+            });
+        let answers = futures::future::join_all(asks).await;
+        if !answers
+            .iter()
+            .all(|a| matches!(a, Ok(PeerResponse::CopyHeld { held: false })))
+        {
+            return skip("a member holds another copy of the key, or did not answer");
+        }
+        let digest = reap.object.digest();
+        let clock = reap.object.clock().clone();
+        let drops = reap.primaries.iter().map(|&primary| {
+            let (node, bucket, key, clock) = (
+                self.clone(),
+                reap.bucket.clone(),
+                reap.key.clone(),
+                clock.clone(),
+            );
+            let addr = Self::peer_addr(&layout, primary);
+            async move {
+                if primary == node.id {
+                    return node.reap_local(&bucket, &key, digest, &clock).await.is_ok();
+                }
+                let Some(addr) = addr else { return false };
+                let request = PeerRequest::Reap {
+                    bucket,
+                    key,
+                    digest,
+                    clock,
+                };
+                matches!(
+                    node.peers.request(&addr, request, timeout).await,
+                    Ok(PeerResponse::Reaped { .. })
+                )
+            }
+        });
+        futures::future::join_all(drops).await;
+    }
+
+    /// Drops this node's copy of a key if it is still exactly the
+    /// tombstone object with `digest` (and clock `clock`); `true` if it was
+    /// dropped. This node's dots then count above the actor's counter in
+    /// that clock (`dot_floor`: another replica may keep the tombstone).
+    /// A node with `--delete-mode keep` keeps its tombstones.
+    async fn reap_local(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        digest: u64,
+        clock: &VersionVector,
+    ) -> Result<bool, PeerResponse> {
+        if let Err(e) = validate_bucket_name(bucket).and(validate_key(key)) {
+            return Err(PeerResponse::Refused {
+                message: e.to_string(),
+            });
+        }
+        if self.config.delete_mode == DeleteMode::Keep {
+            return Ok(false);
+        }
+        // Before the drop's job is queued, so that every write the
+        // committer runs after the drop counts above it.
+        self.dot_floor
+            .fetch_max(clock.get(self.actor), AtomicOrdering::SeqCst);
+        let partition = partition_of(key_hash(bucket.as_bytes(), key), self.layout().partitions());
+        let dropped = self
+            .store
+            .drop_if_unchanged(partition, self.tree_n(bucket), object_key(bucket, key), digest)
+            .await
+            .map_err(|e| PeerResponse::Refused {
+                message: e.to_string(),
+            })?;
+        if dropped {
+            self.metrics.tombstones_reaped.inc();
+        }
+        Ok(dropped)
+    }
+
+    /// Whether this node holds a copy of the key that could reach its
+    /// `primaries` later: a hint for any target, or, if it is none of
+    /// them, a replica copy.
+    fn copy_held(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        primaries: &[NodeId],
+    ) -> Result<bool, PeerResponse> {
+        if let Err(e) = validate_bucket_name(bucket).and(validate_key(key)) {
+            return Err(PeerResponse::Refused {
+                message: e.to_string(),
+            });
+        }
+        let refused = |e: StoreError| PeerResponse::Refused {
+            message: e.to_string(),
+        };
+        let partition = partition_of(key_hash(bucket.as_bytes(), key), self.layout().partitions());
+        if self.store.read_hint(partition, bucket, key).map_err(refused)?.is_some() {
+            return Ok(true);
+        }
+        Ok(!primaries.contains(&self.id)
+            && self.store.read(partition, bucket, key).map_err(refused)?.is_some())
+    }
+
     async fn forward(
         &self,
         layout: &Layout,
@@ -1246,6 +1477,23 @@ impl Node {
                 PeerResponse::Gossip(self.gossip_state())
             }
             PeerRequest::Join { member } => self.handle_join(member).await,
+            PeerRequest::CopyHeld {
+                bucket,
+                key,
+                primaries,
+            } => match self.copy_held(&bucket, &key, &primaries) {
+                Ok(held) => PeerResponse::CopyHeld { held },
+                Err(refused) => refused,
+            },
+            PeerRequest::Reap {
+                bucket,
+                key,
+                digest,
+                clock,
+            } => match self.reap_local(&bucket, &key, digest, &clock).await {
+                Ok(dropped) => PeerResponse::Reaped { dropped },
+                Err(refused) => refused,
+            },
             PeerRequest::ScanPartition {
                 partition,
                 hints,

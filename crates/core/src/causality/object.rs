@@ -73,6 +73,23 @@ impl Object {
         mode: ConflictMode,
         max_siblings: usize,
     ) -> Result<Object, UpdateError> {
+        Object::update_above(current, context, new, replica, 0, mode, max_siblings)
+    }
+
+    /// [`update`](Self::update) whose new dot also counts above `floor`:
+    /// the highest counter of `replica` in copies this replica no longer
+    /// has (reaped tombstones), which other replicas may still hold. A dot
+    /// at or below it could be taken there for one already seen and
+    /// dropped (Riak's "kv679"). The floor supersedes nothing.
+    pub fn update_above(
+        current: Option<&Object>,
+        context: &VersionVector,
+        new: NewVersion,
+        replica: NodeId,
+        floor: u64,
+        mode: ConflictMode,
+        max_siblings: usize,
+    ) -> Result<Object, UpdateError> {
         if new.content_type.len() > MAX_CONTENT_TYPE_BYTES {
             return Err(UpdateError::ContentTypeTooLong {
                 len: new.content_type.len(),
@@ -93,6 +110,7 @@ impl Object {
             .clock
             .get(replica)
             .max(context.get(replica))
+            .max(floor)
             .checked_add(1)
             .ok_or(UpdateError::CounterExhausted { replica })?;
         let dot = Dot { replica, counter };

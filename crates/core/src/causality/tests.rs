@@ -60,6 +60,28 @@ fn vv(entries: &[(NodeId, u64)]) -> VersionVector {
     entries.iter().map(|&(r, c)| Dot::new(r, c)).collect()
 }
 
+#[test]
+fn a_dot_counts_above_the_floor_and_the_floor_supersedes_nothing() {
+    let (a, b): (NodeId, NodeId) = (1, 2);
+    // The key was reaped here after (a, 5); another replica may still hold
+    // that tombstone: a new blind write must not reuse a counter up to 5.
+    let fresh = Object::update_above(None, &vv(&[]), put("x", 1), a, 5, SIBLINGS, 100).unwrap();
+    assert_eq!(dots(&fresh), BTreeSet::from([Dot::new(a, 6)]));
+    let tombstone_elsewhere = write(None, &vv(&[(a, 5)]), delete(1), b, SIBLINGS);
+    let merged = tombstone_elsewhere.merge(&fresh, SIBLINGS);
+    assert_eq!(values(&merged), ["x"]);
+    // Without the floor the new write is taken for one already deleted.
+    let reused = write(None, &vv(&[]), put("x", 1), a, SIBLINGS);
+    assert!(values(&tombstone_elsewhere.merge(&reused, SIBLINGS)).is_empty());
+
+    // The floor does not supersede a sibling of `a` below it.
+    let one = write(None, &vv(&[]), put("one", 1), a, SIBLINGS);
+    let two = Object::update_above(Some(&one), &vv(&[]), put("two", 2), a, 9, SIBLINGS, 100)
+        .unwrap();
+    assert_eq!(values(&two), ["one", "two"]);
+    assert_eq!(dots(&two), BTreeSet::from([Dot::new(a, 1), Dot::new(a, 10)]));
+}
+
 /// Raw big-endian bytes, for hand-built (possibly invalid) encodings.
 #[derive(Default)]
 struct Bytes(Vec<u8>);
