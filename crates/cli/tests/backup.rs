@@ -148,7 +148,8 @@ fn assert_holds(client: &Client, written: &Written) {
 
 #[test]
 fn a_backup_restores_every_key_into_an_empty_cluster_and_keeps_newer_writes() {
-    let args = ["--partitions", "8"];
+    // Tombstones kept, so that the backup holds one to restore.
+    let args = ["--partitions", "8", "--delete-mode", "keep"];
     let mut old = Cluster::start_with(3, &args);
     let written = load(&old.nodes[0].client());
     let dir = tempfile::tempdir().unwrap();

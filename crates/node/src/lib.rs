@@ -173,7 +173,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let dot_floor = match (actor, store.meta_get(META_DOT_FLOOR)?) {
         (Some(actor), Some(bytes)) => {
             let record: DotFloorRecord = decode_meta("dot floor", &bytes)?;
-            if record.actor == actor { record.floor } else { 0 }
+            if record.actor == actor {
+                record.floor
+            } else {
+                0
+            }
         }
         _ => 0,
     };

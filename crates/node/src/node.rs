@@ -712,7 +712,11 @@ impl Node {
                         durability,
                         commit,
                         move |current| {
-                            let floor = if actor == node.actor { node.dot_floor() } else { 0 };
+                            let floor = if actor == node.actor {
+                                node.dot_floor()
+                            } else {
+                                0
+                            };
                             update(current.as_ref(), actor, floor)
                         },
                     )
@@ -1007,7 +1011,12 @@ impl Node {
         let partition = partition_of(key_hash(bucket.as_bytes(), key), self.layout().partitions());
         let dropped = self
             .store
-            .drop_if_unchanged(partition, self.tree_n(bucket), object_key(bucket, key), digest)
+            .drop_if_unchanged(
+                partition,
+                self.tree_n(bucket),
+                object_key(bucket, key),
+                digest,
+            )
             .await
             .map_err(|e| PeerResponse::Refused {
                 message: e.to_string(),
@@ -1036,11 +1045,20 @@ impl Node {
             message: e.to_string(),
         };
         let partition = partition_of(key_hash(bucket.as_bytes(), key), self.layout().partitions());
-        if self.store.read_hint(partition, bucket, key).map_err(refused)?.is_some() {
+        if self
+            .store
+            .read_hint(partition, bucket, key)
+            .map_err(refused)?
+            .is_some()
+        {
             return Ok(true);
         }
         Ok(!primaries.contains(&self.id)
-            && self.store.read(partition, bucket, key).map_err(refused)?.is_some())
+            && self
+                .store
+                .read(partition, bucket, key)
+                .map_err(refused)?
+                .is_some())
     }
 
     async fn forward(

@@ -76,10 +76,13 @@ fn a_dot_counts_above_the_floor_and_the_floor_supersedes_nothing() {
 
     // The floor does not supersede a sibling of `a` below it.
     let one = write(None, &vv(&[]), put("one", 1), a, SIBLINGS);
-    let two = Object::update_above(Some(&one), &vv(&[]), put("two", 2), a, 9, SIBLINGS, 100)
-        .unwrap();
+    let two =
+        Object::update_above(Some(&one), &vv(&[]), put("two", 2), a, 9, SIBLINGS, 100).unwrap();
     assert_eq!(values(&two), ["one", "two"]);
-    assert_eq!(dots(&two), BTreeSet::from([Dot::new(a, 1), Dot::new(a, 10)]));
+    assert_eq!(
+        dots(&two),
+        BTreeSet::from([Dot::new(a, 1), Dot::new(a, 10)])
+    );
 }
 
 /// Raw big-endian bytes, for hand-built (possibly invalid) encodings.
