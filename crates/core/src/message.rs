@@ -180,6 +180,8 @@ pub enum PeerRequest {
         key: Vec<u8>,
         digest: u64,
         clock: VersionVector,
+        /// The tombstone's latest `modified_ms`.
+        modified_ms: u64,
     },
 }
 

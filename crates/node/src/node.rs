@@ -74,6 +74,11 @@ pub struct Node {
     /// tombstone (`Object::update_above`). Raised before a reap is
     /// submitted, so every write the committer runs after the reap sees it.
     dot_floor: AtomicU64,
+    /// The latest `modified_ms` of a tombstone this node reaped: its new
+    /// writes are stamped later, so that in an `lww` bucket a replica that
+    /// kept the tombstone does not take it for the newer write when this
+    /// node's clock is behind the deleter's. Not recorded across restarts.
+    stamp_floor: AtomicU64,
     detector: Mutex<FailureDetector>,
     /// When a local write last failed in storage (ms since the epoch; 0:
     /// never). For `LOCAL_FAILURE_BACKOFF_MS` after it, writes this node would
@@ -115,6 +120,10 @@ struct Reap {
     object: Object,
     delay: Duration,
 }
+
+/// The most a reaped tombstone's stamp may be ahead of this node's clock
+/// for `Node::stamp_floor` to follow it.
+const MAX_STAMP_LEAD_MS: u64 = 60_000;
 
 /// How long a node forwards the writes it would coordinate after its own
 /// storage failed one; the next write after that tries it again.
@@ -258,6 +267,7 @@ impl Node {
             membership: tokio::sync::Mutex::new(()),
             actor,
             dot_floor: AtomicU64::new(dot_floor),
+            stamp_floor: AtomicU64::new(0),
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             local_write_failed_ms: AtomicU64::new(0),
             layout_changed_ms: AtomicU64::new(now_ms()),
@@ -607,10 +617,11 @@ impl Node {
         //   a fresh id if the store is full and keeps no copy;
         // - a node outside the plan that keeps the write as a replica (it
         //   is the key's first primary, yet not in the plan): a fresh id.
+        // Later than any tombstone this node reaped (`stamp_floor`).
         let (mode, max_siblings, now) = (
             effective.props.conflict,
             effective.props.max_siblings as usize,
-            now_ms(),
+            now_ms().max(self.stamp_floor.load(AtomicOrdering::SeqCst) + 1),
         );
         let context_in = context.clone();
         let value_bytes = value.as_ref().map_or(0, Vec::len);
@@ -956,6 +967,13 @@ impl Node {
         }
         let digest = reap.object.digest();
         let clock = reap.object.clock().clone();
+        let modified_ms = reap
+            .object
+            .siblings()
+            .iter()
+            .map(|s| s.modified_ms)
+            .max()
+            .unwrap_or(0);
         let drops = reap.primaries.iter().map(|&primary| {
             let (node, bucket, key, clock) = (
                 self.clone(),
@@ -966,7 +984,10 @@ impl Node {
             let addr = Self::peer_addr(&layout, primary);
             async move {
                 if primary == node.id {
-                    return node.reap_local(&bucket, &key, digest, &clock).await.is_ok();
+                    return node
+                        .reap_local(&bucket, &key, digest, &clock, modified_ms)
+                        .await
+                        .is_ok();
                 }
                 let Some(addr) = addr else { return false };
                 let request = PeerRequest::Reap {
@@ -974,6 +995,7 @@ impl Node {
                     key,
                     digest,
                     clock,
+                    modified_ms,
                 };
                 matches!(
                     node.peers.request(&addr, request, timeout).await,
@@ -995,6 +1017,7 @@ impl Node {
         key: &[u8],
         digest: u64,
         clock: &VersionVector,
+        modified_ms: u64,
     ) -> Result<bool, PeerResponse> {
         if let Err(e) = validate_bucket_name(bucket).and(validate_key(key)) {
             return Err(PeerResponse::Refused {
@@ -1008,6 +1031,12 @@ impl Node {
         // committer runs after the drop counts above it.
         self.dot_floor
             .fetch_max(clock.get(self.actor), AtomicOrdering::SeqCst);
+        // A stamp far ahead of this clock is a broken clock's: not followed
+        // (every later write of this node would carry it).
+        if modified_ms <= now_ms() + MAX_STAMP_LEAD_MS {
+            self.stamp_floor
+                .fetch_max(modified_ms, AtomicOrdering::SeqCst);
+        }
         let partition = partition_of(key_hash(bucket.as_bytes(), key), self.layout().partitions());
         let dropped = self
             .store
@@ -1508,7 +1537,11 @@ impl Node {
                 key,
                 digest,
                 clock,
-            } => match self.reap_local(&bucket, &key, digest, &clock).await {
+                modified_ms,
+            } => match self
+                .reap_local(&bucket, &key, digest, &clock, modified_ms)
+                .await
+            {
                 Ok(dropped) => PeerResponse::Reaped { dropped },
                 Err(refused) => refused,
             },

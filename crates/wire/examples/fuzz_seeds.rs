@@ -153,6 +153,18 @@ fn frames() -> Vec<Frame> {
             after: Some(object_key("demo", &key)),
             max_bytes: 1 << 20,
         },
+        PeerRequest::CopyHeld {
+            bucket: "demo".into(),
+            key: key.clone(),
+            primaries: vec![1, 2, 3],
+        },
+        PeerRequest::Reap {
+            bucket: "demo".into(),
+            key: key.clone(),
+            digest: objects[1].digest(),
+            clock: objects[1].clock().clone(),
+            modified_ms: 1_700_000_000_000,
+        },
     ];
     let responses = vec![
         PeerResponse::ReplicaPutDone,
@@ -179,6 +191,8 @@ fn frames() -> Vec<Frame> {
             entries: vec![(object_key("demo", &key), objects[1].encode())],
             done: false,
         },
+        PeerResponse::CopyHeld { held: true },
+        PeerResponse::Reaped { dropped: false },
     ];
     let mut frames: Vec<Frame> = requests
         .into_iter()
