@@ -79,6 +79,8 @@ pub struct Node {
     /// kept the tombstone does not take it for the newer write when this
     /// node's clock is behind the deleter's. Not recorded across restarts.
     stamp_floor: AtomicU64,
+    /// Bounds the deletes waiting to be reaped (`MAX_PENDING_REAPS`).
+    pending_reaps: Arc<tokio::sync::Semaphore>,
     detector: Mutex<FailureDetector>,
     /// When a local write last failed in storage (ms since the epoch; 0:
     /// never). For `LOCAL_FAILURE_BACKOFF_MS` after it, writes this node would
@@ -119,7 +121,13 @@ struct Reap {
     /// The coordinator's copy after the delete: tombstones only.
     object: Object,
     delay: Duration,
+    /// One of `Node::pending_reaps`.
+    _pending: tokio::sync::OwnedSemaphorePermit,
 }
+
+/// Deletes waiting to be reaped at once, at most (each holds its
+/// tombstone); a delete beyond them keeps its tombstone.
+const MAX_PENDING_REAPS: usize = 100_000;
 
 /// The most a reaped tombstone's stamp may be ahead of this node's clock
 /// for `Node::stamp_floor` to follow it.
@@ -268,6 +276,7 @@ impl Node {
             actor,
             dot_floor: AtomicU64::new(dot_floor),
             stamp_floor: AtomicU64::new(0),
+            pending_reaps: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_REAPS)),
             detector: Mutex::new(FailureDetector::new(DetectorConfig::default())),
             local_write_failed_ms: AtomicU64::new(0),
             layout_changed_ms: AtomicU64::new(now_ms()),
@@ -778,14 +787,21 @@ impl Node {
                     && plan.len() == effective.n
                     && plan.iter().all(|r| r.hint_for.is_none()) =>
             {
-                Some(Reap {
-                    bucket: bucket.clone(),
-                    key: key.clone(),
-                    layout_version: layout.version(),
-                    primaries: plan.iter().map(|r| r.node).collect(),
-                    object: object.clone(),
-                    delay: Duration::from_millis(delay_ms),
-                })
+                match self.pending_reaps.clone().try_acquire_owned() {
+                    Ok(pending) => Some(Reap {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        layout_version: layout.version(),
+                        primaries: plan.iter().map(|r| r.node).collect(),
+                        object: object.clone(),
+                        delay: Duration::from_millis(delay_ms),
+                        _pending: pending,
+                    }),
+                    Err(_) => {
+                        self.metrics.reaps_skipped.inc();
+                        None
+                    }
+                }
             }
             _ => None,
         };
