@@ -934,7 +934,6 @@ impl Node {
         )
     }
 
-    /// Sends a put to the first primary that answers.
     /// Reaps a delete's tombstone after `reap.delay` (Riak's `delete_mode`),
     /// if nothing could bring back what it deleted: the layout has not
     /// changed, and every member answers that it holds no copy of the key
@@ -1106,6 +1105,7 @@ impl Node {
                 .is_some())
     }
 
+    /// Sends a put to the first primary that answers.
     async fn forward(
         &self,
         layout: &Layout,
