@@ -147,9 +147,9 @@ impl Default for NodeConfig {
 
 /// What becomes of a tombstone: kept for ever, or reaped this many
 /// milliseconds after a delete every primary acknowledged. Written `keep`
-/// or a number, in flags and config files alike.
+/// or a number (`delete-mode = 3000` or `"3000"` in a config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "DeleteModeText", into = "String")]
 pub enum DeleteMode {
     Keep,
     ReapAfterMs(u64),
@@ -174,11 +174,24 @@ impl std::str::FromStr for DeleteMode {
     }
 }
 
-impl TryFrom<String> for DeleteMode {
+/// `delete-mode` as a config file may write it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeleteModeText {
+    Text(String),
+    Ms(u64),
+    Negative(i64),
+}
+
+impl TryFrom<DeleteModeText> for DeleteMode {
     type Error = String;
 
-    fn try_from(text: String) -> Result<DeleteMode, String> {
-        text.parse()
+    fn try_from(text: DeleteModeText) -> Result<DeleteMode, String> {
+        match text {
+            DeleteModeText::Text(text) => text.parse(),
+            DeleteModeText::Ms(ms) => ms.to_string().parse(),
+            DeleteModeText::Negative(ms) => ms.to_string().parse(),
+        }
     }
 }
 
@@ -293,5 +306,39 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_mode_is_keep_or_milliseconds_as_text_or_number() {
+        let parse = |json: &str| serde_json::from_str::<NodeConfig>(json).map(|c| c.delete_mode);
+        assert_eq!(
+            parse(r#"{"delete-mode": "keep"}"#).unwrap(),
+            DeleteMode::Keep
+        );
+        assert_eq!(
+            parse(r#"{"delete-mode": 250}"#).unwrap(),
+            DeleteMode::ReapAfterMs(250)
+        );
+        assert_eq!(
+            parse(r#"{"delete-mode": "250"}"#).unwrap(),
+            DeleteMode::ReapAfterMs(250)
+        );
+        assert_eq!(parse("{}").unwrap(), DeleteMode::ReapAfterMs(3000));
+        for bad in [r#""sometimes""#, "-1", r#""""#, "86400001"] {
+            let error = parse(&format!(r#"{{"delete-mode": {bad}}}"#)).unwrap_err();
+            assert!(error.to_string().contains("delete-mode"), "{bad}: {error}");
+        }
+        // Written back as it is read.
+        let text = serde_json::to_string(&NodeConfig {
+            delete_mode: DeleteMode::Keep,
+            ..NodeConfig::default()
+        })
+        .unwrap();
+        assert!(text.contains(r#""delete-mode":"keep""#), "{text}");
     }
 }
