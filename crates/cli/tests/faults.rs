@@ -2,6 +2,9 @@
 //! (kill -9), paused (SIGSTOP/SIGCONT), restarted, and wiped; afterwards
 //! every acknowledged write is on every replica's disk, brought there by
 //! hinted handoff, read repair or anti-entropy — no client reads needed.
+//! One more client deletes keys and writes them again once their
+//! tombstones may have been reaped (`--delete-mode 100`): those writes
+//! survive too.
 
 mod support;
 
@@ -9,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ringkv_client::GetResult;
 use support::{Cluster, assert_disk_holds, eventually, metric};
 
 const BUCKET: &str = "faults";
@@ -17,7 +21,14 @@ const BUCKET: &str = "faults";
 fn acknowledged_writes_survive_kill_pause_restart_and_wipe() {
     let mut cluster = Cluster::start_with(
         3,
-        &["--aae-interval-ms", "200", "--aae-max-segments", "1024"],
+        &[
+            "--aae-interval-ms",
+            "200",
+            "--aae-max-segments",
+            "1024",
+            "--delete-mode",
+            "100",
+        ],
     );
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -55,6 +66,47 @@ fn acknowledged_writes_survive_kill_pause_restart_and_wipe() {
             })
         })
         .collect();
+    // Write, delete with the read's context, wait out the reap delay, then
+    // write again: only the last write is counted as acknowledged, and its
+    // value (the key) is what the disks must hold.
+    let deleter = {
+        let (urls, stop, acked) = (urls.clone(), stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let clients: Vec<_> = urls.iter().map(|u| ringkv_client::Client::new(u)).collect();
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let mut reaped_then_written = 0;
+            for i in 0..500 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let key = format!("d-{i}");
+                let client = &clients[i % 3];
+                let put = |value: &[u8]| {
+                    client.put(BUCKET, key.as_bytes(), value, "text/plain", None, Some(2))
+                };
+                if put(b"old").is_err() {
+                    continue;
+                }
+                let Ok(GetResult::Found { context, .. }) =
+                    client.get(BUCKET, key.as_bytes(), Some(2))
+                else {
+                    continue;
+                };
+                if client
+                    .delete(BUCKET, key.as_bytes(), Some(&context), Some(2))
+                    .is_err()
+                {
+                    continue;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                if put(key.as_bytes()).is_ok() {
+                    acked.lock().unwrap().push(key.clone());
+                    reaped_then_written += 1;
+                }
+            }
+            reaped_then_written
+        })
+    };
     let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
     let seed = cluster.nodes[0].peer.clone();
     pause(500);
@@ -74,6 +126,17 @@ fn acknowledged_writes_survive_kill_pause_restart_and_wipe() {
     for writer in writers {
         writer.join().unwrap();
     }
+    let rewritten = deleter.join().unwrap();
+    assert!(
+        rewritten > 3,
+        "only {rewritten} keys were deleted and written again"
+    );
+    let reaped: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| metric(n, "ringkv_tombstones_reaped_total"))
+        .sum();
+    assert!(reaped > 0, "no tombstone was reaped");
     let keys = acked.lock().unwrap().clone();
     assert!(
         keys.len() > 50,
