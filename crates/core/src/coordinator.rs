@@ -260,6 +260,11 @@ impl GetRound {
         self.replies.len() + self.failures.len() >= self.asked.len() + self.holders.len()
     }
 
+    /// Every asked replica and holder has answered (none failed).
+    pub fn all_replied(&self) -> bool {
+        self.replies.len() >= self.asked.len() + self.holders.len()
+    }
+
     fn awaits(&self, from: NodeId) -> bool {
         (self.asked.contains(&from) || self.holders.contains(&from))
             && !self.replies.contains_key(&from)

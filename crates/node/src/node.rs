@@ -780,30 +780,11 @@ impl Node {
         );
         // A delete that all N primaries (and no fallback) acknowledge is
         // reaped later.
-        let reap = match self.config.delete_mode {
-            DeleteMode::ReapAfterMs(delay_ms)
-                if object.is_deleted()
-                    && object.siblings().iter().all(|s| s.is_tombstone())
-                    && plan.len() == effective.n
-                    && plan.iter().all(|r| r.hint_for.is_none()) =>
-            {
-                match self.pending_reaps.clone().try_acquire_owned() {
-                    Ok(pending) => Some(Reap {
-                        bucket: bucket.clone(),
-                        key: key.clone(),
-                        layout_version: layout.version(),
-                        primaries: plan.iter().map(|r| r.node).collect(),
-                        object: object.clone(),
-                        delay: Duration::from_millis(delay_ms),
-                        _pending: pending,
-                    }),
-                    Err(_) => {
-                        self.metrics.reaps_skipped.inc();
-                        None
-                    }
-                }
-            }
-            _ => None,
+        let reap = if plan.len() == effective.n && plan.iter().all(|r| r.hint_for.is_none()) {
+            let primaries = plan.iter().map(|r| r.node).collect();
+            self.reap_of(&bucket, &key, &object, layout.version(), primaries)
+        } else {
+            None
         };
         if roles.is_empty() {
             // Nothing to send or wait for (N=1, or no other replica in the
@@ -932,6 +913,38 @@ impl Node {
             context_in,
             actor,
         )
+    }
+
+    /// A reap of `object`, the copy every one of the key's `primaries`
+    /// holds (or acknowledged), if it is tombstones only and this node
+    /// reaps (`--delete-mode`), within `MAX_PENDING_REAPS`.
+    fn reap_of(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        object: &Object,
+        layout_version: u64,
+        primaries: Vec<NodeId>,
+    ) -> Option<Reap> {
+        let DeleteMode::ReapAfterMs(delay_ms) = self.config.delete_mode else {
+            return None;
+        };
+        if !object.is_deleted() || !object.siblings().iter().all(|s| s.is_tombstone()) {
+            return None;
+        }
+        let Ok(pending) = self.pending_reaps.clone().try_acquire_owned() else {
+            self.metrics.reaps_skipped.inc();
+            return None;
+        };
+        Some(Reap {
+            bucket: bucket.to_string(),
+            key: key.to_vec(),
+            layout_version,
+            primaries,
+            object: object.clone(),
+            delay: Duration::from_millis(delay_ms),
+            _pending: pending,
+        })
     }
 
     /// Reaps a delete's tombstone after `reap.delay` (Riak's `delete_mode`),
@@ -1200,6 +1213,8 @@ impl Node {
             .filter(|r| r.hint_for.is_none())
             .map(|r| r.node)
             .collect();
+        let plan_is_primaries = holders.is_empty() && primaries.len() == effective.n;
+        let layout_version = layout.version();
         let (replies_tx, mut replies) =
             mpsc::channel::<(NodeId, Option<Option<Object>>)>(asked.len() + holders.len());
         let copies = asked.iter().map(|replica| (*replica, None));
@@ -1259,6 +1274,17 @@ impl Node {
                 &round, &primaries, partition, &bucket, &key, mode, durability,
             )
             .await;
+            // Every primary answered with the same tombstone (a delete
+            // that could not be reaped when it was made, as Riak reaps on
+            // reads too): reaped now, by the same rules.
+            if round.all_replied()
+                && round.stale_replicas().is_empty()
+                && plan_is_primaries
+                && let Some(object) = round.merged()
+                && let Some(reap) = node.reap_of(&bucket, &key, &object, layout_version, primaries)
+            {
+                node.reap(reap).await;
+            }
         });
         match decided.await {
             Ok(Quorum::Reached(object)) => {
