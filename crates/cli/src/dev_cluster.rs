@@ -64,6 +64,10 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
     if args.tls && !certs.join("ca.crt").exists() {
         crate::cert::create_ca(&certs)?;
     }
+    // A CRL that revokes nothing yet: `ringkv cert revoke` adds to it.
+    if args.tls && !certs.join("crl.pem").exists() {
+        crate::cert::revoke(&certs, &[])?;
+    }
     let mut nodes: Vec<DevNode> = Vec::new();
     for i in 0..args.nodes {
         let name = format!("node{}", i + 1);
@@ -116,6 +120,8 @@ async fn run_cluster(args: DevClusterArgs) -> anyhow::Result<()> {
                 .arg(&key)
                 .arg("--peer-tls-ca-file")
                 .arg(certs.join("ca.crt"))
+                .arg("--peer-tls-crl-file")
+                .arg(certs.join("crl.pem"))
                 .arg("--client-tls-cert-file")
                 .arg(&cert)
                 .arg("--client-tls-key-file")
@@ -307,6 +313,12 @@ fn print_tour(nodes: &[DevNode], args: &DevClusterArgs) {
         println!(
             "TLS between the nodes and for clients; the CA is {}",
             ca.display()
+        );
+        let certs = args.data_dir.join("certs");
+        println!(
+            "revoke a node's certificate (the others cut it off within seconds): cargo run --release -- cert revoke --dir {} {}",
+            certs.display(),
+            certs.join(format!("{}.crt", last.name)).display()
         );
     }
     println!("try:");
