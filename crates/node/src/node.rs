@@ -862,32 +862,6 @@ impl Node {
             };
         }
         let decision = decision.expect("loop ends with a decision");
-        // The acknowledgements of a delete to reap that are still out are
-        // awaited in the background.
-        if let (Some(reap), Quorum::Reached(_)) = (reap, &decision) {
-            let node = self.clone();
-            tokio::spawn(async move {
-                let mut primaries_acked = primaries_acked as usize;
-                while primaries_acked < reap.primaries.len() {
-                    tokio::select! {
-                        ack = acks.recv() => match ack {
-                            Some((Role::Primary, true)) => primaries_acked += 1,
-                            _ => return,
-                        },
-                        () = tokio::time::sleep_until(deadline_at) => return,
-                    }
-                }
-                node.reap(reap).await;
-            });
-            return put_reply(
-                decision,
-                (acked, primaries_acked),
-                (w, pw),
-                &object,
-                context_in,
-                actor,
-            );
-        }
         if let Quorum::Unreachable { .. } = decision {
             // Tell the client how many replicas really hold the write:
             // wait (within the deadline) for the answers still out.
@@ -904,6 +878,23 @@ impl Node {
                     () = &mut deadline => break,
                 }
             }
+        } else if let (Some(reap), Quorum::Reached(_)) = (reap, &decision) {
+            // The acknowledgements of a delete to reap that are still out
+            // are awaited in the background.
+            let node = self.clone();
+            tokio::spawn(async move {
+                let mut primaries_acked = primaries_acked as usize;
+                while primaries_acked < reap.primaries.len() {
+                    tokio::select! {
+                        ack = acks.recv() => match ack {
+                            Some((Role::Primary, true)) => primaries_acked += 1,
+                            _ => return,
+                        },
+                        () = tokio::time::sleep_until(deadline_at) => return,
+                    }
+                }
+                node.reap(reap).await;
+            });
         }
         put_reply(
             decision,
