@@ -5,18 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, assert_disk_holds, eventually};
-
-fn liveness(cluster: &Cluster, observer: usize, peer: &str) -> String {
-    let status = cluster.nodes[observer].client().cluster_status().unwrap();
-    status["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == peer)
-        .map(|m| m["liveness"].as_str().unwrap().to_string())
-        .unwrap()
-}
+use support::{Cluster, assert_disk_holds, eventually, liveness};
 
 fn hints_pending(cluster: &Cluster, node: usize) -> u64 {
     cluster.nodes[node].client().cluster_status().unwrap()["hints_pending"]
@@ -39,11 +28,11 @@ fn primaries(cluster: &Cluster, key: &str) -> Vec<String> {
 fn a_killed_node_is_seen_down_within_seconds_and_up_after_restart() {
     let mut cluster = Cluster::start(3);
     eventually("node3 to be seen up", Duration::from_secs(10), || {
-        (liveness(&cluster, 0, "node3") == "up").then_some(())
+        (liveness(&cluster.nodes[0], "node3") == "up").then_some(())
     });
     cluster.nodes[2].kill9();
     eventually("node3 to be seen down", Duration::from_secs(5), || {
-        (liveness(&cluster, 0, "node3") == "down").then_some(())
+        (liveness(&cluster.nodes[0], "node3") == "down").then_some(())
     });
     let metrics = support::http_get(&format!("{}/metrics", cluster.nodes[0].url()));
     assert!(
@@ -57,7 +46,7 @@ fn a_killed_node_is_seen_down_within_seconds_and_up_after_restart() {
     let seed = cluster.nodes[0].peer.clone();
     cluster.nodes[2].start(Some(&seed));
     eventually("node3 to be seen up again", Duration::from_secs(10), || {
-        (liveness(&cluster, 0, "node3") == "up").then_some(())
+        (liveness(&cluster.nodes[0], "node3") == "up").then_some(())
     });
 }
 
@@ -82,7 +71,7 @@ fn writes_right_after_a_replica_returns_do_not_fail() {
     cluster.nodes[2].kill9();
     for observer in 0..2 {
         eventually("node3 to be seen down", Duration::from_secs(5), || {
-            (liveness(&cluster, observer, "node3") == "down").then_some(())
+            (liveness(&cluster.nodes[observer], "node3") == "down").then_some(())
         });
     }
     // Long enough for the reconnect backoff to reach a second.
@@ -135,7 +124,7 @@ fn sloppy_quorum_keeps_writes_flowing_and_hints_reach_the_primaries() {
             eventually(
                 "the killed nodes to be seen down",
                 Duration::from_secs(5),
-                || (liveness(&cluster, observer, peer) == "down").then_some(()),
+                || (liveness(&cluster.nodes[observer], peer) == "down").then_some(()),
             );
         }
     }
@@ -226,7 +215,7 @@ fn a_full_hint_store_never_fails_a_write_that_reaches_w_otherwise() {
     cluster.nodes[3].kill9();
     for observer in 0..3 {
         eventually("node4 to be seen down", Duration::from_secs(5), || {
-            (liveness(&cluster, observer, "node4") == "down").then_some(())
+            (liveness(&cluster.nodes[observer], "node4") == "down").then_some(())
         });
     }
     let mut with_node4 = 0;
@@ -277,7 +266,7 @@ fn writes_through_a_fallback_add_one_clock_entry_per_outage() {
             eventually(
                 "the key's primaries to be seen down",
                 Duration::from_secs(5),
-                || (liveness(&cluster, observer, &name) == "down").then_some(()),
+                || (liveness(&cluster.nodes[observer], &name) == "down").then_some(()),
             );
         }
     }

@@ -24,18 +24,15 @@ use std::time::Duration;
 
 use ringkv_client::GetResult;
 use support::{
-    BIN, Cluster, TestNode, eventually, intruder_join_frame, refused_start,
+    BIN, Cluster, TestNode, eventually, intruder_join_frame, liveness, refused_start,
     wait_for_layout_agreement,
 };
 
 /// Runs `ringkv cert ...`, which must succeed.
 fn cert(args: &[&str]) {
-    let out = Command::new(BIN).arg("cert").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ringkv cert {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(stderr) = cert_output(args) {
+        panic!("ringkv cert {args:?}: {stderr}");
+    }
 }
 
 /// A CA in `dir` and a certificate for 127.0.0.1 for each of `names`.
@@ -247,18 +244,6 @@ fn cert_output(args: &[&str]) -> Result<String, String> {
         true => Ok(text(&out.stdout)),
         false => Err(text(&out.stderr)),
     }
-}
-
-/// How `observer` sees `peer`: "up" or "down".
-fn liveness(observer: &TestNode, peer: &str) -> String {
-    let status = observer.client().cluster_status().unwrap();
-    status["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == peer)
-        .map(|m| m["liveness"].as_str().unwrap().to_string())
-        .unwrap()
 }
 
 /// A write of `key` (its own name as value) through `writer` that waits

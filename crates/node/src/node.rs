@@ -1038,11 +1038,7 @@ impl Node {
         clock: &VersionVector,
         modified_ms: u64,
     ) -> Result<bool, PeerResponse> {
-        if let Err(e) = validate_bucket_name(bucket).and(validate_key(key)) {
-            return Err(PeerResponse::Refused {
-                message: e.to_string(),
-            });
-        }
+        let partition = peer_key_partition(&self.layout(), bucket, key)?;
         if self.config.delete_mode == DeleteMode::Keep {
             return Ok(false);
         }
@@ -1056,7 +1052,6 @@ impl Node {
             self.stamp_floor
                 .fetch_max(modified_ms, AtomicOrdering::SeqCst);
         }
-        let partition = partition_of(key_hash(bucket.as_bytes(), key), self.layout().partitions());
         let dropped = self
             .store
             .drop_if_unchanged(
@@ -1066,9 +1061,7 @@ impl Node {
                 digest,
             )
             .await
-            .map_err(|e| PeerResponse::Refused {
-                message: e.to_string(),
-            })?;
+            .map_err(refused)?;
         if dropped {
             self.metrics.tombstones_reaped.inc();
         }
@@ -1084,15 +1077,7 @@ impl Node {
         key: &[u8],
         primaries: &[NodeId],
     ) -> Result<bool, PeerResponse> {
-        if let Err(e) = validate_bucket_name(bucket).and(validate_key(key)) {
-            return Err(PeerResponse::Refused {
-                message: e.to_string(),
-            });
-        }
-        let refused = |e: StoreError| PeerResponse::Refused {
-            message: e.to_string(),
-        };
-        let partition = partition_of(key_hash(bucket.as_bytes(), key), self.layout().partitions());
+        let partition = peer_key_partition(&self.layout(), bucket, key)?;
         if self
             .store
             .read_hint(partition, bucket, key)
@@ -1304,13 +1289,8 @@ impl Node {
         bucket: &str,
         key: &[u8],
     ) -> Result<(Option<Vec<u8>>, u32), PeerResponse> {
-        if let Err(e) = validate_bucket_name(bucket).and(validate_key(key)) {
-            return Err(PeerResponse::Refused {
-                message: e.to_string(),
-            });
-        }
         let layout = self.layout();
-        let partition = partition_of(key_hash(bucket.as_bytes(), key), layout.partitions());
+        let partition = peer_key_partition(&layout, bucket, key)?;
         let mode = self.effective(bucket, &layout).props.conflict;
         match self.read_local(partition, bucket, key, mode) {
             Ok(object) => Ok((object.map(|o| o.encode()), partition)),
@@ -2296,6 +2276,24 @@ impl Node {
             let addr = others[pick].peer_addr.clone();
             self.gossip_with(&addr).await;
         }
+    }
+}
+
+/// The partition of a key a peer names, once the bucket name and key
+/// are checked (a refusal saying why otherwise).
+fn peer_key_partition(layout: &Layout, bucket: &str, key: &[u8]) -> Result<u32, PeerResponse> {
+    validate_bucket_name(bucket)
+        .and(validate_key(key))
+        .map_err(refused)?;
+    Ok(partition_of(
+        key_hash(bucket.as_bytes(), key),
+        layout.partitions(),
+    ))
+}
+
+fn refused(error: impl std::fmt::Display) -> PeerResponse {
+    PeerResponse::Refused {
+        message: error.to_string(),
     }
 }
 

@@ -414,6 +414,18 @@ pub fn assert_disk_holds(node: &mut TestNode, bucket: &str, keys: &[String]) {
     }
 }
 
+/// How `observer` sees the member named `peer`: "up", "down", ...
+pub fn liveness(observer: &TestNode, peer: &str) -> String {
+    let status = observer.client().cluster_status().unwrap();
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == peer)
+        .map(|m| m["liveness"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
 /// The value of a metric without labels, 0 when absent.
 pub fn metric(node: &TestNode, name: &str) -> u64 {
     http_get(&format!("{}/metrics", node.url()))
