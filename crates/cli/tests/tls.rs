@@ -10,7 +10,8 @@
 //! `--peer-tls-crl-file`) is cut off at once and cannot join again, with
 //! no restart of the others. And client TLS
 //! (`--client-tls-cert-file`, `--client-tls-key-file`): HTTPS and RESP over
-//! TLS for clients that trust the CA, nothing for plain ones.
+//! TLS for clients that trust the CA, nothing for plain ones; a client whose
+//! certificate is revoked is refused and loses the connections it has.
 
 mod support;
 
@@ -455,11 +456,14 @@ fn bad_tls_files_stop_the_server_with_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
 }
 
-/// One RESP command over TLS (rustls, trusting `ca`): the reply's bytes.
-fn resp_over_tls(addr: &str, ca: &Path, command: &[u8]) -> Vec<u8> {
+type RespTls = tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, TcpStream>;
+
+/// A RESP connection over TLS (rustls, trusting `ca`), showing the
+/// certificate and key `identity` if given.
+fn resp_tls_session(addr: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> RespTls {
     use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -468,18 +472,38 @@ fn resp_over_tls(addr: &str, ca: &Path, command: &[u8]) -> Vec<u8> {
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            config.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     let name = "127.0.0.1".try_into().unwrap();
     let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut stream = rustls::StreamOwned::new(tls, tcp);
-    stream.write_all(command).unwrap();
+    rustls::StreamOwned::new(tls, tcp)
+}
+
+/// Sends `command` on `session` and reads its reply (an error or no
+/// bytes when the node closed the connection).
+fn resp_command(session: &mut RespTls, command: &[u8]) -> std::io::Result<Vec<u8>> {
+    session.write_all(command)?;
     let mut reply = vec![0u8; 256];
-    let n = stream.read(&mut reply).unwrap();
+    let n = session.read(&mut reply)?;
     reply.truncate(n);
-    reply
+    Ok(reply)
+}
+
+/// One RESP command over TLS (trusting `ca`): the reply's bytes.
+fn resp_over_tls(addr: &str, ca: &Path, command: &[u8]) -> Vec<u8> {
+    resp_command(&mut resp_tls_session(addr, ca, None), command).unwrap()
 }
 
 #[test]
@@ -647,14 +671,51 @@ fn a_client_whose_certificate_is_revoked_is_refused() {
         ringkv_client::Client::with_tls(&node1.url(), None, &ca_pem, Some((&cert, &key))).unwrap()
     };
     assert_round_trip(&client_as("app"), &client_as("other-app"), None);
+    // Connections made before the revocation, kept open: HTTP (the
+    // client keeps its connection alive) and RESP.
+    let (held_app, held_other) = (client_as("app"), client_as("other-app"));
+    assert_eq!(value_of(&held_app, None), b"v");
+    assert_eq!(value_of(&held_other, None), b"v");
+    let identity = |name: &str| {
+        (
+            ca.join(format!("{name}.crt")),
+            ca.join(format!("{name}.key")),
+        )
+    };
+    let resp_as = |name: &str| {
+        let (cert, key) = identity(name);
+        resp_tls_session(&node1.resp, &ca_file, Some((&cert, &key)))
+    };
+    let ping = b"*1\r\n$4\r\nPING\r\n";
+    let (mut resp_app, mut resp_other) = (resp_as("app"), resp_as("other-app"));
+    assert_eq!(resp_command(&mut resp_app, ping).unwrap(), b"+PONG\r\n");
+    assert_eq!(resp_command(&mut resp_other, ping).unwrap(), b"+PONG\r\n");
 
-    // Revoked: refused from the next connection on, with no restart; a
-    // certificate the CRL does not list still gets in.
+    // Revoked: refused from the next connection on, with no restart, and
+    // the connections it had are closed; a certificate the CRL does not
+    // list still gets in, and keeps its connections.
     let app = ca.join("app.crt");
     cert_output(&["revoke", "--dir", ca_dir, app.to_str().unwrap()]).unwrap();
     eventually("app to be refused", Duration::from_secs(10), || {
         client_as("app").get("b", b"k", None).is_err().then_some(())
     });
+    eventually(
+        "app's open connections to be closed",
+        Duration::from_secs(10),
+        || {
+            let resp_closed =
+                !matches!(resp_command(&mut resp_app, ping), Ok(reply) if !reply.is_empty());
+            (resp_closed && held_app.get("b", b"k", None).is_err()).then_some(())
+        },
+    );
+    assert!(resp_command(&mut resp_as("app"), ping).is_err());
+    assert_eq!(value_of(&held_other, None), b"v");
+    assert_eq!(resp_command(&mut resp_other, ping).unwrap(), b"+PONG\r\n");
+    assert!(
+        node1
+            .log()
+            .contains("a client's certificate is no longer trusted")
+    );
     assert_eq!(value_of(&client_as("other-app"), None), b"v");
 
     // A CRL file that is not one leaves the CRL in use as it was.

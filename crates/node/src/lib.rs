@@ -300,6 +300,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     ));
     let app = http::router(node.clone());
     let client_tls = client_tls(&config)?;
+    if let Some(client_tls) = &client_tls {
+        tokio::spawn(client_tls.clone().watch_files());
+    }
     match client_tls.clone() {
         None => {
             // Replies are small and written whole: never hold one back for

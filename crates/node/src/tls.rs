@@ -16,23 +16,28 @@
 //! revoke` writes one), read again when it changes too. When the CA or
 //! CRL file of peer TLS changes, every peer connection is dropped and made
 //! again under the new trust (a node checks the files every second), so a
-//! revoked member is cut off at once, not only from new connections.
+//! revoked member is cut off at once, not only from new connections. When
+//! those of client TLS change, each open client connection's certificate
+//! is checked again, and the connections it no longer passes are closed.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName,
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
@@ -133,22 +138,46 @@ impl PeerTls {
     /// Reads the CA and CRL files again if they changed (every second, so
     /// that a revocation takes effect without waiting for a handshake).
     pub async fn watch_files(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let _ = self.0.current();
-        }
+        self.0.watch_files().await
     }
 }
 
 /// The acceptor of the client ports (HTTP and RESP), built again when the
-/// client CA file changes.
+/// client CA or CRL file changes.
 #[derive(Clone)]
-pub struct ClientAcceptor(Arc<Trusting<TlsAcceptor>>);
+pub struct ClientAcceptor(Arc<Trusting<ClientTrust>>);
+
+/// The TLS configuration of the client ports, and the verifier of client
+/// certificates when they are asked for.
+#[derive(Clone)]
+struct ClientTrust {
+    acceptor: TlsAcceptor,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
 
 impl ClientAcceptor {
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.0.current()
+        self.0.current().acceptor
+    }
+
+    /// Whether the client certificate `chain` (as the client showed it)
+    /// passes the current CA and CRL files.
+    fn trusts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some(verifier) = self.0.current().verifier else {
+            return true;
+        };
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .is_ok()
+    }
+
+    /// Reads the CA and CRL files again if they changed (every second), so
+    /// that open connections are checked against a new CRL at once.
+    pub async fn watch_files(self) {
+        self.0.watch_files().await
     }
 }
 
@@ -190,6 +219,14 @@ impl<T: Clone> Trusting<T> {
             loaded: Mutex::new((stamps, built)),
             generation: watch::Sender::new(0),
         })
+    }
+
+    async fn watch_files(&self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let _ = self.current();
+        }
     }
 
     fn current(&self) -> T {
@@ -360,8 +397,8 @@ pub fn client_acceptor(
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?;
-        let builder = match trust.roots {
-            None => builder.with_no_client_auth(),
+        let (builder, verifier) = match trust.roots {
+            None => (builder.with_no_client_auth(), None),
             Some(roots) => {
                 let mut verifier =
                     WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
@@ -374,11 +411,17 @@ pub fn client_acceptor(
                 let verifier = verifier
                     .build()
                     .context("while building the client certificate verifier")?;
-                builder.with_client_cert_verifier(verifier)
+                (
+                    builder.with_client_cert_verifier(verifier.clone()),
+                    Some(verifier),
+                )
             }
         };
         let server = builder.with_cert_resolver(files.clone());
-        Ok(TlsAcceptor::from(Arc::new(server)))
+        Ok(ClientTrust {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            verifier,
+        })
     };
     Ok(ClientAcceptor(Arc::new(Trusting::load(ca, crl, build)?)))
 }
@@ -451,7 +494,7 @@ fn revocation_lists(
 /// holds up the next), at most `max_handshakes` at once: the listener
 /// the HTTP server serves on with client TLS.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(ClientStream, SocketAddr)>,
     local: SocketAddr,
 }
 
@@ -495,7 +538,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = ClientStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -517,18 +560,126 @@ pub async fn accept(
     acceptor: &ClientAcceptor,
     stream: TcpStream,
     remote: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let acceptor = acceptor.acceptor();
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
-            debug!(%remote, error = %e, "client TLS handshake failed");
-            None
+) -> Option<ClientStream> {
+    // Taken before the handshake, so that no change after it is missed.
+    let changes = acceptor.0.generation.subscribe();
+    let stream =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                debug!(%remote, error = %e, "client TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                debug!(%remote, "client TLS handshake timed out");
+                return None;
+            }
+        };
+    let chain = stream.get_ref().1.peer_certificates().map(|chain| {
+        chain
+            .iter()
+            .map(|cert| cert.clone().into_owned())
+            .collect::<Vec<_>>()
+    });
+    let untrusted = chain.map(|chain| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(until_untrusted(acceptor.clone(), changes, chain, remote))
+    });
+    Some(ClientStream {
+        inner: stream,
+        untrusted,
+        closed: false,
+    })
+}
+
+/// Finishes once a change of the CA or CRL file leaves the client
+/// certificate `chain` untrusted; never while it passes.
+async fn until_untrusted(
+    acceptor: ClientAcceptor,
+    mut changes: watch::Receiver<u64>,
+    chain: Vec<CertificateDer<'static>>,
+    remote: SocketAddr,
+) {
+    while changes.changed().await.is_ok() {
+        if !acceptor.trusts(&chain) {
+            info!(%remote, "a client's certificate is no longer trusted (CA or CRL file changed); its connection is closed");
+            return;
         }
-        Err(_) => {
-            debug!(%remote, "client TLS handshake timed out");
-            None
+    }
+    std::future::pending().await
+}
+
+/// A client's connection over TLS. It fails every read and write from the
+/// moment a change of the CA or CRL file leaves the client's certificate
+/// untrusted, so the server closes it (a revoked client keeps no
+/// connection it already had).
+pub struct ClientStream {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    /// `None` when the client showed no certificate (none was asked for).
+    untrusted: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    closed: bool,
+}
+
+impl ClientStream {
+    fn check(&mut self, cx: &mut TaskContext<'_>) -> std::io::Result<()> {
+        if let Some(untrusted) = &mut self.untrusted
+            && untrusted.as_mut().poll(cx).is_ready()
+        {
+            self.untrusted = None;
+            self.closed = true;
         }
+        if self.closed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the client certificate is no longer trusted (revoked)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
