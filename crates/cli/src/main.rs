@@ -75,6 +75,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// List a bucket's keys, one per line (read from every member: an operator's tool, costly on big buckets).
+    Keys {
+        bucket: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Generate load against ringkv, a Redis-protocol server or etcd and report latency percentiles.
     Bench(bench::BenchArgs),
     /// Save the data of the whole cluster to FILE, read online from every
@@ -468,6 +474,26 @@ fn main() -> anyhow::Result<()> {
         } => {
             let client = target.client()?;
             client.delete(&bucket, key.as_bytes(), context.as_deref(), w)?;
+            Ok(())
+        }
+        Command::Keys { bucket, target } => {
+            use std::io::Write;
+            let listing = target.client()?.keys(&bucket)?;
+            let mut out = std::io::stdout().lock();
+            for key in &listing.keys {
+                out.write_all(key)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            if !listing.missing_members.is_empty() {
+                eprintln!(
+                    "members that did not answer (keys only they hold are missing): {}",
+                    listing.missing_members.join(", ")
+                );
+            }
+            if let Some(error) = listing.error {
+                bail!("the listing stopped before its end: {error}");
+            }
             Ok(())
         }
         Command::Bench(args) => bench::run(args),

@@ -74,6 +74,16 @@ struct ErrorBody {
     message: String,
 }
 
+/// A bucket's keys (`Client::keys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListing {
+    pub keys: Vec<Vec<u8>>,
+    /// Members that did not answer: keys only they hold are not listed.
+    pub missing_members: Vec<String>,
+    /// Why the listing stopped before its end, if it did.
+    pub error: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -277,6 +287,56 @@ impl Client {
     }
 
     /// `GET /v1/cluster` as JSON.
+    /// `GET /v1/buckets/{bucket}/keys`: the bucket's live keys (in no
+    /// particular order), read from every member; a listing that names
+    /// missing members or an error is still returned, to be judged by the
+    /// caller.
+    pub fn keys(&self, bucket: &str) -> Result<KeyListing, ClientError> {
+        let mut response = self
+            .agent
+            .get(&format!(
+                "{}/v1/buckets/{}/keys",
+                self.base,
+                utf8_percent_encode(bucket, UNRESERVED)
+            ))
+            .call()
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = read_body(&mut response)?;
+        if status != 200 {
+            return Err(server_error(status, &body));
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Key {
+            Text(String),
+            Binary { base64: String },
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            keys: Vec<Key>,
+            missing_members: Vec<String>,
+            error: Option<String>,
+        }
+        let body: Body = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("key listing: {e}")))?;
+        let keys = body
+            .keys
+            .into_iter()
+            .map(|key| match key {
+                Key::Text(text) => Ok(text.into_bytes()),
+                Key::Binary { base64 } => STANDARD
+                    .decode(base64)
+                    .map_err(|e| ClientError::Protocol(format!("key listing: {e}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KeyListing {
+            keys,
+            missing_members: body.missing_members,
+            error: body.error,
+        })
+    }
+
     pub fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
         let mut response = self
             .agent

@@ -1,11 +1,10 @@
 //! Online backups and restores of a whole cluster (`GET /v1/backup`,
 //! `POST /v1/restore`; `ringkv backup` and `ringkv restore` drive them).
 //!
-//! A backup is read from every member, one partition at a time: each
-//! member's replica objects and the objects of the hints it holds, in key
-//! order, a page at a time (`PeerRequest::ScanPartition`), merged key by
-//! key as a read merges replicas (`merge_into`, the bucket's conflict
-//! mode). So every acknowledged write that some member holds is in it,
+//! A backup is read from every member, one partition at a time (a
+//! `walk::Walk`): each member's replica objects and the objects of the
+//! hints it holds, merged key by key as a read merges replicas. So every
+//! acknowledged write that some member holds is in it,
 //! with its version vector and its siblings. It is not a point-in-time
 //! snapshot: writes made while it runs may be in it or not, as with
 //! Riak's `riak-admin backup` or a Cassandra snapshot taken node by node.
@@ -21,7 +20,7 @@
 //!
 //! The file format is `ringkv_wire::backup`'s.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +28,9 @@ use axum::body::{Body, Bytes};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ringkv_core::bucket::BucketProps;
-use ringkv_core::causality::{ConflictMode, Object};
-use ringkv_core::hint::split_object_key;
-use ringkv_core::message::{PeerRequest, PeerResponse};
-use ringkv_core::ring::{Layout, key_hash, partition_of};
-use ringkv_core::{NodeId, ring::Member};
+use ringkv_core::causality::Object;
+use ringkv_core::message::PeerResponse;
+use ringkv_core::ring::{key_hash, partition_of};
 use ringkv_wire::backup::{
     FormatError, KIND_BUCKETS, KIND_END, KIND_ERROR, MAGIC, Parser, Record, Summary, encode_object,
     encode_record,
@@ -42,20 +39,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::node::{Node, merge_into, now_ms};
-use crate::store::StoreError;
+use crate::node::{Node, now_ms};
+use crate::walk::{Stop, Walk};
 
-/// (object key, encoded object).
-type KeyValue = (Vec<u8>, Vec<u8>);
-
-/// A page of one member's scan holds about this many bytes at most ...
-const PAGE_BYTES: usize = 1024 * 1024;
-/// ... and at least this many ...
-const MIN_PAGE_BYTES: usize = 64 * 1024;
-/// ... so that the pages of all members together hold about this many.
-const BUFFERED_BYTES: usize = 16 * 1024 * 1024;
-/// The most records of one scan page.
-const PAGE_RECORDS: usize = 1024;
 /// The stream of a backup is sent in chunks of about this size.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Objects a restore merges into their replicas at once.
@@ -65,60 +51,12 @@ const ERRORS_REPORTED: usize = 10;
 
 // ---------------------------------------------------------------- backup
 
-impl Node {
-    /// One page of this node's records of a partition (see
-    /// `PeerRequest::ScanPartition`): (object key, encoded object), and
-    /// whether none follows.
-    pub fn scan_page(
-        &self,
-        partition: u32,
-        hints: bool,
-        after: Option<&[u8]>,
-        max_bytes: usize,
-    ) -> Result<(Vec<KeyValue>, bool), StoreError> {
-        let page: Vec<KeyValue> = if hints {
-            self.store
-                .scan_hints(partition, after, PAGE_RECORDS)?
-                .into_iter()
-                .map(|(key, hint)| (key, hint.object.encode()))
-                .collect()
-        } else {
-            self.store.scan_objects(partition, after, PAGE_RECORDS)?
-        };
-        let full = page.len() == PAGE_RECORDS;
-        let mut bytes = 0;
-        let mut entries = Vec::with_capacity(page.len());
-        for (key, object) in page {
-            bytes += key.len() + object.len();
-            if !entries.is_empty() && bytes > max_bytes {
-                return Ok((entries, false));
-            }
-            entries.push((key, object));
-        }
-        Ok((entries, !full))
-    }
-}
-
-/// The records of one member in one space of a partition, a page at a time.
-struct Cursor {
-    member: NodeId,
-    name: String,
-    /// None: this node.
-    addr: Option<String>,
-    hints: bool,
-    after: Option<Vec<u8>>,
-    page: VecDeque<KeyValue>,
-    done: bool,
-}
-
 /// Why a backup stopped.
 struct Failed(String);
 
 struct Backup {
     node: Arc<Node>,
-    layout: Arc<Layout>,
-    partial: bool,
-    missing: BTreeMap<NodeId, String>,
+    walk: Walk,
     out: Vec<u8>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     objects: u64,
@@ -128,12 +66,9 @@ struct Backup {
 /// answer is skipped (and named in the summary) instead of failing it.
 pub fn backup_body(node: Arc<Node>, partial: bool) -> Body {
     let (tx, mut rx) = mpsc::channel(4);
-    let layout = node.layout();
     let backup = Backup {
+        walk: Walk::new(node.clone(), partial, None),
         node,
-        layout,
-        partial,
-        missing: BTreeMap::new(),
         out: MAGIC.to_vec(),
         tx,
         objects: 0,
@@ -145,10 +80,10 @@ pub fn backup_body(node: Arc<Node>, partial: bool) -> Body {
 impl Backup {
     async fn run(mut self) {
         let started_ms = now_ms();
+        let layout = self.walk.layout();
         info!(
-            partitions = self.layout.partitions(),
-            members = self.layout.members().len(),
-            partial = self.partial,
+            partitions = layout.partitions(),
+            members = layout.members().len(),
             "backup started"
         );
         let result = self.write_all(started_ms).await;
@@ -170,22 +105,36 @@ impl Backup {
             .collect();
         let body = serde_json::to_vec(&buckets).expect("bucket properties serialise");
         encode_record(KIND_BUCKETS, &body, &mut self.out);
-        for partition in 0..self.layout.partitions() {
-            self.partition(partition).await?;
+        for partition in 0..self.walk.layout().partitions() {
+            self.walk.start(partition);
+            loop {
+                let next = self.walk.next().await.map_err(|stop| match stop {
+                    Stop::Unanswered(message) => Failed(format!(
+                        "{message} (a partial backup skips members that do not answer: ringkv backup --partial, or ?partial=true)"
+                    )),
+                    Stop::Bad(message) => Failed(message),
+                })?;
+                let Some((bucket, key, object)) = next else {
+                    break;
+                };
+                encode_object(&bucket, &key, &object.encode(), &mut self.out);
+                self.objects += 1;
+                self.flush(false).await?;
+            }
         }
+        let (layout, missing) = (self.walk.layout(), &self.walk.missing);
         let summary = Summary {
             objects: self.objects,
             buckets: buckets.len() as u64,
-            partitions: self.layout.partitions(),
-            layout_version: self.layout.version(),
-            members: self
-                .layout
+            partitions: layout.partitions(),
+            layout_version: layout.version(),
+            members: layout
                 .members()
                 .iter()
-                .filter(|m| !self.missing.contains_key(&m.id))
+                .filter(|m| !missing.contains_key(&m.id))
                 .map(|m| m.name.clone())
                 .collect(),
-            missing_members: self.missing.values().cloned().collect(),
+            missing_members: missing.values().cloned().collect(),
             started_ms,
             finished_ms: now_ms(),
         };
@@ -207,156 +156,6 @@ impl Backup {
             .await
             .map_err(|_| Failed("the reader of the backup went away".into()))
     }
-
-    fn cursors(&self) -> Vec<Cursor> {
-        let members: Vec<&Member> = self
-            .layout
-            .members()
-            .iter()
-            .filter(|m| !self.missing.contains_key(&m.id))
-            .collect();
-        let mut cursors = Vec::with_capacity(members.len() * 2);
-        for member in members {
-            for hints in [false, true] {
-                cursors.push(Cursor {
-                    member: member.id,
-                    name: member.name.clone(),
-                    addr: (member.id != self.node.id).then(|| member.peer_addr.clone()),
-                    hints,
-                    after: None,
-                    page: VecDeque::new(),
-                    done: false,
-                });
-            }
-        }
-        cursors
-    }
-
-    async fn partition(&mut self, partition: u32) -> Result<(), Failed> {
-        // The members of the newest layout: a member that joined since
-        // the backup started may hold keys handed off to it, which their
-        // old holders then delete.
-        self.layout = self.node.layout();
-        let mut cursors = self.cursors();
-        loop {
-            for cursor in cursors.iter_mut() {
-                if cursor.page.is_empty()
-                    && !cursor.done
-                    && let Err(message) = self.fill(partition, cursor).await
-                {
-                    if !self.partial {
-                        return Err(Failed(format!(
-                            "{message} (a partial backup skips members that do not answer: ringkv backup --partial, or ?partial=true)"
-                        )));
-                    }
-                    warn!(member = %cursor.name, error = %message, "backup skips a member that does not answer");
-                    self.missing.insert(cursor.member, cursor.name.clone());
-                }
-            }
-            cursors.retain(|c| !self.missing.contains_key(&c.member));
-            let node = &self.node;
-            let Some((bucket, key, object)) =
-                take_smallest(&mut cursors, |bucket| node.bucket_props(bucket).conflict)
-                    .map_err(|e| Failed(format!("partition {partition}: {e}")))?
-            else {
-                return Ok(());
-            };
-            encode_object(&bucket, &key, &object.encode(), &mut self.out);
-            self.objects += 1;
-            self.flush(false).await?;
-        }
-    }
-
-    /// The next page of `cursor`. Err: why its member did not give it.
-    async fn fill(&self, partition: u32, cursor: &mut Cursor) -> Result<(), String> {
-        let node = &self.node;
-        let cursors = 2 * self.layout.members().len().max(1);
-        let max_bytes = (BUFFERED_BYTES / cursors)
-            .clamp(MIN_PAGE_BYTES, PAGE_BYTES)
-            .min(node.config.max_frame_bytes / 4);
-        let (entries, done) = match &cursor.addr {
-            None => node
-                .scan_page(partition, cursor.hints, cursor.after.as_deref(), max_bytes)
-                .map_err(|e| format!("this node's storage failed: {e}"))?,
-            Some(addr) => {
-                let request = PeerRequest::ScanPartition {
-                    partition,
-                    hints: cursor.hints,
-                    after: cursor.after.clone(),
-                    max_bytes: max_bytes as u32,
-                };
-                let timeout = Duration::from_millis(node.config.request_timeout_ms.max(10_000));
-                match node.peers.request(addr, request, timeout).await {
-                    Ok(PeerResponse::ScanPage { entries, done }) => (entries, done),
-                    Ok(PeerResponse::Refused { message }) => {
-                        return Err(format!("member {} refused: {message}", cursor.name));
-                    }
-                    Ok(_) => {
-                        return Err(format!(
-                            "member {} answered a scan with another message",
-                            cursor.name
-                        ));
-                    }
-                    Err(e) => return Err(format!("member {} did not answer: {e}", cursor.name)),
-                }
-            }
-        };
-        // A page must move on, in key order, or the merge would not end.
-        let ordered = entries.windows(2).all(|w| w[0].0 < w[1].0);
-        let after = cursor.after.as_deref();
-        if !ordered
-            || entries
-                .first()
-                .is_some_and(|(k, _)| after.is_some_and(|a| k.as_slice() <= a))
-        {
-            return Err(format!(
-                "member {} sent a page out of key order",
-                cursor.name
-            ));
-        }
-        if let Some((key, _)) = entries.last() {
-            cursor.after = Some(key.clone());
-        }
-        cursor.done = done || entries.is_empty();
-        cursor.page.extend(entries);
-        Ok(())
-    }
-}
-
-/// Takes the smallest key at the front of the cursors' pages off each
-/// that has it and merges its copies (`mode`: a bucket's conflict mode).
-/// None when every page is empty.
-fn take_smallest(
-    cursors: &mut [Cursor],
-    mode: impl Fn(&str) -> ConflictMode,
-) -> Result<Option<(String, Vec<u8>, Object)>, String> {
-    let Some(next) = cursors
-        .iter()
-        .filter_map(|c| c.page.front().map(|(key, _)| key))
-        .min()
-        .cloned()
-    else {
-        return Ok(None);
-    };
-    let (bucket, key) =
-        split_object_key(&next).ok_or_else(|| format!("a malformed key {next:?}"))?;
-    let mode = mode(&bucket);
-    let mut merged: Option<Object> = None;
-    for cursor in cursors.iter_mut() {
-        if cursor.page.front().is_some_and(|(k, _)| *k == next) {
-            let (_, bytes) = cursor.page.pop_front().expect("front");
-            let object = Object::decode(&bytes).map_err(|e| {
-                format!(
-                    "{} holds an unreadable copy of {bucket}/{}: {e}",
-                    cursor.name,
-                    String::from_utf8_lossy(&key)
-                )
-            })?;
-            merged = Some(merge_into(merged, &object, mode));
-        }
-    }
-    let merged = merged.expect("the smallest key is at some cursor's front");
-    Ok(Some((bucket, key, merged)))
 }
 
 // ---------------------------------------------------------------- restore
@@ -552,87 +351,4 @@ async fn restore_object(
         "{bucket}/{}: {acked} of the {w} replicas needed took it ({why})",
         String::from_utf8_lossy(&key)
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use ringkv_core::causality::{NewVersion, VersionVector};
-    use ringkv_core::hint::object_key;
-
-    use super::*;
-
-    fn write(current: Option<&Object>, value: &str, actor: NodeId) -> Object {
-        let context = current.map_or_else(VersionVector::new, |o| o.clock().clone());
-        let new = NewVersion {
-            value: Some(value.as_bytes().to_vec()),
-            content_type: "text/plain".into(),
-            now_ms: 1,
-        };
-        Object::update(current, &context, new, actor, ConflictMode::Siblings, 100).unwrap()
-    }
-
-    fn values(object: &Object) -> Vec<&[u8]> {
-        let mut values: Vec<&[u8]> = object
-            .live_siblings()
-            .filter_map(|s| s.value.as_deref())
-            .collect();
-        values.sort();
-        values
-    }
-
-    fn cursor(name: &str, entries: Vec<(&str, &Object)>) -> Cursor {
-        Cursor {
-            member: 1,
-            name: name.into(),
-            addr: None,
-            hints: false,
-            after: None,
-            page: entries
-                .into_iter()
-                .map(|(key, o)| (object_key("b", key.as_bytes()), o.encode()))
-                .collect(),
-            done: true,
-        }
-    }
-
-    #[test]
-    fn each_key_comes_once_in_order_with_its_copies_merged() {
-        let old = write(None, "old", 7);
-        let new = write(Some(&old), "new", 7);
-        let concurrent = write(Some(&old), "other", 8);
-        let only = write(None, "only", 9);
-        // Three members: one stale, one with the newest version, one with
-        // a concurrent version and a key nobody else has.
-        let mut cursors = vec![
-            cursor("stale", vec![("a", &old), ("c", &old)]),
-            cursor("fresh", vec![("a", &new), ("c", &new)]),
-            cursor("other", vec![("b", &only), ("c", &concurrent)]),
-        ];
-        let mut taken = Vec::new();
-        while let Some((bucket, key, object)) =
-            take_smallest(&mut cursors, |_| ConflictMode::Siblings).unwrap()
-        {
-            assert_eq!(bucket, "b");
-            taken.push((String::from_utf8(key).unwrap(), object));
-        }
-        let keys: Vec<&str> = taken.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["a", "b", "c"]);
-        assert_eq!(values(&taken[0].1), [b"new".as_slice()]);
-        assert_eq!(values(&taken[1].1), [b"only".as_slice()]);
-        assert_eq!(
-            values(&taken[2].1),
-            [b"new".as_slice(), b"other".as_slice()]
-        );
-        assert!(cursors.iter().all(|c| c.page.is_empty()));
-    }
-
-    #[test]
-    fn a_damaged_copy_stops_the_backup() {
-        let object = write(None, "v", 1);
-        let mut bad = cursor("broken", vec![("a", &object)]);
-        bad.page[0].1.truncate(3);
-        let mut cursors = vec![cursor("fine", vec![("a", &object)]), bad];
-        let e = take_smallest(&mut cursors, |_| ConflictMode::Siblings).unwrap_err();
-        assert!(e.contains("broken holds an unreadable copy of b/a"), "{e}");
-    }
 }

@@ -33,6 +33,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/kv/{bucket}/{*key}", get(kv).put(kv).delete(kv))
         .route("/v1/buckets/{bucket}", put(put_bucket).get(get_bucket))
+        .route("/v1/buckets/{bucket}/keys", get(list_keys))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/members/{name}/leave", post(leave))
         .route("/v1/cluster/members/{name}/remove", post(remove))
@@ -340,6 +341,20 @@ async fn get_bucket(State(node): State<Arc<Node>>, Path(bucket): Path<String>) -
         return bad_request(e.to_string());
     }
     axum::Json(node.bucket_props(&bucket)).into_response()
+}
+
+/// `GET /v1/buckets/{bucket}/keys`: the bucket's keys, streamed as they
+/// are found (`listing`). Reads every copy of every key of the bucket: an
+/// operator's tool, as Riak's list keys.
+async fn list_keys(State(node): State<Arc<Node>>, Path(bucket): Path<String>) -> Response {
+    if let Err(e) = ringkv_core::bucket::validate_bucket_name(&bucket) {
+        return bad_request(e.to_string());
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::listing::keys_body(node, bucket),
+    )
+        .into_response()
 }
 
 async fn put_bucket(

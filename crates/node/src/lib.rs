@@ -6,12 +6,14 @@ pub mod antientropy;
 pub mod backup;
 pub mod config;
 pub mod http;
+pub mod listing;
 pub mod metrics;
 pub mod node;
 pub mod resp;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod walk;
 
 use std::net::SocketAddr;
 use std::path::Path;

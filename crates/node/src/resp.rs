@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::listing::{glob_matches, live_keys};
 use crate::node::Node;
+use crate::walk::Walk;
 
 /// Commands of one connection answered before replies are flushed.
 const MAX_PIPELINE: usize = 1024;
@@ -373,12 +375,130 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
             }
             resp::integer(out, count);
         }
+        "keys" => {
+            if argc != 2 {
+                return wrong_args(out, &name);
+            }
+            let pattern = &args[1];
+            list_keys(node, out, "KEYS", 0, usize::MAX, |key| {
+                glob_matches(pattern, key)
+            })
+            .await;
+        }
+        "scan" => {
+            let Some(options) = scan_options(args, out) else {
+                return Next::Continue;
+            };
+            let keep = |key: &[u8]| {
+                options.string_type && options.pattern.is_none_or(|p| glob_matches(p, key))
+            };
+            list_keys(node, out, "SCAN", options.cursor, options.count, keep).await;
+        }
         _ => {
             let shown: String = String::from_utf8_lossy(&args[0]).chars().take(64).collect();
             resp::error_reply(out, &format!("ERR unknown command '{shown}'"));
         }
     }
     Next::Continue
+}
+
+/// What `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]` asks for.
+struct ScanOptions<'a> {
+    /// The partition to go on from (0 at the start).
+    cursor: u64,
+    pattern: Option<&'a [u8]>,
+    count: usize,
+    /// False when TYPE names another type than `string` (every value of
+    /// ringkv is a string, so then no key is listed).
+    string_type: bool,
+}
+
+/// SCAN's arguments, or None with the error written to `out`.
+fn scan_options<'a>(args: &'a [Vec<u8>], out: &mut BytesMut) -> Option<ScanOptions<'a>> {
+    if args.len() < 2 || !args.len().is_multiple_of(2) {
+        wrong_args(out, "scan");
+        return None;
+    }
+    let number = |arg: &[u8]| std::str::from_utf8(arg).ok()?.parse::<u64>().ok();
+    let Some(cursor) = number(&args[1]) else {
+        resp::error_reply(out, "ERR invalid cursor");
+        return None;
+    };
+    let mut options = ScanOptions {
+        cursor,
+        pattern: None,
+        count: 10,
+        string_type: true,
+    };
+    for pair in args[2..].chunks(2) {
+        match String::from_utf8_lossy(&pair[0])
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "match" => options.pattern = Some(&pair[1]),
+            "count" => match number(&pair[1]) {
+                Some(count) if count >= 1 => {
+                    options.count = usize::try_from(count).unwrap_or(usize::MAX)
+                }
+                _ => {
+                    resp::error_reply(out, "ERR syntax error (COUNT must be a positive integer)");
+                    return None;
+                }
+            },
+            "type" => options.string_type = pair[1].eq_ignore_ascii_case(b"string"),
+            _ => {
+                resp::error_reply(out, "ERR syntax error (SCAN takes MATCH, COUNT and TYPE)");
+                return None;
+            }
+        }
+    }
+    Some(options)
+}
+
+/// Answers KEYS (`from` 0, every partition) or SCAN (from the cursor's
+/// partition until `want` keys): the RESP bucket's live keys that `keep`
+/// keeps (see `listing`). KEYS answers an array of keys; SCAN the next
+/// cursor ("0" after the last partition) and the array.
+async fn list_keys(
+    node: &Arc<Node>,
+    out: &mut BytesMut,
+    command: &str,
+    from: u64,
+    want: usize,
+    keep: impl Fn(&[u8]) -> bool,
+) {
+    let mut walk = Walk::new(node.clone(), true, Some(&node.config.resp_bucket));
+    let partitions = walk.layout().partitions();
+    let (keys, next) = if from >= u64::from(partitions) {
+        (Vec::new(), None)
+    } else {
+        match live_keys(&mut walk, from as u32, want, keep).await {
+            Ok(found) => found,
+            Err(message) => {
+                resp::error_reply(out, &format!("ERR {command} stopped: {message}"));
+                return;
+            }
+        }
+    };
+    let bytes: usize = keys.iter().map(|key| key.len() + 16).sum();
+    if bytes > MAX_MGET_REPLY_BYTES {
+        resp::error_reply(
+            out,
+            &format!(
+                "ERR {command} reply larger than {MAX_MGET_REPLY_BYTES} bytes; use SCAN with a MATCH pattern, or list the keys over HTTP (GET /v1/buckets/{}/keys)",
+                node.config.resp_bucket
+            ),
+        );
+        return;
+    }
+    if command == "SCAN" {
+        resp::array_header(out, 2);
+        resp::bulk(out, next.unwrap_or(0).to_string().as_bytes());
+    }
+    resp::array_header(out, keys.len());
+    for key in keys {
+        resp::bulk(out, &key);
+    }
 }
 
 fn error(out: &mut BytesMut, e: &OpError) {
