@@ -249,6 +249,11 @@ struct ServerArgs {
     /// and no member holds a hint for the key [default: 3000].
     #[arg(long, value_name = "keep|MS", value_parser = parse_delete_mode)]
     delete_mode: Option<ringkv_node::config::DeleteMode>,
+    /// How often a node reads the tombstones left behind in the partitions
+    /// it owns (deletes not reaped when made: a member was down), so that
+    /// they are reaped though no client reads them; 0: never [default: a day].
+    #[arg(long, value_name = "MS")]
+    tombstone_sweep_interval_ms: Option<u64>,
     /// File with the cluster secret (16+ bytes, mode 600): peer connections
     /// then authenticate with it, and peers without it are refused.
     #[arg(long)]
@@ -336,7 +341,8 @@ impl ServerArgs {
             hint_delivery_per_second,
             aae_interval_ms,
             aae_max_segments,
-            delete_mode
+            delete_mode,
+            tombstone_sweep_interval_ms
         );
         if !self.join.is_empty() {
             config.join = self.join;

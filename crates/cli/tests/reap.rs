@@ -4,7 +4,8 @@
 //! write after a reap is not taken, by a replica that kept the tombstone,
 //! for one already deleted (Riak's "kv679"); a tombstone stays while a
 //! member does not answer, or holds another copy of the key, and a read
-//! that finds it on every primary reaps it once nothing holds it back.
+//! that finds it on every primary reaps it once nothing holds it back, as
+//! does the sweeper (`--tombstone-sweep-interval-ms`) with no read at all.
 
 mod support;
 
@@ -237,6 +238,61 @@ fn a_tombstone_stays_while_a_member_is_silent_or_holds_another_copy() {
     assert!(has_tombstone(&coordinator.client(), b"c", 2));
     let reaped: u64 = cluster.nodes.iter().map(|n| metric(n, REAPED)).sum();
     assert_eq!(reaped, 2, "only k's two primaries reaped");
+}
+
+#[test]
+fn a_tombstone_left_behind_is_swept_without_a_read() {
+    let cluster = Cluster::start_with(
+        3,
+        &[
+            "--delete-mode",
+            "200",
+            "--tombstone-sweep-interval-ms",
+            "300",
+        ],
+    );
+    let client = cluster.nodes[0].client();
+    // Bucket b with n=2: some node is no replica of key k.
+    client
+        .set_bucket("b", &serde_json::json!({"n": 2, "r": 2, "w": 2}))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2)); // bucket properties spread by gossip
+    let url = format!("{}/v1/preflist/b/k", cluster.nodes[0].url());
+    let preflist: serde_json::Value = serde_json::from_str(&support::http_get(&url)).unwrap();
+    let primaries: Vec<&str> = preflist["primaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let (in_list, outside): (Vec<&TestNode>, Vec<&TestNode>) = cluster
+        .nodes
+        .iter()
+        .partition(|n| primaries.contains(&n.name.as_str()));
+    let (coordinator, silent) = (in_list[0].client(), outside[0]);
+
+    // Deleted while a member is silent: not reaped at the delete, nor by
+    // the sweeps meanwhile.
+    overwrite(&coordinator, b"k", b"v1", 2);
+    silent.signal("STOP");
+    delete(&coordinator, b"k", 2);
+    eventually("the reap to be skipped", Duration::from_secs(10), || {
+        (metric(in_list[0], SKIPPED) >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(700)); // two sweeps
+    for node in &in_list {
+        assert_eq!(metric(node, REAPED), 0, "{}", node.name);
+    }
+    silent.signal("CONT");
+    // No client reads the key: the sweeper of its first primary does, and
+    // that read reaps the tombstone on both primaries.
+    for node in &in_list {
+        eventually("the sweep to reap", Duration::from_secs(20), || {
+            (metric(node, REAPED) == 1).then_some(())
+        });
+    }
+    assert!(!has_tombstone(&coordinator, b"k", 2));
+    assert_eq!(metric(silent, REAPED), 0);
 }
 
 #[test]

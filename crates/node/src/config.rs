@@ -71,6 +71,10 @@ pub struct NodeConfig {
     /// acknowledged is reaped, once no member holds a hint for the key
     /// (default 3000).
     pub delete_mode: DeleteMode,
+    /// How often a node reads the tombstones left behind in the partitions
+    /// it owns (a delete that could not be reaped when it was made), so
+    /// that they are reaped without a client reading them; 0: never.
+    pub tombstone_sweep_interval_ms: u64,
     /// A file holding the cluster secret (at least 16 bytes, readable by
     /// its owner only): when set, peer connections authenticate with it
     /// and peers without it are cut off. Every member needs the same.
@@ -131,6 +135,7 @@ impl Default for NodeConfig {
             aae_interval_ms: 10_000,
             aae_max_segments: 64,
             delete_mode: DeleteMode::ReapAfterMs(3000),
+            tombstone_sweep_interval_ms: 24 * 60 * 60 * 1000,
             cluster_secret_file: None,
             client_password_file: None,
             peer_tls_cert_file: None,

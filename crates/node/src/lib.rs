@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod node;
 pub mod resp;
 pub mod store;
+pub mod sweep;
 pub mod tls;
 pub mod transport;
 pub mod walk;
@@ -337,6 +338,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(node.clone().gossip_loop());
     tokio::spawn(node.clone().heartbeat_loop());
     tokio::spawn(node.clone().hint_delivery_loop());
+    tokio::spawn(node.clone().tombstone_sweep_loop());
     let aae = node.clone();
     tokio::spawn(async move {
         match aae.rebuild_trees().await {

@@ -906,6 +906,11 @@ impl Node {
         )
     }
 
+    /// Whether `MAX_PENDING_REAPS` reaps are waiting already.
+    pub(crate) fn reaps_waiting(&self) -> bool {
+        self.pending_reaps.available_permits() == 0
+    }
+
     /// A reap of `object`, the copy every one of the key's `primaries`
     /// holds (or acknowledged), if it is tombstones only and this node
     /// reaps (`--delete-mode`), within `MAX_PENDING_REAPS`.
@@ -1147,7 +1152,7 @@ impl Node {
         })
     }
 
-    async fn coordinate_get(
+    pub(crate) async fn coordinate_get(
         self: &Arc<Self>,
         bucket: String,
         key: Vec<u8>,
