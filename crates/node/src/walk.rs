@@ -119,7 +119,8 @@ impl Walk {
         }
     }
 
-    /// The layout the walk started from (its partition count).
+    /// The newest layout the walk has seen (at its start or at the start
+    /// of its current partition).
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
