@@ -2,8 +2,8 @@
 //! /v1/buckets/{bucket}/keys` (and `ringkv keys`) lists exactly a bucket's
 //! live keys, through any node, also keys only one member holds and keys
 //! that are not UTF-8, and goes on without a member that is down, naming
-//! it; RESP `KEYS` and `SCAN` (cursor, MATCH, COUNT, TYPE) list the RESP
-//! bucket's, and bad arguments get errors.
+//! it; RESP `KEYS`, `SCAN` (cursor, MATCH, COUNT, TYPE) and `DBSIZE` list
+//! and count the RESP bucket's, and bad arguments get errors.
 
 mod support;
 
@@ -202,6 +202,21 @@ fn resp_keys_and_scan_list_the_resp_bucket() {
         ])
     );
     assert!(bulks(&resp_command(via, &[b"KEYS", b"nothing*"])).is_empty());
+    assert_eq!(
+        resp_command(via, &[b"DBSIZE"]),
+        format!(":{}\r\n", all.len()).into_bytes()
+    );
+    assert_eq!(resp_command(via, &[b"TYPE", b"k1"]), b"+string\r\n");
+    assert_eq!(resp_command(via, &[b"TYPE", b"k0"]), b"+none\r\n");
+    // UNLINK deletes as DEL does.
+    assert_eq!(resp_command(via, &[b"UNLINK", b"other", b"k0"]), b":1\r\n");
+    all.remove(b"other".as_slice());
+    assert_eq!(
+        bulks(&resp_command(via, &[b"KEYS", b"*"]))
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        all
+    );
 
     // SCAN from cursor 0 until it answers 0 again: every key, in several
     // calls.

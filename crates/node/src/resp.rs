@@ -337,7 +337,9 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                 }
             }
         }
-        "del" | "exists" => {
+        // UNLINK frees the memory later in Redis; here both write a
+        // tombstone (reaped after `--delete-mode`'s delay).
+        "del" | "unlink" | "exists" => {
             if argc < 2 {
                 return wrong_args(out, &name);
             }
@@ -357,7 +359,7 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                 for (key, result) in chunk.iter().zip(found) {
                     match result {
                         Ok(Some((_, context))) => {
-                            if name == "del"
+                            if name != "exists"
                                 && let Err(e) = put(node, put_op(node, key, None, context)).await
                             {
                                 error(out, &e);
@@ -370,6 +372,34 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                             error(out, &e);
                             return Next::Continue;
                         }
+                    }
+                }
+            }
+            resp::integer(out, count);
+        }
+        "type" => {
+            if argc != 2 {
+                return wrong_args(out, &name);
+            }
+            match get(node, &args[1]).await {
+                Ok(Some(_)) => resp::simple(out, "string"),
+                Ok(None) => resp::simple(out, "none"),
+                Err(e) => error(out, &e),
+            }
+        }
+        "dbsize" => {
+            if argc != 1 {
+                return wrong_args(out, &name);
+            }
+            // A partition's keys at a time, counted and let go.
+            let mut walk = Walk::new(node.clone(), true, Some(&node.config.resp_bucket));
+            let (mut count, mut next) = (0, Some(0));
+            while let Some(partition) = next {
+                match live_keys(&mut walk, partition, 1, |_| true).await {
+                    Ok((keys, after)) => (count, next) = (count + keys.len() as i64, after),
+                    Err(message) => {
+                        resp::error_reply(out, &format!("ERR DBSIZE stopped: {message}"));
+                        return Next::Continue;
                     }
                 }
             }
