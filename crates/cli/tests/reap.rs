@@ -293,6 +293,21 @@ fn a_tombstone_left_behind_is_swept_without_a_read() {
     }
     assert!(!has_tombstone(&coordinator, b"k", 2));
     assert_eq!(metric(silent, REAPED), 0);
+    // Swept by the key's first primary only.
+    let sweeper = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name == primaries[0])
+        .unwrap();
+    assert!(metric(sweeper, "ringkv_tombstones_swept_total") >= 1);
+    for node in cluster.nodes.iter().filter(|n| n.name != primaries[0]) {
+        assert_eq!(
+            metric(node, "ringkv_tombstones_swept_total"),
+            0,
+            "{}",
+            node.name
+        );
+    }
 }
 
 #[test]

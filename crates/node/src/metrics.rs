@@ -85,6 +85,7 @@ pub struct Metrics {
     pub keys_dropped: Counter,
     pub tombstones_reaped: Counter,
     pub reaps_skipped: Counter,
+    pub tombstones_swept: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,6 +224,12 @@ impl Metrics {
             "Deletes this node coordinated whose tombstone it did not reap: a member held a hint for the key, did not answer, or the layout changed",
             reaps_skipped.clone(),
         );
+        let tombstones_swept = Counter::default();
+        registry.register(
+            "tombstones_swept",
+            "Tombstones left behind (older than the reap delay) that the sweeper read so that they are reaped",
+            tombstones_swept.clone(),
+        );
         let exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -239,6 +246,7 @@ impl Metrics {
             keys_dropped,
             tombstones_reaped,
             reaps_skipped,
+            tombstones_swept,
             hints_pending,
             hints_stored,
             hints_delivered,

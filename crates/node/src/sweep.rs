@@ -91,6 +91,7 @@ impl Node {
                         debug!(error = %e, "tombstone sweep: a read failed");
                     }
                     read += 1;
+                    self.metrics.tombstones_swept.inc();
                 }
                 if !full || self.layout().owner(partition) != self.id {
                     break;
