@@ -56,6 +56,39 @@ fn has_tombstone(client: &Client, key: &[u8], r: u32) -> bool {
     )
 }
 
+/// Sets bucket `b` to n=2 on a 3-node cluster, and waits for every node
+/// to have it: the primaries of key `k` in preference-list order (the first
+/// owns its partition) and the node that is no replica of it.
+fn n2_roles(cluster: &Cluster) -> (Vec<&TestNode>, &TestNode) {
+    cluster.nodes[0]
+        .client()
+        .set_bucket("b", &serde_json::json!({"n": 2, "r": 2, "w": 2}))
+        .unwrap();
+    for node in &cluster.nodes {
+        let url = format!("{}/v1/buckets/b", node.url());
+        eventually("bucket b's n=2 to spread", Duration::from_secs(10), || {
+            support::http_get(&url).contains("\"n\":2").then_some(())
+        });
+    }
+    let url = format!("{}/v1/preflist/b/k", cluster.nodes[0].url());
+    let preflist: serde_json::Value = serde_json::from_str(&support::http_get(&url)).unwrap();
+    let primaries: Vec<&TestNode> = preflist["primaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let name = p.as_str().unwrap();
+            cluster.nodes.iter().find(|n| n.name == name).unwrap()
+        })
+        .collect();
+    let outside = cluster
+        .nodes
+        .iter()
+        .find(|n| primaries.iter().all(|p| p.name != n.name))
+        .unwrap();
+    (primaries, outside)
+}
+
 #[test]
 fn a_delete_every_primary_acknowledged_is_reaped_and_the_key_written_again() {
     let cluster = Cluster::start_with(3, &["--delete-mode", "200"]);
@@ -167,23 +200,8 @@ fn a_write_after_a_reap_is_not_taken_for_one_already_deleted() {
 fn a_tombstone_stays_while_a_member_is_silent_or_holds_another_copy() {
     let cluster = Cluster::start_with(3, &["--delete-mode", "200"]);
     let client = cluster.nodes[0].client();
-    // Bucket b with n=2: some node is no replica of key k.
-    client
-        .set_bucket("b", &serde_json::json!({"n": 2, "r": 2, "w": 2}))
-        .unwrap();
-    let url = format!("{}/v1/preflist/b/k", cluster.nodes[0].url());
-    let preflist: serde_json::Value = serde_json::from_str(&support::http_get(&url)).unwrap();
-    let primaries: Vec<&str> = preflist["primaries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
-    let (in_list, outside): (Vec<&TestNode>, Vec<&TestNode>) = cluster
-        .nodes
-        .iter()
-        .partition(|n| primaries.contains(&n.name.as_str()));
-    let (coordinator, silent) = (in_list[0].client(), outside[0]);
+    let (in_list, silent) = n2_roles(&cluster);
+    let coordinator = in_list[0].client();
 
     // The node outside the preference list is stopped: it cannot say that
     // it holds no copy, so nothing is reaped.
@@ -251,25 +269,8 @@ fn a_tombstone_left_behind_is_swept_without_a_read() {
             "300",
         ],
     );
-    let client = cluster.nodes[0].client();
-    // Bucket b with n=2: some node is no replica of key k.
-    client
-        .set_bucket("b", &serde_json::json!({"n": 2, "r": 2, "w": 2}))
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2)); // bucket properties spread by gossip
-    let url = format!("{}/v1/preflist/b/k", cluster.nodes[0].url());
-    let preflist: serde_json::Value = serde_json::from_str(&support::http_get(&url)).unwrap();
-    let primaries: Vec<&str> = preflist["primaries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
-    let (in_list, outside): (Vec<&TestNode>, Vec<&TestNode>) = cluster
-        .nodes
-        .iter()
-        .partition(|n| primaries.contains(&n.name.as_str()));
-    let (coordinator, silent) = (in_list[0].client(), outside[0]);
+    let (in_list, silent) = n2_roles(&cluster);
+    let coordinator = in_list[0].client();
 
     // Deleted while a member is silent: not reaped at the delete, nor by
     // the sweeps meanwhile.
@@ -294,13 +295,8 @@ fn a_tombstone_left_behind_is_swept_without_a_read() {
     assert!(!has_tombstone(&coordinator, b"k", 2));
     assert_eq!(metric(silent, REAPED), 0);
     // Swept by the key's first primary only.
-    let sweeper = cluster
-        .nodes
-        .iter()
-        .find(|n| n.name == primaries[0])
-        .unwrap();
-    assert!(metric(sweeper, "ringkv_tombstones_swept_total") >= 1);
-    for node in cluster.nodes.iter().filter(|n| n.name != primaries[0]) {
+    assert!(metric(in_list[0], "ringkv_tombstones_swept_total") >= 1);
+    for node in cluster.nodes.iter().filter(|n| n.name != in_list[0].name) {
         assert_eq!(
             metric(node, "ringkv_tombstones_swept_total"),
             0,

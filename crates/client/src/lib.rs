@@ -292,20 +292,11 @@ impl Client {
     /// missing members or an error is still returned, to be judged by the
     /// caller.
     pub fn keys(&self, bucket: &str) -> Result<KeyListing, ClientError> {
-        let mut response = self
-            .agent
-            .get(&format!(
-                "{}/v1/buckets/{}/keys",
-                self.base,
-                utf8_percent_encode(bucket, UNRESERVED)
-            ))
-            .call()
-            .map_err(|e| self.transport(e))?;
-        let status = response.status().as_u16();
-        let body = read_body(&mut response)?;
-        if status != 200 {
-            return Err(server_error(status, &body));
-        }
+        let body = self.get_ok(&format!(
+            "{}/v1/buckets/{}/keys",
+            self.base,
+            utf8_percent_encode(bucket, UNRESERVED)
+        ))?;
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Key {
@@ -338,18 +329,20 @@ impl Client {
     }
 
     pub fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
-        let mut response = self
-            .agent
-            .get(&format!("{}/v1/cluster", self.base))
-            .call()
-            .map_err(|e| self.transport(e))?;
+        let body = self.get_ok(&format!("{}/v1/cluster", self.base))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("cluster body: {e}")))
+    }
+
+    /// The body of a GET of `url` that must answer 200.
+    fn get_ok(&self, url: &str) -> Result<Vec<u8>, ClientError> {
+        let mut response = self.agent.get(url).call().map_err(|e| self.transport(e))?;
         let status = response.status().as_u16();
         let body = read_body(&mut response)?;
         if status != 200 {
             return Err(server_error(status, &body));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Protocol(format!("cluster body: {e}")))
+        Ok(body)
     }
 
     /// `POST /v1/cluster/members/{name}/leave`: asks member `name` to leave;
