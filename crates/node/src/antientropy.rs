@@ -1,6 +1,7 @@
 //! Active anti-entropy on a node: the Merkle trees of `store::Trees` are
 //! rebuilt from storage at start, then every `--aae-interval-ms` this node
-//! runs one exchange per (partition, n) it is a primary of, with the next
+//! runs one exchange per (partition, n) it is a primary of (spread over
+//! half the interval, not back to back), with the next
 //! other primary in turn, and repairs every differing key by causal merge
 //! on both sides. For a (partition, n) it holds keys of but is no primary
 //! of (it is leaving, or a join or leave moved the partition), it
@@ -100,19 +101,31 @@ impl Node {
         loop {
             interval.tick().await;
             round += 1;
-            let layout = self.layout();
-            let leaving = layout
-                .member(self.id)
-                .is_some_and(|m| m.state == MemberState::Leaving);
-            // Long enough for every node to use this layout, so that no
-            // coordinator still sends this node writes of a partition it
-            // hands off (the digest check below covers the rest).
-            let settled = self.layout_age() >= self.handoff_grace();
+            // Finishing a leave needs a whole round made as a leaving member.
+            let mut leaving = self.is_leaving(&self.layout());
             let mut pending = 0;
-            for (partition, n) in self.store.trees().keys() {
+            let trees = self.store.trees().keys();
+            // The round's exchanges are spread over half the interval, as
+            // Riak's AAE exchanges one partition per tick: run back to
+            // back they are a burst of CPU on every member, and requests
+            // arriving meanwhile wait behind it.
+            let pace = Duration::from_millis(self.config.aae_interval_ms / 2)
+                / u32::try_from(trees.len().max(1)).unwrap_or(u32::MAX);
+            for (i, (partition, n)) in trees.into_iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(pace).await;
+                }
+                // Read for each exchange, since a round lasts a while.
+                let layout = self.layout();
+                let leaving_now = self.is_leaving(&layout);
+                leaving &= leaving_now;
+                // Long enough for every node to use this layout, so that no
+                // coordinator still sends this node writes of a partition it
+                // hands off (the digest check below covers the rest).
+                let settled = self.layout_age() >= self.handoff_grace();
                 let preference = layout.preference_list(partition, n as usize);
                 if !preference.primaries.contains(&self.id) {
-                    let drop_after = settled && !leaving;
+                    let drop_after = settled && !leaving_now;
                     if !self
                         .hand_off(&layout, partition, n, &preference.primaries, drop_after)
                         .await
@@ -145,6 +158,12 @@ impl Node {
                 self.finish_leaving().await;
             }
         }
+    }
+
+    fn is_leaving(&self, layout: &Layout) -> bool {
+        layout
+            .member(self.id)
+            .is_some_and(|m| m.state == MemberState::Leaving)
     }
 
     /// Ownership handoff: this node holds keys of `(partition, n)` but is
