@@ -12,6 +12,7 @@
 //! This module is compiled into the library (not only under `cfg(test)`) so
 //! that engine crates and the simulator can run it.
 
+use crate::record::encode_key;
 use crate::{Durability, KeyValue, Space, Storage, WriteBatch};
 
 /// Runs every check that needs only a fresh storage.
@@ -25,6 +26,7 @@ pub fn run_all(storage: &dyn Storage) {
     spaces_and_partitions_are_isolated(storage);
     empty_and_large_values(storage);
     binary_keys(storage);
+    engine_entries(storage);
 }
 
 fn put(storage: &dyn Storage, space: Space, key: &[u8], value: &[u8], durability: Durability) {
@@ -209,6 +211,62 @@ pub fn atomic_batch(storage: &dyn Storage) {
     storage
         .write(&empty, Durability::Buffered)
         .unwrap_or_else(|error| panic!("an empty batch must be accepted: {error}"));
+}
+
+/// [`Storage::write_engine_entries`]: puts and deletes keyed as the
+/// engine keys them land as if written by `write`; a key that does not
+/// decode fails the whole call and writes nothing.
+pub fn engine_entries(storage: &dyn Storage) {
+    let data = Space::Data(18);
+    let hints = Space::Hints(18);
+    put(storage, data, b"to delete", b"x", Durability::Sync);
+    let keys = [
+        encode_key(data, b"a"),
+        encode_key(data, b"empty"),
+        encode_key(hints, b"h"),
+        encode_key(data, b"to delete"),
+    ];
+    let values: [Option<&[u8]>; 4] = [Some(b"1"), Some(b""), Some(b"hint"), None];
+    storage
+        .write_engine_entries(
+            &mut keys.iter().map(Vec::as_slice).zip(values),
+            Durability::Sync,
+        )
+        .unwrap_or_else(|error| panic!("writing engine entries failed: {error}"));
+    assert_eq!(get(storage, data, b"a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(get(storage, data, b"empty").as_deref(), Some(&b""[..]));
+    assert_eq!(get(storage, hints, b"h").as_deref(), Some(&b"hint"[..]));
+    assert_eq!(
+        get(storage, data, b"to delete"),
+        None,
+        "an entry of None deletes"
+    );
+    assert_eq!(
+        scan(storage, data, None, 10),
+        vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"empty".to_vec(), Vec::new())
+        ],
+    );
+
+    let good = encode_key(data, b"not written");
+    let entries: [(&[u8], Option<&[u8]>); 3] = [
+        (&good, Some(b"x")),
+        (&[0xff, 0xff], Some(b"y")),
+        (&keys[0], None),
+    ];
+    assert!(
+        storage
+            .write_engine_entries(&mut entries.into_iter(), Durability::Sync)
+            .is_err(),
+        "an entry whose key does not decode must fail the call"
+    );
+    assert_eq!(
+        get(storage, data, b"not written"),
+        None,
+        "a failed call must write nothing, not even the entries before the bad one"
+    );
+    assert_eq!(get(storage, data, b"a").as_deref(), Some(&b"1"[..]));
 }
 
 pub fn scan_order_and_pagination(storage: &dyn Storage) {

@@ -168,6 +168,30 @@ pub trait Storage: Send + Sync + 'static {
     /// write, is on disk when this returns `Ok`.
     fn write(&self, batch: &WriteBatch, durability: Durability) -> Result<(), StorageError>;
 
+    /// Like [`Storage::write`], for entries already keyed as the engine
+    /// keys them ([`record::encode_key`]; `None` deletes): how a memtable
+    /// flush reaches the engine without first copying every key and value
+    /// into a [`WriteBatch`]. A key that does not decode is an error and
+    /// nothing is written.
+    fn write_engine_entries(
+        &self,
+        entries: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        for (engine_key, value) in entries {
+            let (space, key) =
+                record::decode_key(engine_key).ok_or_else(|| StorageError::Engine {
+                    message: format!("not an engine key: {engine_key:02x?}"),
+                })?;
+            match value {
+                Some(value) => batch.put(space, key.to_vec(), value.to_vec()),
+                None => batch.delete(space, key.to_vec()),
+            }
+        }
+        self.write(&batch, durability)
+    }
+
     /// Makes every earlier [`Durability::Buffered`] write durable.
     fn sync(&self) -> Result<(), StorageError>;
 

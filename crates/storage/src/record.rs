@@ -87,11 +87,18 @@ pub fn space_range(space: Space) -> Range<Vec<u8>> {
 
 /// Wraps `payload` in the stored value format.
 pub fn encode_value(payload: &[u8]) -> Vec<u8> {
-    let mut stored = Vec::with_capacity(VALUE_HEADER_BYTES + payload.len());
-    stored.push(RECORD_FORMAT_VERSION);
-    stored.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_be_bytes());
-    stored.extend_from_slice(payload);
+    let mut stored = vec![0; VALUE_HEADER_BYTES + payload.len()];
+    encode_value_into(payload, &mut stored);
     stored
+}
+
+/// [`encode_value`] into `stored`, which is `VALUE_HEADER_BYTES +
+/// payload.len()` bytes long (space an engine reserved for it).
+pub fn encode_value_into(payload: &[u8], stored: &mut [u8]) {
+    let (header, body) = stored.split_at_mut(VALUE_HEADER_BYTES);
+    header[0] = RECORD_FORMAT_VERSION;
+    header[1..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_be_bytes());
+    body.copy_from_slice(payload);
 }
 
 /// The payload of a stored value, after checking its version and checksum.

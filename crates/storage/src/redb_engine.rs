@@ -43,7 +43,10 @@ use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, TableDefinition};
 
-use crate::record::{decode_value, encode_key, encode_value, space_range, user_key};
+use crate::record::{
+    VALUE_HEADER_BYTES, decode_key, decode_value, encode_key, encode_value, encode_value_into,
+    space_range, user_key,
+};
 use crate::{Durability, KeyValue, Space, Storage, StorageError, WriteBatch};
 
 /// Every record, keyed by the encoded engine key.
@@ -282,6 +285,41 @@ impl Storage for RedbStorage {
                 }
             }
             Ok(())
+        })
+    }
+
+    /// Each value is written straight into the space redb reserves for it.
+    fn write_engine_entries(
+        &self,
+        entries: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        let mut undecodable = None;
+        self.commit(durability, "writing engine entries", |table| {
+            for (engine_key, value) in entries {
+                if decode_key(engine_key).is_none() {
+                    undecodable = Some(engine_key.to_vec());
+                    // Aborts the transaction: nothing is written.
+                    return Err(redb::Error::Corrupted("not an engine key".to_string()));
+                }
+                match value {
+                    Some(value) => {
+                        let mut stored =
+                            table.insert_reserve(engine_key, VALUE_HEADER_BYTES + value.len())?;
+                        encode_value_into(value, stored.as_mut());
+                    }
+                    None => {
+                        table.remove(engine_key)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|error| match undecodable {
+            Some(engine_key) => StorageError::Engine {
+                message: format!("not an engine key: {engine_key:02x?}"),
+            },
+            None => error,
         })
     }
 

@@ -598,7 +598,7 @@ impl Shared {
                 }
             }
         };
-        self.inner.write(&batch_of(&frozen), Durability::Sync)?;
+        write_memtable(&*self.inner, &frozen)?;
         let mut log = self.lock_log();
         self.tables
             .write()
@@ -640,7 +640,7 @@ impl Shared {
             tables.immutable = Some(Arc::clone(&merged));
             merged
         };
-        self.inner.write(&batch_of(&everything), Durability::Sync)?;
+        write_memtable(&*self.inner, &everything)?;
         let mut log = self.lock_log();
         // Removed before the next file exists, as at open: a crash in
         // between leaves no file without its seal behind a newer one.
@@ -678,17 +678,15 @@ impl Shared {
     }
 }
 
-/// A batch that writes a memtable to the engine.
-fn batch_of(memtable: &Memtable) -> WriteBatch {
-    let mut batch = WriteBatch::new();
-    for (engine_key, value) in memtable {
-        let (space, key) = decode_key(engine_key).expect("memtable keys are engine keys");
-        match value {
-            Some(value) => batch.put(space, key.to_vec(), value.clone()),
-            None => batch.delete(space, key.to_vec()),
-        }
-    }
-    batch
+/// Writes a memtable to the engine in one durable commit, straight from
+/// its entries.
+fn write_memtable(engine: &dyn Storage, memtable: &Memtable) -> Result<(), StorageError> {
+    engine.write_engine_entries(
+        &mut memtable
+            .iter()
+            .map(|(engine_key, value)| (engine_key.as_slice(), value.as_deref())),
+        Durability::Sync,
+    )
 }
 
 /// Logs a failed flush; `true` if it succeeded.
