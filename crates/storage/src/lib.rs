@@ -180,10 +180,8 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         for (engine_key, value) in entries {
-            let (space, key) =
-                record::decode_key(engine_key).ok_or_else(|| StorageError::Engine {
-                    message: format!("not an engine key: {engine_key:02x?}"),
-                })?;
+            let (space, key) = record::decode_key(engine_key)
+                .ok_or_else(|| StorageError::not_an_engine_key(engine_key))?;
             match value {
                 Some(value) => batch.put(space, key.to_vec(), value.to_vec()),
                 None => batch.delete(space, key.to_vec()),
@@ -254,6 +252,14 @@ impl StorageError {
         StorageError::Io {
             operation,
             source: Arc::new(source),
+        }
+    }
+
+    /// An entry given to [`Storage::write_engine_entries`] whose key is not
+    /// one [`record::encode_key`] makes.
+    pub fn not_an_engine_key(engine_key: &[u8]) -> Self {
+        StorageError::Engine {
+            message: format!("not an engine key: {}", Hex(engine_key)),
         }
     }
 }

@@ -316,9 +316,7 @@ impl Storage for RedbStorage {
             Ok(())
         })
         .map_err(|error| match undecodable {
-            Some(engine_key) => StorageError::Engine {
-                message: format!("not an engine key: {engine_key:02x?}"),
-            },
+            Some(engine_key) => StorageError::not_an_engine_key(&engine_key),
             None => error,
         })
     }
