@@ -410,7 +410,7 @@ MAX_B=$(python3 -c "import json; print(json.load(open('$RESULTS/targets/ringkv-3
 HALF_B=$(python3 -c "print(max(1, round($MAX_B / 2)))")
 for ROUND in $(seq "$ROUNDS"); do
   read -r total_before steal_before < <(cpu_jiffies)
-  bench ringkv-3-http-open b --target ringkv-http --url "$R3_URLS" --rate "$HALF_B"
+  bench ringkv-3-http-open b --target ringkv-http --url "$R3_URLS" --rate "$HALF_B" --slow-ms 10
   read -r total_after steal_after < <(cpu_jiffies)
   python3 -c "t=$total_after-$total_before; print(round(100*($steal_after-$steal_before)/t) if t else 0)" \
     >"$RESULTS/targets/ringkv-3-http-open.b.$ROUND.steal"

@@ -317,18 +317,22 @@ if opens:
     w("")
     w(
         "Each operation has a scheduled start on a fixed timetable and its latency counts from that start, so queueing in the client "
-        "is measured (no coordinated omission). One row per run of the side-by-side phase."
+        "is measured (no coordinated omission). One row per run of the side-by-side phase. "
+        "Slow windows (`--slow-ms 10`): of the run's windows of 100 ms, how many hold the scheduled start of an operation "
+        "that took 10 ms or more; a few stalls fill a few windows, queueing fills many."
     )
     w("")
-    w("| system | run | offered ops/s | done ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | not started in time | CPU stolen by the hypervisor |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| system | run | offered ops/s | done ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | not started in time | slow windows | CPU stolen by the hypervisor |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     steals = rounds.get(("ringkv-3-http-open", "b.steal"), {})
     for i, op in enumerate(opens, 1):
         lat = op["latency_us"]["total"]
         steal = f"{steals[i]}%" if i in steals else "—"
+        slow = op.get("slow")
+        slow_windows = f"{slow['windows_with_slow']} of {slow['windows']}" if slow else "—"
         w(
             f"| {label('ringkv-3-http')[0]} | {i} | {op['target_rate_ops_s']:,.0f} | {op['throughput_ops_s']:,.0f} | {ms(lat['p50_us'])} | {ms(lat['p99_us'])} | "
-            f"{ms(lat['p999_us'])} | {ms(lat['max_us'])} | {op['errors']} | {op['late_unsent']} | {steal} |"
+            f"{ms(lat['p999_us'])} | {ms(lat['max_us'])} | {op['errors']} | {op['late_unsent']} | {slow_windows} | {steal} |"
         )
     w("")
 

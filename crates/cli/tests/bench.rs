@@ -93,14 +93,33 @@ fn bench_drives_one_node_over_http_and_resp() {
         "a 50/50 mix: {reads} reads, {writes} writes"
     );
 
+    assert!(
+        report.get("slow").is_none(),
+        "no --slow-ms, no slow: {report}"
+    );
+
     // The same over RESP, requests pipelined 4 deep on each connection.
+    // With --slow-ms 0 every operation counts as slow, so every one is
+    // placed in a window of the run.
     let resp = &node.resp;
     let report = bench(&format!(
-        "--target resp --addr {resp} --workload a --pipeline 4 --preload --connections 8 --keys 200 {COMMON}"
+        "--target resp --addr {resp} --workload a --pipeline 4 --preload --connections 8 --keys 200 --slow-ms 0 {COMMON}"
     ));
     assert_clean_run(&report, 2000, &["total", "read", "write"]);
     assert_eq!(report["not_found"], 0, "{report}");
     assert_eq!(report["pipeline"], 4);
+    let slow = &report["slow"];
+    assert_eq!(slow["ops"], 2000, "{report}");
+    let per_second: u64 = slow["per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(per_second, 2000, "{report}");
+    let windows = slow["windows"].as_u64().unwrap();
+    let with_slow = slow["windows_with_slow"].as_u64().unwrap();
+    assert!(with_slow >= 1 && with_slow <= windows, "{report}");
 
     // Read-modify-write carries the read's context: in a `siblings` bucket,
     // concurrent writers to a few hot keys leave at most one sibling per

@@ -301,7 +301,7 @@ pub async fn run_http(
     mut source: SlotSource,
     settings: &Settings,
 ) -> Stats {
-    let mut stats = Stats::default();
+    let mut stats = Stats::new(settings.slow);
     let mut pacer = Pacer::new();
     loop {
         let issued = match source.next(Instant::now()) {

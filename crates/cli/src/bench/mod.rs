@@ -36,7 +36,7 @@ use report::{PreloadSummary, Report};
 use resp_conn::run_resp;
 use schedule::{Phase, Schedule};
 use slot::{Issued, LoadSlot, SlotSource};
-use stats::Stats;
+use stats::{SlowSummary, Stats};
 use workload::{Distribution, KeyChooser, OpGenerator, Workload};
 
 /// Preloading stops here even if keys remain (it then fails the run).
@@ -117,6 +117,12 @@ pub struct BenchArgs {
     /// Bearer` over HTTP. Not for etcd.
     #[arg(long, env = "RINGKV_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Also report when the operations slower than this many milliseconds
+    /// were scheduled to start: in how many 100 ms windows of the run, and
+    /// how many per second. A few stalls fill a few windows; queueing fills
+    /// most of them.
+    #[arg(long)]
+    pub slow_ms: Option<f64>,
 }
 
 impl BenchArgs {
@@ -141,6 +147,9 @@ impl BenchArgs {
         in_range("timeout-ms", self.timeout_ms as f64, 1.0, 600_000.0)?;
         if let Some(rate) = self.rate {
             in_range("rate", rate, 0.001, 1e8)?;
+        }
+        if let Some(slow_ms) = self.slow_ms {
+            in_range("slow-ms", slow_ms, 0.0, 3_600_000.0)?;
         }
         if self.ops == Some(0) {
             bail!("--ops must be at least 1");
@@ -215,6 +224,8 @@ pub struct Settings {
     pub completed: AtomicU64,
     /// Of which recorded.
     pub recorded: AtomicU64,
+    /// `--slow-ms`.
+    pub slow: Option<Duration>,
 }
 
 impl Settings {
@@ -276,6 +287,7 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
         password: args.password.clone(),
         completed: AtomicU64::new(0),
         recorded: AtomicU64::new(0),
+        slow: args.slow_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
     });
 
     let preload = if args.preload {
@@ -318,7 +330,16 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
         Some(last) if last > measure_start => last - measure_start,
         _ => duration,
     };
-    Ok(Report::new(args, endpoints, &stats, elapsed, preload))
+    let slow = settings.slow.map(|threshold| {
+        SlowSummary::of(
+            threshold,
+            &stats.slow_starts,
+            stats.slow_unplaced,
+            measure_start,
+            elapsed,
+        )
+    });
+    Ok(Report::new(args, endpoints, &stats, elapsed, preload, slow))
 }
 
 /// Runs one task per connection and merges what they measured.

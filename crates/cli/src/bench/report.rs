@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Serialize;
 
-use super::stats::{LatencySummary, Stats};
+use super::stats::{LatencySummary, SlowSummary, Stats};
 use super::workload::{Distribution, Workload};
 use super::{BenchArgs, TargetKind};
 
@@ -53,6 +53,9 @@ pub struct Report {
     /// Successful operations only: "total", "read", "write" and, for rmw, "rmw"
     /// (whole operation; "read"/"write" then hold its steps). Open loop: from the scheduled start.
     pub latency_us: BTreeMap<&'static str, LatencySummary>,
+    /// `--slow-ms`: when the slow operations were scheduled to start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowSummary>,
 }
 
 impl Report {
@@ -62,6 +65,7 @@ impl Report {
         stats: &Stats,
         elapsed: Duration,
         preload: Option<PreloadSummary>,
+        slow: Option<SlowSummary>,
     ) -> Report {
         let errors = stats.errors_total();
         let ops = stats.ok + errors;
@@ -108,6 +112,7 @@ impl Report {
             warmup_errors: stats.unrecorded_errors,
             preload,
             latency_us,
+            slow,
         }
     }
 
@@ -168,6 +173,19 @@ impl Report {
         }
         for (kind, count) in &self.errors_by_kind {
             let _ = writeln!(out, "error {kind}: {count}");
+        }
+        if let Some(slow) = &self.slow {
+            let per_second: Vec<String> = slow.per_second.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                out,
+                "{} ops took {} ms or more; their starts fall in {} of {} windows of {} ms; per second: {}",
+                slow.ops,
+                slow.threshold_ms,
+                slow.windows_with_slow,
+                slow.windows,
+                slow.window_ms,
+                per_second.join(" ")
+            );
         }
         out
     }

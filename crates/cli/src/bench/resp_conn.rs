@@ -112,7 +112,7 @@ pub async fn run_resp(addr: &str, sources: Vec<SlotSource>, settings: &Settings)
         write_buffer: BytesMut::with_capacity(16 * 1024),
         key_buffer: String::new(),
         pacer: Pacer::new(),
-        stats: Stats::default(),
+        stats: Stats::new(settings.slow),
     };
     connection.run(addr).await;
     let mut stats = connection.stats;

@@ -14,6 +14,9 @@ use super::workload::OpKind;
 
 /// Latencies in microseconds, 3 significant digits, up to one hour.
 const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+/// Scheduled starts of slow operations kept per connection (16 bytes each);
+/// past it slow operations are only counted.
+const MAX_SLOW_STARTS: usize = 1 << 20;
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("valid histogram bounds")
@@ -64,6 +67,12 @@ pub struct Stats {
     pub unrecorded_errors: u64,
     pub late_unsent: u64,
     pub last_completion: Option<Instant>,
+    /// `--slow-ms`: successful recorded operations at least this slow have
+    /// their scheduled start kept in `slow_starts` (up to `MAX_SLOW_STARTS`,
+    /// then counted in `slow_unplaced`).
+    pub slow_threshold: Option<Duration>,
+    pub slow_starts: Vec<Instant>,
+    pub slow_unplaced: u64,
 }
 
 impl Default for Stats {
@@ -80,11 +89,21 @@ impl Default for Stats {
             unrecorded_errors: 0,
             late_unsent: 0,
             last_completion: None,
+            slow_threshold: None,
+            slow_starts: Vec::new(),
+            slow_unplaced: 0,
         }
     }
 }
 
 impl Stats {
+    pub fn new(slow_threshold: Option<Duration>) -> Stats {
+        Stats {
+            slow_threshold,
+            ..Stats::default()
+        }
+    }
+
     /// Accounts for an operation that completed at `now`.
     pub fn finish(&mut self, issued: &Issued, now: Instant, outcome: Outcome) {
         if !issued.recorded {
@@ -101,6 +120,13 @@ impl Stats {
         self.not_found += u64::from(outcome.not_found);
         let latency = now.saturating_duration_since(issued.intended);
         record(&mut self.total, latency);
+        if self.slow_threshold.is_some_and(|slow| latency >= slow) {
+            if self.slow_starts.len() < MAX_SLOW_STARTS {
+                self.slow_starts.push(issued.intended);
+            } else {
+                self.slow_unplaced += 1;
+            }
+        }
         match issued.op.kind {
             OpKind::Read => record(&mut self.read, latency),
             OpKind::Update => record(&mut self.write, latency),
@@ -141,6 +167,63 @@ impl Stats {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        self.slow_starts.extend(other.slow_starts);
+        self.slow_unplaced += other.slow_unplaced;
+    }
+}
+
+/// When the slow operations (`--slow-ms`) were scheduled to start, over
+/// windows of `WINDOW_MS` from the end of the warm-up.
+#[derive(Debug, Serialize)]
+pub struct SlowSummary {
+    pub threshold_ms: f64,
+    /// Successful recorded operations at least `threshold_ms` slow.
+    pub ops: u64,
+    pub window_ms: u64,
+    /// Windows of the measured run.
+    pub windows: u64,
+    /// Of which hold the scheduled start of at least one slow operation.
+    pub windows_with_slow: u64,
+    /// Slow operations by the second of the run their start falls in.
+    pub per_second: Vec<u64>,
+}
+
+impl SlowSummary {
+    pub const WINDOW_MS: u64 = 100;
+
+    pub fn of(
+        threshold: Duration,
+        starts: &[Instant],
+        unplaced: u64,
+        measure_start: Instant,
+        elapsed: Duration,
+    ) -> SlowSummary {
+        let windows = elapsed
+            .as_millis()
+            .div_ceil(u128::from(Self::WINDOW_MS))
+            .max(1);
+        let windows = u64::try_from(windows).unwrap_or(u64::MAX);
+        let mut with_slow = std::collections::BTreeSet::new();
+        let mut per_second = vec![0; usize::try_from(windows.div_ceil(10)).unwrap_or(0)];
+        for start in starts {
+            let ms = u64::try_from(start.saturating_duration_since(measure_start).as_millis())
+                .unwrap_or(u64::MAX);
+            let window = (ms / Self::WINDOW_MS).min(windows - 1);
+            with_slow.insert(window);
+            if let Some(second) =
+                per_second.get_mut(usize::try_from(window / 10).unwrap_or(usize::MAX))
+            {
+                *second += 1;
+            }
+        }
+        SlowSummary {
+            threshold_ms: threshold.as_secs_f64() * 1000.0,
+            ops: starts.len() as u64 + unplaced,
+            window_ms: Self::WINDOW_MS,
+            windows,
+            windows_with_slow: with_slow.len() as u64,
+            per_second,
+        }
     }
 }
 
@@ -229,5 +312,36 @@ mod tests {
         assert!(total.p50_us <= total.p99_us && total.p99_us <= total.max_us);
         assert_eq!(total.max_us, a.total.highest_equivalent(1000));
         assert_eq!(a.last_completion, Some(t0 + Duration::from_millis(9)));
+    }
+
+    #[test]
+    fn slow_operations_are_placed_by_their_scheduled_start() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut stats = [Stats::new(Some(ms(10))), Stats::new(Some(ms(10)))];
+        for (connection, start, latency, recorded, outcome) in [
+            (0, 50, 10, true, Outcome::default()),
+            (0, 60, 30, true, Outcome::default()),
+            (0, 70, 9, true, Outcome::default()), // fast enough
+            (0, 950, 100, true, Outcome::default()), // placed by start, not end
+            (1, 1250, 12, true, Outcome::default()),
+            (1, 1300, 50, false, Outcome::default()), // warm-up
+            (1, 1400, 50, true, Outcome::failed("timeout")), // an error
+            (1, 2500, 11, true, Outcome::default()),  // after the end: the last window
+        ] {
+            let op = issued(OpKind::Read, t0 + ms(start), recorded);
+            stats[connection].finish(&op, t0 + ms(start + latency), outcome);
+        }
+        let [mut a, b] = stats;
+        a.merge(b);
+        let summary = SlowSummary::of(ms(10), &a.slow_starts, 1, t0, ms(2000));
+        assert_eq!(summary.ops, 6, "5 placed and 1 only counted");
+        assert_eq!((summary.windows, summary.windows_with_slow), (20, 4));
+        assert_eq!(summary.per_second, vec![3, 2]);
+        assert_eq!(summary.threshold_ms, 10.0);
+
+        let none = SlowSummary::of(ms(10), &[], 0, t0, ms(0));
+        assert_eq!((none.ops, none.windows, none.windows_with_slow), (0, 1, 0));
+        assert_eq!(none.per_second, vec![0]);
     }
 }
