@@ -415,6 +415,13 @@ for ROUND in $(seq "$ROUNDS"); do
   python3 -c "t=$total_after-$total_before; print(round(100*($steal_after-$steal_before)/t) if t else 0)" \
     >"$RESULTS/targets/ringkv-3-http-open.b.$ROUND.steal"
 done
+# Where the tail stands at lighter loads: one run each at a quarter and at
+# 40% of the maximum (the round number is the percentage), so the report
+# shows how the tail grows with the load instead of one point of it.
+for ROUND in 25 40; do
+  bench ringkv-3-http-curve b --target ringkv-http --url "$R3_URLS" --slow-ms 10 \
+    --rate "$(python3 -c "print(max(1, round($MAX_B * $ROUND / 100)))")"
+done
 unset ROUND
 stop_all
 

@@ -336,6 +336,29 @@ if opens:
         )
     w("")
 
+curve = rounds.get(("ringkv-3-http-curve", "b"), {})
+if curve and opens and closed:
+    w("### YCSB B open loop: the tail against the offered load")
+    w("")
+    w(
+        "The same 3-node cluster at fractions of its closed-loop maximum: one run each at 25% and 40% (in that order, after "
+        "the runs at 50% above), and the median of those runs by p99.9. On a shared 2-vCPU host an open-loop operation costs more CPU than "
+        "a closed-loop one (each wake-up serves fewer requests), so the machine is much busier than the fraction says."
+    )
+    w("")
+    w("| share of the maximum | offered ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | not started in time | slow windows |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    half = sorted(opens, key=lambda o: o["latency_us"]["total"]["p999_us"])[len(opens) // 2]
+    for share, op in [(f"{pct}%", curve[pct]) for pct in sorted(curve)] + [("50% (median run)", half)]:
+        lat = op["latency_us"]["total"]
+        slow = op.get("slow")
+        slow_windows = f"{slow['windows_with_slow']} of {slow['windows']}" if slow else "—"
+        w(
+            f"| {share} | {op['target_rate_ops_s']:,.0f} | {ms(lat['p50_us'])} | {ms(lat['p99_us'])} | {ms(lat['p999_us'])} | "
+            f"{ms(lat['max_us'])} | {op['errors']} | {op['late_unsent']} | {slow_windows} |"
+        )
+    w("")
+
 # ---------------------------------------------------------------- redis-benchmark
 if rb:
     w("## redis-benchmark, identical arguments for every server")
