@@ -152,6 +152,8 @@ print("p50 %s ms, p99 %s ms, p99.9 %s ms, max %s ms (%d samples)" % (q(.5), q(.9
 ')
 # CPU time stolen by the hypervisor (other guests on the host) over the run.
 cpu_jiffies() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
+# pids_jiffies PID...: user + system CPU time of these processes, in clock ticks.
+pids_jiffies() { local pid sum=0; for pid in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$sum"; }
 read -r CPU_TOTAL_START CPU_STEAL_START < <(cpu_jiffies)
 
 # ---------------------------------------------------------------- measuring
@@ -408,12 +410,18 @@ PIDS=("${REMAINING[@]}")
 ROUND=1 bench ringkv-3-http b --target ringkv-http --url "$R3_URLS" --preload
 MAX_B=$(python3 -c "import json; print(json.load(open('$RESULTS/targets/ringkv-3-http.b.1.json'))['throughput_ops_s'])")
 HALF_B=$(python3 -c "print(max(1, round($MAX_B / 2)))")
+# The three nodes' CPU time over each run is kept too (the report divides
+# it by the run's operations), beside the load generator's own figure.
 for ROUND in $(seq "$ROUNDS"); do
   read -r total_before steal_before < <(cpu_jiffies)
+  nodes_before=$(pids_jiffies "${PIDS[@]}")
   bench ringkv-3-http-open b --target ringkv-http --url "$R3_URLS" --rate "$HALF_B" --slow-ms 10
+  nodes_after=$(pids_jiffies "${PIDS[@]}")
   read -r total_after steal_after < <(cpu_jiffies)
   python3 -c "t=$total_after-$total_before; print(round(100*($steal_after-$steal_before)/t) if t else 0)" \
     >"$RESULTS/targets/ringkv-3-http-open.b.$ROUND.steal"
+  python3 -c "print(($nodes_after - $nodes_before) / $(getconf CLK_TCK))" \
+    >"$RESULTS/targets/ringkv-3-http-open.b.$ROUND.nodecpu"
 done
 # Where the tail stands at lighter loads: one run each at a quarter and at
 # 40% of the maximum (the round number is the percentage), so the report

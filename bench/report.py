@@ -182,6 +182,10 @@ def target_rounds():
             system, workload, rnd = name[: -len(".steal")].rsplit(".", 2)
             with open(path) as f:
                 out.setdefault((system, workload + ".steal"), {})[int(rnd)] = int(f.read().strip() or 0)
+        elif name.endswith(".nodecpu"):
+            system, workload, rnd = name[: -len(".nodecpu")].rsplit(".", 2)
+            with open(path) as f:
+                out.setdefault((system, workload + ".nodecpu"), {})[int(rnd)] = float(f.read().strip() or 0)
         elif name.endswith(".json"):
             system, workload, rnd = name[: -len(".json")].rsplit(".", 2)
             with open(path) as f:
@@ -319,20 +323,33 @@ if opens:
         "Each operation has a scheduled start on a fixed timetable and its latency counts from that start, so queueing in the client "
         "is measured (no coordinated omission). One row per run of the side-by-side phase. "
         "Slow windows (`--slow-ms 10`): of the run's windows of 100 ms, how many hold the scheduled start of an operation "
-        "that took 10 ms or more; a few stalls fill a few windows, queueing fills many."
+        "that took 10 ms or more; a few stalls fill a few windows, queueing fills many. "
+        "CPU per operation (user + system, warm-up included): the three nodes together (`/proc/PID/stat`) and the "
+        "load generator (its own process CPU clock); machine busy: both, times the offered rate, over the machine's "
+        f"{env['MACHINE_NPROC']} CPUs."
     )
     w("")
-    w("| system | run | offered ops/s | done ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | not started in time | slow windows | CPU stolen by the hypervisor |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| system | run | offered ops/s | done ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | not started in time | slow windows | nodes CPU µs/op | client CPU µs/op | machine busy | CPU stolen by the hypervisor |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     steals = rounds.get(("ringkv-3-http-open", "b.steal"), {})
+    nodecpus = rounds.get(("ringkv-3-http-open", "b.nodecpu"), {})
     for i, op in enumerate(opens, 1):
         lat = op["latency_us"]["total"]
         steal = f"{steals[i]}%" if i in steals else "—"
         slow = op.get("slow")
         slow_windows = f"{slow['windows_with_slow']} of {slow['windows']}" if slow else "—"
+        client_us = op.get("client_cpu_us_per_op")
+        all_ops = op["ops"] + op.get("warmup_ops", 0)
+        nodes_us = nodecpus[i] * 1e6 / all_ops if i in nodecpus and all_ops else None
+        busy = (
+            f"{100 * (nodes_us + client_us) * op['target_rate_ops_s'] / 1e6 / int(env['MACHINE_NPROC']):.0f}%"
+            if nodes_us is not None and client_us is not None
+            else "—"
+        )
         w(
             f"| {label('ringkv-3-http')[0]} | {i} | {op['target_rate_ops_s']:,.0f} | {op['throughput_ops_s']:,.0f} | {ms(lat['p50_us'])} | {ms(lat['p99_us'])} | "
-            f"{ms(lat['p999_us'])} | {ms(lat['max_us'])} | {op['errors']} | {op['late_unsent']} | {slow_windows} | {steal} |"
+            f"{ms(lat['p999_us'])} | {ms(lat['max_us'])} | {op['errors']} | {op['late_unsent']} | {slow_windows} | "
+            f"{'—' if nodes_us is None else f'{nodes_us:.0f}'} | {'—' if client_us is None else f'{client_us:.0f}'} | {busy} | {steal} |"
         )
     w("")
 

@@ -46,6 +46,10 @@ fn assert_clean_run(report: &Value, ops: u64, kinds: &[&str]) {
         "{report}"
     );
     assert_eq!(report["latency_us"]["total"]["count"], ops, "{report}");
+    // Every operation costs the load generator some CPU, and far less
+    // than the 0.1 s that would make these short runs take minutes.
+    let client_cpu = report["client_cpu_us_per_op"].as_f64().unwrap();
+    assert!(client_cpu > 0.0 && client_cpu < 100_000.0, "{report}");
     for kind in kinds {
         let latency = &report["latency_us"][kind];
         let at = |field: &str| {

@@ -323,7 +323,9 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
         .collect();
 
     let progress = Progress::start(args, start, &settings);
+    let cpu_before = process_cpu();
     let stats = run_connections(args.target, &endpoints, sources, &settings).await?;
+    let client_cpu = process_cpu().saturating_sub(cpu_before);
     progress.finish();
 
     let elapsed = match stats.last_completion {
@@ -339,7 +341,18 @@ async fn execute(args: &BenchArgs, endpoints: Vec<String>) -> anyhow::Result<Rep
             elapsed,
         )
     });
-    Ok(Report::new(args, endpoints, &stats, elapsed, preload, slow))
+    Ok(Report::new(
+        args, endpoints, &stats, elapsed, preload, slow, client_cpu,
+    ))
+}
+
+/// CPU time this process has used, user and system, all threads.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Runs one task per connection and merges what they measured.

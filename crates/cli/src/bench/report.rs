@@ -56,6 +56,10 @@ pub struct Report {
     /// `--slow-ms`: when the slow operations were scheduled to start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow: Option<SlowSummary>,
+    /// CPU time (user + system) this load generator spent per operation,
+    /// warm-up included, preload excluded: its own share of a machine it
+    /// shares with the servers it measures.
+    pub client_cpu_us_per_op: f64,
 }
 
 impl Report {
@@ -66,6 +70,7 @@ impl Report {
         elapsed: Duration,
         preload: Option<PreloadSummary>,
         slow: Option<SlowSummary>,
+        client_cpu: Duration,
     ) -> Report {
         let errors = stats.errors_total();
         let ops = stats.ok + errors;
@@ -113,6 +118,10 @@ impl Report {
             preload,
             latency_us,
             slow,
+            client_cpu_us_per_op: round(
+                client_cpu.as_secs_f64() * 1e6 / (ops + stats.unrecorded_ops).max(1) as f64,
+                1,
+            ),
         }
     }
 
@@ -159,6 +168,11 @@ impl Report {
                 self.late_unsent
             );
         }
+        let _ = writeln!(
+            out,
+            "load generator CPU: {:.1} µs per operation",
+            self.client_cpu_us_per_op
+        );
         let _ = writeln!(
             out,
             "{:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
