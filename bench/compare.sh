@@ -409,26 +409,40 @@ done
 PIDS=("${REMAINING[@]}")
 ROUND=1 bench ringkv-3-http b --target ringkv-http --url "$R3_URLS" --preload
 MAX_B=$(python3 -c "import json; print(json.load(open('$RESULTS/targets/ringkv-3-http.b.1.json'))['throughput_ops_s'])")
-HALF_B=$(python3 -c "print(max(1, round($MAX_B / 2)))")
-# The three nodes' CPU time over each run is kept too (the report divides
-# it by the run's operations), beside the load generator's own figure.
-for ROUND in $(seq "$ROUNDS"); do
+# open_run SYSTEM PERCENT: one open-loop run at PERCENT of that maximum;
+# besides its JSON, the CPU time the hypervisor stole over it and the three
+# nodes' CPU time (the report divides it by the run's operations, beside
+# the load generator's own figure).
+open_run() {
+  local system=$1 percent=$2 total_before steal_before total_after steal_after nodes_before nodes_after
   read -r total_before steal_before < <(cpu_jiffies)
   nodes_before=$(pids_jiffies "${PIDS[@]}")
-  bench ringkv-3-http-open b --target ringkv-http --url "$R3_URLS" --rate "$HALF_B" --slow-ms 10
+  bench "$system" b --target ringkv-http --url "$R3_URLS" --slow-ms 10 \
+    --rate "$(python3 -c "print(max(1, round($MAX_B * $percent / 100)))")"
   nodes_after=$(pids_jiffies "${PIDS[@]}")
   read -r total_after steal_after < <(cpu_jiffies)
   python3 -c "t=$total_after-$total_before; print(round(100*($steal_after-$steal_before)/t) if t else 0)" \
-    >"$RESULTS/targets/ringkv-3-http-open.b.$ROUND.steal"
+    >"$RESULTS/targets/$system.b.$ROUND.steal"
   python3 -c "print(($nodes_after - $nodes_before) / $(getconf CLK_TCK))" \
-    >"$RESULTS/targets/ringkv-3-http-open.b.$ROUND.nodecpu"
-done
-# Where the tail stands at lighter loads: one run each at a quarter and at
-# 40% of the maximum (the round number is the percentage), so the report
-# shows how the tail grows with the load instead of one point of it.
-for ROUND in 25 40; do
-  bench ringkv-3-http-curve b --target ringkv-http --url "$R3_URLS" --slow-ms 10 \
-    --rate "$(python3 -c "print(max(1, round($MAX_B * $ROUND / 100)))")"
+    >"$RESULTS/targets/$system.b.$ROUND.nodecpu"
+}
+# The target's runs at half the maximum, and runs at a quarter and at 40%
+# of it so that the report shows how the tail grows with the load; the
+# three loads take turns within each round (in a rotating order), so that
+# the host's noise falls on all of them alike.
+for ROUND in $(seq "$ROUNDS"); do
+  case $((ROUND % 3)) in
+    1) order="50 25 40" ;;
+    2) order="25 40 50" ;;
+    *) order="40 50 25" ;;
+  esac
+  for percent in $order; do
+    if [ "$percent" = 50 ]; then
+      open_run ringkv-3-http-open 50
+    else
+      open_run "ringkv-3-http-open$percent" "$percent"
+    fi
+  done
 done
 unset ROUND
 stop_all
