@@ -4,7 +4,8 @@
 # started as compare.sh starts its cluster (--worker-threads 1, lww bucket
 # `bench` with N=3 R=2 W=2), preloaded, then `ringkv bench` YCSB B in open
 # loop at RATE ops/s for DURATION seconds. Prints p50/p99/p99.9/max (ms) of
-# reads, writes and all operations, and each node's CPU per operation.
+# reads, writes and all operations, each node's CPU per operation and the
+# load generator's.
 # Latency tails on a shared 2-core host move a lot from run to run: judge a
 # change by many rounds, never by one.
 #
@@ -76,7 +77,9 @@ for kind in ("read", "write", "total"):
     l = report["latency_us"].get(kind)
     if l:
         parts.append(f"{kind} {l['p50_us']/1000:.2f}/{l['p99_us']/1000:.1f}/{l['p999_us']/1000:.1f}/{l['max_us']/1000:.1f}")
-print(f"  {name}: {report['throughput_ops_s']:,.0f} ops/s | " + " | ".join(parts) + f" | node CPU us/op {cpu}")
+client = report.get("client_cpu_us_per_op")
+client = f" | client CPU us/op {client:.0f}" if client is not None else ""
+print(f"  {name}: {report['throughput_ops_s']:,.0f} ops/s | " + " | ".join(parts) + f" | node CPU us/op {cpu}{client}")
 EOF
 }
 
