@@ -409,12 +409,14 @@ done
 PIDS=("${REMAINING[@]}")
 ROUND=1 bench ringkv-3-http b --target ringkv-http --url "$R3_URLS" --preload
 MAX_B=$(python3 -c "import json; print(json.load(open('$RESULTS/targets/ringkv-3-http.b.1.json'))['throughput_ops_s'])")
-# open_run SYSTEM PERCENT: one open-loop run at PERCENT of that maximum;
+# open_run PERCENT: one open-loop run at PERCENT of that maximum, kept as
+# system ringkv-3-http-open (the target's 50%) or ringkv-3-http-openPERCENT;
 # besides its JSON, the CPU time the hypervisor stole over it and the three
 # nodes' CPU time (the report divides it by the run's operations, beside
 # the load generator's own figure).
 open_run() {
-  local system=$1 percent=$2 total_before steal_before total_after steal_after nodes_before nodes_after
+  local percent=$1 system=ringkv-3-http-open total_before steal_before total_after steal_after nodes_before nodes_after
+  [ "$percent" = 50 ] || system+=$percent
   read -r total_before steal_before < <(cpu_jiffies)
   nodes_before=$(pids_jiffies "${PIDS[@]}")
   bench "$system" b --target ringkv-http --url "$R3_URLS" --slow-ms 10 \
@@ -436,13 +438,7 @@ for ROUND in $(seq "$ROUNDS"); do
     2) order="25 40 50" ;;
     *) order="40 50 25" ;;
   esac
-  for percent in $order; do
-    if [ "$percent" = 50 ]; then
-      open_run ringkv-3-http-open 50
-    else
-      open_run "ringkv-3-http-open$percent" "$percent"
-    fi
-  done
+  for percent in $order; do open_run "$percent"; done
 done
 unset ROUND
 stop_all
