@@ -130,6 +130,9 @@ fi
 
 say "building ringkv (release)"
 cargo build --release -p ringkv-cli >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log" >&2; exit 1; }
+# The code the binary was built from, read now: sources edited while the
+# script runs are not in it.
+VERSION_RINGKV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' (with uncommitted changes)')"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/ringkv"
 [ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
 HAS_BUFFERED=0
@@ -454,6 +457,6 @@ export MACHINE_NPROC="$(nproc)" MACHINE_KERNEL="$(uname -r)" MACHINE_DATE="$(dat
 export MACHINE_CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)"
 export MACHINE_MEM="$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
 export VERSION_REDIS="$(redis-server --version | head -n1)" VERSION_ETCD="$(etcd --version | head -n1)"
-export VERSION_RINGKV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' (with uncommitted changes)')"
+export VERSION_RINGKV
 python3 "$ROOT/bench/report.py"
 say "done in ${TOTAL_S}s"
