@@ -124,6 +124,16 @@ fn bench_drives_one_node_over_http_and_resp() {
     let windows = slow["windows"].as_u64().unwrap();
     let with_slow = slow["windows_with_slow"].as_u64().unwrap();
     assert!(with_slow >= 1 && with_slow <= windows, "{report}");
+    let by_window = slow["by_window"].as_array().unwrap();
+    assert_eq!(by_window.len() as u64, with_slow, "{report}");
+    let placed: u64 = by_window.iter().map(|w| w[1].as_u64().unwrap()).sum();
+    assert_eq!(placed, 2000, "{report}");
+    let start = slow["start_unix_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(start <= now && now - start < 60_000, "{report}");
 
     // Read-modify-write carries the read's context: in a `siblings` bucket,
     // concurrent writers to a few hot keys leave at most one sibling per

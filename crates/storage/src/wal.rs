@@ -548,6 +548,7 @@ impl Shared {
     /// log files it covered.
     fn flush_once(&self) -> Result<(), StorageError> {
         let _one_at_a_time = self.flushing.lock().expect("flush lock poisoned");
+        let started = Instant::now();
         // An engine that an I/O error stopped (a full disk) is reopened
         // before it is written to again.
         self.inner.reopen_if_failed()?;
@@ -598,7 +599,14 @@ impl Shared {
                 }
             }
         };
+        let sealed = Instant::now();
         write_memtable(&*self.inner, &frozen)?;
+        tracing::debug!(
+            entries = frozen.len(),
+            seal_ms = (sealed - started).as_secs_f64() * 1000.0,
+            engine_ms = sealed.elapsed().as_secs_f64() * 1000.0,
+            "flushed the memtable to the engine"
+        );
         let mut log = self.lock_log();
         self.tables
             .write()

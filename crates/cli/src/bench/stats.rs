@@ -186,6 +186,12 @@ pub struct SlowSummary {
     pub windows_with_slow: u64,
     /// Slow operations by the second of the run their start falls in.
     pub per_second: Vec<u64>,
+    /// `[window, slow operations]` for each window that holds any, in
+    /// order: to line the slow moments up with a server's own log.
+    pub by_window: Vec<[u64; 2]>,
+    /// The wall clock (ms since the Unix epoch) at the end of the warm-up,
+    /// where window 0 begins.
+    pub start_unix_ms: u64,
 }
 
 impl SlowSummary {
@@ -203,13 +209,13 @@ impl SlowSummary {
             .div_ceil(u128::from(Self::WINDOW_MS))
             .max(1);
         let windows = u64::try_from(windows).unwrap_or(u64::MAX);
-        let mut with_slow = std::collections::BTreeSet::new();
+        let mut by_window = std::collections::BTreeMap::new();
         let mut per_second = vec![0; usize::try_from(windows.div_ceil(10)).unwrap_or(0)];
         for start in starts {
             let ms = u64::try_from(start.saturating_duration_since(measure_start).as_millis())
                 .unwrap_or(u64::MAX);
             let window = (ms / Self::WINDOW_MS).min(windows - 1);
-            with_slow.insert(window);
+            *by_window.entry(window).or_insert(0) += 1;
             if let Some(second) =
                 per_second.get_mut(usize::try_from(window / 10).unwrap_or(usize::MAX))
             {
@@ -221,10 +227,20 @@ impl SlowSummary {
             ops: starts.len() as u64 + unplaced,
             window_ms: Self::WINDOW_MS,
             windows,
-            windows_with_slow: with_slow.len() as u64,
+            windows_with_slow: by_window.len() as u64,
             per_second,
+            by_window: by_window.into_iter().map(|(w, n)| [w, n]).collect(),
+            start_unix_ms: unix_ms_at(measure_start),
         }
     }
+}
+
+/// The wall clock, in ms since the Unix epoch, at `instant` (in the past).
+fn unix_ms_at(instant: Instant) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.saturating_sub(instant.elapsed()).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Percentiles of one histogram, in microseconds.
@@ -338,6 +354,7 @@ mod tests {
         assert_eq!(summary.ops, 6, "5 placed and 1 only counted");
         assert_eq!((summary.windows, summary.windows_with_slow), (20, 4));
         assert_eq!(summary.per_second, vec![3, 2]);
+        assert_eq!(summary.by_window, vec![[0, 2], [9, 1], [12, 1], [19, 1]]);
         assert_eq!(summary.threshold_ms, 10.0);
 
         let none = SlowSummary::of(ms(10), &[], 0, t0, ms(0));
