@@ -846,6 +846,7 @@ fn a_peer_write_over_the_value_limit_is_refused() {
                 value: Some(value),
                 content_type: "text/plain".into(),
                 now_ms: 1,
+                expires_ms: None,
             },
             0xabc,
             ConflictMode::Siblings,

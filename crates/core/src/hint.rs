@@ -94,6 +94,7 @@ mod tests {
                 value: Some(b"v".to_vec()),
                 content_type: "text/plain".into(),
                 now_ms: 1,
+                expires_ms: None,
             },
             7,
             ConflictMode::Siblings,

@@ -35,24 +35,107 @@ pub enum ClientOp {
         pw: Option<u32>,
         timeout_ms: u64,
     },
+    /// A `Put` of a value that expires `ttl_ms` after the coordinator
+    /// stamps it. A variant of its own, added after `Put`, so that a
+    /// forwarded put without a TTL encodes as before and a member that
+    /// predates TTLs refuses this one rather than dropping the TTL.
+    PutWithTtl {
+        ttl_ms: u64,
+        bucket: String,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        content_type: String,
+        context: VersionVector,
+        w: Option<u32>,
+        pw: Option<u32>,
+        timeout_ms: u64,
+    },
 }
 
 impl ClientOp {
     pub fn bucket(&self) -> &str {
         match self {
-            ClientOp::Get { bucket, .. } | ClientOp::Put { bucket, .. } => bucket,
+            ClientOp::Get { bucket, .. }
+            | ClientOp::Put { bucket, .. }
+            | ClientOp::PutWithTtl { bucket, .. } => bucket,
         }
     }
 
     pub fn key(&self) -> &[u8] {
         match self {
-            ClientOp::Get { key, .. } | ClientOp::Put { key, .. } => key,
+            ClientOp::Get { key, .. }
+            | ClientOp::Put { key, .. }
+            | ClientOp::PutWithTtl { key, .. } => key,
         }
     }
 
     pub fn timeout_ms(&self) -> u64 {
         match self {
-            ClientOp::Get { timeout_ms, .. } | ClientOp::Put { timeout_ms, .. } => *timeout_ms,
+            ClientOp::Get { timeout_ms, .. }
+            | ClientOp::Put { timeout_ms, .. }
+            | ClientOp::PutWithTtl { timeout_ms, .. } => *timeout_ms,
+        }
+    }
+
+    /// The operation without its TTL (a `PutWithTtl` becomes a `Put`),
+    /// and the TTL.
+    pub fn split_ttl(self) -> (ClientOp, Option<u64>) {
+        match self {
+            ClientOp::PutWithTtl {
+                ttl_ms,
+                bucket,
+                key,
+                value,
+                content_type,
+                context,
+                w,
+                pw,
+                timeout_ms,
+            } => (
+                ClientOp::Put {
+                    bucket,
+                    key,
+                    value,
+                    content_type,
+                    context,
+                    w,
+                    pw,
+                    timeout_ms,
+                },
+                Some(ttl_ms),
+            ),
+            op => (op, None),
+        }
+    }
+
+    /// The inverse of [`split_ttl`](Self::split_ttl): a `Put` with a TTL
+    /// becomes a `PutWithTtl`; anything else is returned as it is.
+    pub fn with_ttl(self, ttl_ms: Option<u64>) -> ClientOp {
+        match (self, ttl_ms) {
+            (
+                ClientOp::Put {
+                    bucket,
+                    key,
+                    value,
+                    content_type,
+                    context,
+                    w,
+                    pw,
+                    timeout_ms,
+                },
+                Some(ttl_ms),
+            ) => ClientOp::PutWithTtl {
+                ttl_ms,
+                bucket,
+                key,
+                value,
+                content_type,
+                context,
+                w,
+                pw,
+                timeout_ms,
+            },
+            (op, _) => op,
         }
     }
 }
@@ -237,4 +320,44 @@ pub enum PeerResponse {
     Reaped {
         dropped: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put() -> ClientOp {
+        ClientOp::Put {
+            bucket: "b".into(),
+            key: b"k".to_vec(),
+            value: Some(b"v".to_vec()),
+            content_type: "text/plain".into(),
+            context: VersionVector::new(),
+            w: Some(2),
+            pw: None,
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_ttl_travels_in_its_own_variant_and_comes_back_off() {
+        assert_eq!(put().with_ttl(None), put(), "no TTL: the plain put");
+        let expiring = put().with_ttl(Some(5000));
+        assert!(matches!(
+            expiring,
+            ClientOp::PutWithTtl { ttl_ms: 5000, .. }
+        ));
+        assert_eq!((expiring.bucket(), expiring.key()), ("b", &b"k"[..]));
+        assert_eq!(expiring.timeout_ms(), 1000);
+        assert_eq!(expiring.split_ttl(), (put(), Some(5000)));
+        assert_eq!(put().split_ttl(), (put(), None));
+        let get = ClientOp::Get {
+            bucket: "b".into(),
+            key: b"k".to_vec(),
+            r: None,
+            pr: None,
+            timeout_ms: 1000,
+        };
+        assert_eq!(get.clone().with_ttl(Some(1)), get, "only puts carry one");
+    }
 }

@@ -23,9 +23,13 @@ use ringkv_core::message::{ClientOp, ClientReply, OpError};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::node::{LeaveRefusal, Node};
+use crate::node::{LeaveRefusal, Node, now_ms};
 
 pub const CONTEXT_HEADER: &str = "x-ringkv-context";
+/// On a PUT: the value expires this many seconds after it is written.
+pub const TTL_HEADER: &str = "x-ringkv-ttl";
+/// On a read of one value that expires: when, in ms since the Unix epoch.
+pub const EXPIRES_HEADER: &str = "x-ringkv-expires-ms";
 const MAX_IN_FLIGHT_REQUESTS: usize = 4096;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -191,6 +195,21 @@ fn context_token(context: &VersionVector) -> Option<String> {
     }
 }
 
+/// The TTL a write asks for (`X-Ringkv-Ttl`, whole seconds), in ms.
+fn ttl_from(headers: &HeaderMap) -> Result<Option<u64>, Response> {
+    let Some(value) = headers.get(TTL_HEADER) else {
+        return Ok(None);
+    };
+    let seconds = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|&seconds| seconds >= 1)
+        .ok_or_else(|| bad_request("X-Ringkv-Ttl must be a whole number of seconds, at least 1"))?;
+    // Past the largest TTL, `Node::execute` refuses it with the limit.
+    Ok(Some(seconds.saturating_mul(1000)))
+}
+
 fn insert_context(response: &mut Response, context: &VersionVector) {
     if let Some(token) = context_token(context) {
         let value = HeaderValue::from_str(&token).expect("base64url is a valid header value");
@@ -220,6 +239,9 @@ async fn kv(
         if query.w.is_some() || query.pw.is_some() {
             return bad_request("w and pw apply to writes; use r for reads");
         }
+        if headers.contains_key(TTL_HEADER) {
+            return bad_request("X-Ringkv-Ttl applies to writes");
+        }
         ClientOp::Get {
             bucket,
             key,
@@ -233,6 +255,10 @@ async fn kv(
         }
         let context = match context_from(&headers) {
             Ok(context) => context,
+            Err(response) => return response,
+        };
+        let ttl_ms = match ttl_from(&headers) {
+            Ok(ttl_ms) => ttl_ms,
             Err(response) => return response,
         };
         let value = if method == Method::PUT {
@@ -274,6 +300,7 @@ async fn kv(
             pw: query.pw,
             timeout_ms,
         }
+        .with_ttl(ttl_ms)
     };
     match node.execute(op, true).await {
         ClientReply::Failed(e) => op_error(&e),
@@ -299,15 +326,17 @@ struct SiblingJson {
     value_base64: String,
     content_type: String,
     modified_ms: u64,
+    /// When the value expires (ms since the Unix epoch); null: never.
+    expires_ms: Option<u64>,
 }
 
 fn found(object: &Object) -> Response {
-    let live: Vec<_> = object.live_siblings().collect();
+    let live: Vec<_> = object.live_siblings_at(now_ms()).collect();
     let mut response = match live.as_slice() {
         [] => error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "key not found (deleted)",
+            "key not found (deleted or expired)",
         ),
         [one] => {
             let mut response =
@@ -317,6 +346,11 @@ fn found(object: &Object) -> Response {
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, content_type);
+            if let Some(expires_ms) = one.expires_ms {
+                response
+                    .headers_mut()
+                    .insert(EXPIRES_HEADER, HeaderValue::from(expires_ms));
+            }
             response
         }
         many => {
@@ -326,6 +360,7 @@ fn found(object: &Object) -> Response {
                     value_base64: STANDARD.encode(s.value.as_deref().unwrap_or_default()),
                     content_type: s.content_type.clone(),
                     modified_ms: s.modified_ms,
+                    expires_ms: s.expires_ms,
                 })
                 .collect();
             let body = json!({ "context": context_token(object.clock()), "siblings": siblings });

@@ -62,10 +62,11 @@ pub async fn live_keys(
 async fn partition_keys(walk: &mut Walk, partition: u32) -> Result<Vec<Vec<u8>>, String> {
     walk.start(partition);
     let mut keys = Vec::new();
+    let now = crate::node::now_ms();
     loop {
         match walk.next().await {
             Ok(Some((_, key, object))) => {
-                if !object.is_deleted() {
+                if !object.is_absent_at(now) {
                     keys.push(key);
                 }
             }

@@ -86,6 +86,7 @@ pub struct Metrics {
     pub tombstones_reaped: Counter,
     pub reaps_skipped: Counter,
     pub tombstones_swept: Counter,
+    pub expired_swept: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -230,6 +231,12 @@ impl Metrics {
             "Tombstones left behind (older than the reap delay) that the sweeper read so that they are reaped",
             tombstones_swept.clone(),
         );
+        let expired_swept = Counter::default();
+        registry.register(
+            "expired_swept",
+            "Keys whose every value had expired that the sweeper turned into tombstones",
+            expired_swept.clone(),
+        );
         let exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -247,6 +254,7 @@ impl Metrics {
             tombstones_reaped,
             reaps_skipped,
             tombstones_swept,
+            expired_swept,
             hints_pending,
             hints_stored,
             hints_delivered,

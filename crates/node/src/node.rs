@@ -247,6 +247,27 @@ fn bad_request(e: InvalidInput) -> OpError {
     }
 }
 
+/// The longest TTL a write may carry: 20 years, Cassandra's limit.
+pub const MAX_TTL_MS: u64 = 20 * 365 * 24 * 3600 * 1000;
+
+/// A TTL comes with a put of a value (not a delete) and lies between 1 ms
+/// and [`MAX_TTL_MS`].
+pub(crate) fn check_ttl(op: &ClientOp, ttl_ms: Option<u64>) -> Result<(), OpError> {
+    let Some(ttl_ms) = ttl_ms else {
+        return Ok(());
+    };
+    let message = match op {
+        ClientOp::Put { value: Some(_), .. } if (1..=MAX_TTL_MS).contains(&ttl_ms) => {
+            return Ok(());
+        }
+        ClientOp::Put { value: Some(_), .. } => {
+            format!("the TTL must be between 1 ms and {MAX_TTL_MS} ms (20 years), got {ttl_ms} ms")
+        }
+        _ => "only a write of a value can carry a TTL".to_string(),
+    };
+    Err(OpError::BadRequest { message })
+}
+
 impl Node {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -472,12 +493,13 @@ impl Node {
     /// that is not a primary of the key is sent to a primary (once).
     pub async fn execute(self: &Arc<Self>, op: ClientOp, may_forward: bool) -> ClientReply {
         let started = Instant::now();
+        let (op, ttl_ms) = op.split_ttl();
         let kind = match &op {
             ClientOp::Get { .. } => Op::Get,
-            ClientOp::Put { value: Some(_), .. } => Op::Put,
             ClientOp::Put { value: None, .. } => Op::Delete,
+            ClientOp::Put { .. } | ClientOp::PutWithTtl { .. } => Op::Put,
         };
-        let reply = match self.check(&op) {
+        let reply = match self.check(&op).and_then(|()| check_ttl(&op, ttl_ms)) {
             Err(e) => ClientReply::Failed(e),
             Ok(()) => match op {
                 ClientOp::Get {
@@ -487,7 +509,7 @@ impl Node {
                     pr,
                     timeout_ms,
                 } => self.coordinate_get(bucket, key, r, pr, timeout_ms).await,
-                put @ ClientOp::Put { .. } => self.coordinate_put(put, may_forward).await,
+                put => self.coordinate_put(put, ttl_ms, None, may_forward).await,
             },
         };
         self.metrics
@@ -511,7 +533,8 @@ impl Node {
         reply
     }
 
-    /// Input checks shared by every way in (HTTP, RESP, forwarded).
+    /// Input checks shared by every way in (HTTP, RESP, forwarded), of an
+    /// operation without its TTL (`ClientOp::split_ttl`; see `check_ttl`).
     pub(crate) fn check(&self, op: &ClientOp) -> Result<(), OpError> {
         validate_bucket_name(op.bucket()).map_err(bad_request)?;
         validate_key(op.key()).map_err(bad_request)?;
@@ -563,7 +586,20 @@ impl Node {
         Ok(())
     }
 
-    async fn coordinate_put(self: &Arc<Self>, op: ClientOp, may_forward: bool) -> ClientReply {
+    /// Runs a put (`op` is a `ClientOp::Put`); with `ttl_ms`, the new
+    /// version expires that long after this node's clock now.
+    /// `retire_expired_at` is the expiry sweeper's delete of values that
+    /// expired: stamped at that time (the latest expiry among them) rather
+    /// than now, so that in an `lww` bucket any write made after they
+    /// expired wins over it, and refused (`UpdateError::NotExpired`) where
+    /// the local copy holds a value that has not expired.
+    pub(crate) async fn coordinate_put(
+        self: &Arc<Self>,
+        op: ClientOp,
+        ttl_ms: Option<u64>,
+        retire_expired_at: Option<u64>,
+        may_forward: bool,
+    ) -> ClientReply {
         let ClientOp::Put {
             bucket,
             key,
@@ -608,7 +644,8 @@ impl Node {
                 w: w_asked,
                 pw: pw_asked,
                 timeout_ms,
-            };
+            }
+            .with_ttl(ttl_ms);
             return self.forward(&layout, &others, op, w, timeout).await;
         }
         let durability = effective.durability;
@@ -627,10 +664,13 @@ impl Node {
         // - a node outside the plan that keeps the write as a replica (it
         //   is the key's first primary, yet not in the plan): a fresh id.
         // Later than any tombstone this node reaped (`stamp_floor`).
+        let clock_now = now_ms();
         let (mode, max_siblings, now) = (
             effective.props.conflict,
             effective.props.max_siblings as usize,
-            now_ms().max(self.stamp_floor.load(AtomicOrdering::SeqCst) + 1),
+            retire_expired_at
+                .unwrap_or(clock_now)
+                .max(self.stamp_floor.load(AtomicOrdering::SeqCst) + 1),
         );
         let context_in = context.clone();
         let value_bytes = value.as_ref().map_or(0, Vec::len);
@@ -638,8 +678,13 @@ impl Node {
             value,
             content_type,
             now_ms: now,
+            // `check_ttl` bounds the TTL, so this cannot overflow.
+            expires_ms: ttl_ms.map(|ttl| now.saturating_add(ttl)),
         };
         let update = move |current: Option<&Object>, actor: NodeId, floor: u64| {
+            if retire_expired_at.is_some() && current.is_some_and(|c| !c.is_absent_at(clock_now)) {
+                return Err(UpdateError::NotExpired);
+            }
             Object::update_above(
                 current,
                 &context,

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::listing::{glob_matches, live_keys};
-use crate::node::Node;
+use crate::node::{Node, now_ms};
 use crate::walk::Walk;
 
 /// Commands of one connection answered before replies are flushed.
@@ -296,16 +296,107 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
             }
         }
         "set" => {
+            if argc < 3 {
+                return wrong_args(out, &name);
+            }
+            let ttl_ms = match set_options(&args[3..]) {
+                Ok(ttl_ms) => ttl_ms,
+                Err(message) => {
+                    resp::error_reply(out, &message);
+                    return Next::Continue;
+                }
+            };
+            set(node, out, &args[1], &args[2], ttl_ms).await;
+        }
+        // SETEX key seconds value, PSETEX key milliseconds value.
+        "setex" | "psetex" => {
+            if argc != 4 {
+                return wrong_args(out, &name);
+            }
+            let unit = if name == "setex" { 1000 } else { 1 };
+            match positive_ttl(&args[2], unit, &name) {
+                Ok(ttl_ms) => set(node, out, &args[1], &args[3], Some(ttl_ms)).await,
+                Err(message) => resp::error_reply(out, &message),
+            }
+        }
+        // EXPIRE key seconds, PEXPIRE key milliseconds: a read, then the
+        // value written again with the read's context and the new TTL. A
+        // TTL of 0 or less deletes the key, as in Redis.
+        "expire" | "pexpire" => {
             if argc != 3 {
                 if argc > 3 {
-                    resp::error_reply(out, "ERR syntax error (SET options are not supported)");
+                    resp::error_reply(
+                        out,
+                        &format!(
+                            "ERR syntax error ({name} options NX, XX, GT and LT are not supported)"
+                        ),
+                    );
                     return Next::Continue;
                 }
                 return wrong_args(out, &name);
             }
-            let op = put_op(node, &args[1], Some(args[2].clone()), VersionVector::new());
+            let unit = if name == "expire" { 1000 } else { 1 };
+            let Some(ttl) = integer(&args[2]).and_then(|n| n.checked_mul(unit)) else {
+                resp::error_reply(out, "ERR value is not an integer or out of range");
+                return Next::Continue;
+            };
+            let Some(current) = read_or_reply(node, out, &args[1]).await else {
+                return Next::Continue;
+            };
+            let op = if ttl <= 0 {
+                put_op(node, &args[1], None, current.context)
+            } else {
+                put_op(node, &args[1], Some(current.value), current.context)
+                    .with_ttl(Some(ttl as u64))
+            };
             match put(node, op).await {
-                Ok(()) => resp::simple(out, "OK"),
+                Ok(()) => resp::integer(out, 1),
+                Err(e) => error(out, &e),
+            }
+        }
+        // PERSIST key: the value written again without a TTL.
+        "persist" => {
+            if argc != 2 {
+                return wrong_args(out, &name);
+            }
+            let Some(current) = read_or_reply(node, out, &args[1]).await else {
+                return Next::Continue;
+            };
+            if current.expires_ms.is_none() {
+                resp::integer(out, 0);
+                return Next::Continue;
+            }
+            let op = put_op(node, &args[1], Some(current.value), current.context);
+            match put(node, op).await {
+                Ok(()) => resp::integer(out, 1),
+                Err(e) => error(out, &e),
+            }
+        }
+        // TTL key (seconds, rounded as Redis does), PTTL key (ms): -2 for
+        // a key that does not exist, -1 for one that does not expire.
+        "ttl" | "pttl" => {
+            if argc != 2 {
+                return wrong_args(out, &name);
+            }
+            match read(node, &args[1]).await {
+                Ok(None) => resp::integer(out, -2),
+                Ok(Some(Current {
+                    expires_ms: None, ..
+                })) => resp::integer(out, -1),
+                Ok(Some(Current {
+                    expires_ms: Some(at),
+                    ..
+                })) => {
+                    let left = i64::try_from(at.saturating_sub(now_ms())).unwrap_or(i64::MAX);
+                    resp::integer(
+                        out,
+                        if name == "ttl" {
+                            (left + 500) / 1000
+                        } else {
+                            left
+                        },
+                    );
+                }
                 Err(e) => error(out, &e),
             }
         }
@@ -358,9 +449,10 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
                 let found = futures::future::join_all(chunk.iter().map(|k| read(node, k))).await;
                 for (key, result) in chunk.iter().zip(found) {
                     match result {
-                        Ok(Some((_, context))) => {
+                        Ok(Some(current)) => {
                             if name != "exists"
-                                && let Err(e) = put(node, put_op(node, key, None, context)).await
+                                && let Err(e) =
+                                    put(node, put_op(node, key, None, current.context)).await
                             {
                                 error(out, &e);
                                 return Next::Continue;
@@ -430,6 +522,75 @@ async fn execute(node: &Arc<Node>, args: &[Vec<u8>], out: &mut BytesMut) -> Next
         }
     }
     Next::Continue
+}
+
+/// SET's value, with an expiry when `ttl_ms` is set; answers OK.
+async fn set(node: &Arc<Node>, out: &mut BytesMut, key: &[u8], value: &[u8], ttl_ms: Option<u64>) {
+    let op = put_op(node, key, Some(value.to_vec()), VersionVector::new()).with_ttl(ttl_ms);
+    match put(node, op).await {
+        Ok(()) => resp::simple(out, "OK"),
+        Err(e) => error(out, &e),
+    }
+}
+
+/// Reads a key for a command that rewrites it: `None` once the answer is
+/// written (0 for a key that does not exist, or the error).
+async fn read_or_reply(node: &Arc<Node>, out: &mut BytesMut, key: &[u8]) -> Option<Current> {
+    match read(node, key).await {
+        Ok(Some(current)) => Some(current),
+        Ok(None) => {
+            resp::integer(out, 0);
+            None
+        }
+        Err(e) => {
+            error(out, &e);
+            None
+        }
+    }
+}
+
+/// A decimal integer argument, as Redis reads one.
+fn integer(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+/// A TTL argument in `unit` ms that must be positive (SET's EX and PX,
+/// SETEX, PSETEX), in ms; else Redis's error for `command`.
+fn positive_ttl(arg: &[u8], unit: i64, command: &str) -> Result<u64, String> {
+    let n = integer(arg).ok_or("ERR value is not an integer or out of range")?;
+    match n.checked_mul(unit) {
+        Some(ms) if ms > 0 => Ok(ms as u64),
+        _ => Err(format!("ERR invalid expire time in '{command}' command")),
+    }
+}
+
+/// The TTL that SET's options ask for: `EX seconds` or `PX milliseconds`.
+/// The options that need a condition or the old value (NX, XX, GET,
+/// KEEPTTL) and absolute times (EXAT, PXAT) are refused by name.
+fn set_options(options: &[Vec<u8>]) -> Result<Option<u64>, String> {
+    let mut ttl_ms = None;
+    let mut rest = options.iter();
+    while let Some(option) = rest.next() {
+        let option = String::from_utf8_lossy(option).to_ascii_uppercase();
+        let unit = match option.as_str() {
+            "EX" => 1000,
+            "PX" => 1,
+            "NX" | "XX" | "GET" | "KEEPTTL" | "EXAT" | "PXAT" => {
+                return Err(format!(
+                    "ERR syntax error (SET option {option} is not supported)"
+                ));
+            }
+            _ => return Err("ERR syntax error".into()),
+        };
+        let Some(arg) = rest.next() else {
+            return Err("ERR syntax error".into());
+        };
+        if ttl_ms.is_some() {
+            return Err("ERR syntax error".into());
+        }
+        ttl_ms = Some(positive_ttl(arg, unit, "set")?);
+    }
+    Ok(ttl_ms)
 }
 
 /// What `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]` asks for.
@@ -544,11 +705,20 @@ fn error(out: &mut BytesMut, e: &OpError) {
 
 /// The value of a key: the newest live sibling (an `lww` bucket has one).
 async fn get(node: &Arc<Node>, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
-    Ok(read(node, key).await?.map(|(value, _)| value))
+    Ok(read(node, key).await?.map(|current| current.value))
 }
 
-/// The value of a key and the causal context of the read.
-async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<(Vec<u8>, VersionVector)>, OpError> {
+/// What a read of a key found: its newest live value.
+struct Current {
+    value: Vec<u8>,
+    /// The causal context of the read: a write with it supersedes what was read.
+    context: VersionVector,
+    /// When the value expires (ms since the Unix epoch).
+    expires_ms: Option<u64>,
+}
+
+/// The newest live value of a key, with the causal context of the read.
+async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<Current>, OpError> {
     match node.execute(get_op(node, key), true).await {
         ClientReply::Found { object: None } => Ok(None),
         ClientReply::Found {
@@ -558,10 +728,15 @@ async fn read(node: &Arc<Node>, key: &[u8]) -> Result<Option<(Vec<u8>, VersionVe
                 message: e.to_string(),
             })?;
             let newest = object
-                .live_siblings()
-                .max_by_key(|s| (s.modified_ms, s.dot))
-                .and_then(|s| s.value.clone());
-            Ok(newest.map(|value| (value, object.clock().clone())))
+                .live_siblings_at(now_ms())
+                .max_by_key(|s| (s.modified_ms, s.dot));
+            Ok(newest.and_then(|s| {
+                Some(Current {
+                    value: s.value.clone()?,
+                    context: object.clock().clone(),
+                    expires_ms: s.expires_ms,
+                })
+            }))
         }
         ClientReply::Failed(e) => Err(e),
         ClientReply::Written { .. } => Err(OpError::Internal {

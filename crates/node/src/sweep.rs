@@ -15,13 +15,22 @@
 //! lack the tombstone, and when every primary answers it, reaps it by the
 //! same rules as any read. One key at a time, and not while
 //! `MAX_PENDING_REAPS` reaps are already waiting.
+//!
+//! The same sweep retires expired values (whatever `--delete-mode`): an
+//! object whose every value has expired is read as a client would, and
+//! if the merge of the replicas' copies has expired too, deleted with that
+//! read's context, stamped at the latest expiry (`Node::coordinate_put`'s
+//! `retire_expired_at`), and only where the coordinator's own copy still
+//! holds no live value. A write made since is kept: in a `siblings`
+//! bucket the context does not cover it, in an `lww` one it is stamped
+//! later. The tombstone is then reaped by the rules above.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_core::causality::Object;
 use ringkv_core::hint::split_object_key;
-use ringkv_core::message::ClientReply;
+use ringkv_core::message::{ClientOp, ClientReply};
 use tracing::{debug, info, warn};
 
 use crate::config::DeleteMode;
@@ -34,30 +43,41 @@ impl Node {
     /// Sweeps every `tombstone_sweep_interval_ms` (0: never), while
     /// tombstones are reaped at all.
     pub async fn tombstone_sweep_loop(self: Arc<Self>) {
-        let (DeleteMode::ReapAfterMs(delay_ms), interval_ms @ 1..) = (
-            self.config.delete_mode,
-            self.config.tombstone_sweep_interval_ms,
-        ) else {
+        let interval_ms @ 1.. = self.config.tombstone_sweep_interval_ms else {
             return;
+        };
+        let reap_delay_ms = match self.config.delete_mode {
+            DeleteMode::ReapAfterMs(delay_ms) => Some(delay_ms),
+            DeleteMode::Keep => None,
         };
         loop {
             tokio::time::sleep(Duration::from_millis(interval_ms)).await;
-            match self.sweep(delay_ms).await {
-                Ok(0) => {}
-                Ok(read) => info!(
-                    tombstones = read,
-                    "tombstone sweep read tombstones left behind"
+            match self.sweep(reap_delay_ms).await {
+                Ok(Swept {
+                    tombstones: 0,
+                    expired: 0,
+                }) => {}
+                Ok(Swept {
+                    tombstones,
+                    expired,
+                }) => info!(
+                    tombstones,
+                    expired, "sweep read tombstones left behind and retired expired values"
                 ),
                 Err(e) => warn!(error = %e, "tombstone sweep stopped"),
             }
         }
     }
 
-    /// One sweep: reads the tombstones older than `delay_ms` in the
-    /// partitions this node owns. Returns how many it read.
-    async fn sweep(self: &Arc<Self>, delay_ms: u64) -> Result<u64, crate::store::StoreError> {
+    /// One sweep of the partitions this node owns: reads the tombstones
+    /// older than `reap_delay_ms` (`None`: tombstones are kept) and
+    /// retires the expired values.
+    async fn sweep(
+        self: &Arc<Self>,
+        reap_delay_ms: Option<u64>,
+    ) -> Result<Swept, crate::store::StoreError> {
         let layout = self.layout();
-        let mut read = 0;
+        let mut swept = Swept::default();
         for partition in 0..layout.partitions() {
             if layout.owner(partition) != self.id {
                 continue;
@@ -73,15 +93,25 @@ impl Node {
                 after = Some(last.clone());
                 let full = page.len() == PAGE;
                 for (raw, bytes) in page {
-                    if !self.left_behind(&bytes, delay_ms) {
+                    let Ok(object) = Object::decode(&bytes) else {
                         continue;
-                    }
+                    };
                     let Some((bucket, key)) = split_object_key(&raw) else {
                         continue;
                     };
+                    if object.is_expired_at(now_ms()) {
+                        if self.retire_expired(bucket, key).await {
+                            swept.expired += 1;
+                            self.metrics.expired_swept.inc();
+                        }
+                        continue;
+                    }
+                    if !reap_delay_ms.is_some_and(|delay| left_behind(&object, delay)) {
+                        continue;
+                    }
                     if self.reaps_waiting() {
                         debug!("tombstone sweep paused: reaps are waiting");
-                        return Ok(read);
+                        return Ok(swept);
                     }
                     let timeout_ms = self.config.request_timeout_ms;
                     let reply = self
@@ -90,7 +120,7 @@ impl Node {
                     if let ClientReply::Failed(e) = reply {
                         debug!(error = %e, "tombstone sweep: a read failed");
                     }
-                    read += 1;
+                    swept.tombstones += 1;
                     self.metrics.tombstones_swept.inc();
                 }
                 if !full || self.layout().owner(partition) != self.id {
@@ -101,17 +131,69 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        Ok(read)
+        Ok(swept)
     }
 
-    /// Whether `bytes` (a stored object) is tombstones only, the newest
-    /// older than `delay_ms`: a delete that should have been reaped.
-    fn left_behind(&self, bytes: &[u8], delay_ms: u64) -> bool {
-        let Ok(object) = Object::decode(bytes) else {
+    /// Reads a key whose local copy has expired, as a client would, and
+    /// deletes it if the replicas' merge has expired too (see the module
+    /// documentation); `true` if it was deleted.
+    async fn retire_expired(self: &Arc<Self>, bucket: String, key: Vec<u8>) -> bool {
+        let timeout_ms = self.config.request_timeout_ms;
+        let merged = match self
+            .coordinate_get(bucket.clone(), key.clone(), None, None, timeout_ms)
+            .await
+        {
+            ClientReply::Found {
+                object: Some(bytes),
+            } => Object::decode(&bytes).ok(),
+            ClientReply::Failed(e) => {
+                debug!(error = %e, "expiry sweep: a read failed");
+                None
+            }
+            _ => None,
+        };
+        let Some(merged) = merged.filter(|m| m.is_expired_at(now_ms())) else {
             return false;
         };
-        let newest = object.siblings().iter().map(|s| s.modified_ms).max();
-        object.siblings().iter().all(|s| s.is_tombstone())
-            && newest.is_some_and(|ms| ms.saturating_add(delay_ms) <= now_ms())
+        let Some(expired_at) = merged.siblings().iter().filter_map(|s| s.expires_ms).max() else {
+            return false;
+        };
+        let delete = ClientOp::Put {
+            bucket,
+            key,
+            value: None,
+            content_type: String::new(),
+            context: merged.clock().clone(),
+            w: None,
+            pw: None,
+            timeout_ms,
+        };
+        match self
+            .coordinate_put(delete, None, Some(expired_at), false)
+            .await
+        {
+            ClientReply::Written { .. } => true,
+            reply => {
+                debug!(?reply, "expiry sweep: the delete was not made");
+                false
+            }
+        }
     }
+}
+
+/// What one sweep did.
+#[derive(Debug, Default)]
+struct Swept {
+    /// Tombstones left behind that it read.
+    tombstones: u64,
+    /// Keys whose values had all expired that it deleted.
+    expired: u64,
+}
+
+/// Whether `object` is tombstones only, the newest older than `delay_ms`:
+/// a delete that should have been reaped.
+fn left_behind(object: &Object, delay_ms: u64) -> bool {
+    let newest = object.siblings().iter().map(|s| s.modified_ms).max();
+    object.siblings().iter().all(|s| s.is_tombstone())
+        && newest.is_some_and(|ms| ms.saturating_add(delay_ms) <= now_ms())
 }

@@ -293,6 +293,7 @@ mod tests {
             value: Some(value.as_bytes().to_vec()),
             content_type: "text/plain".into(),
             now_ms: 1,
+            expires_ms: None,
         };
         Object::update(current, &context, new, actor, ConflictMode::Siblings, 100).unwrap()
     }

@@ -789,6 +789,11 @@ impl SimNode {
             put @ ClientOp::Put { .. } => {
                 self.coordinate_put(cluster, now_ms, put, reply_to, may_forward, out)
             }
+            // Expiry is not modelled: the workload never asks for it.
+            ClientOp::PutWithTtl { .. } => {
+                let reply = ClientReply::Failed(bad_request("TTLs are not simulated".into()));
+                reply_with(Some(reply_to), reply, out);
+            }
         }
     }
 
@@ -849,6 +854,7 @@ impl SimNode {
             value,
             content_type,
             now_ms,
+            expires_ms: None,
         };
         let (mode, max_siblings) = (cluster.props.conflict, cluster.props.max_siblings as usize);
         let target = Target {

@@ -1376,6 +1376,9 @@ fn describe_op(op: &ClientOp, cluster: &Cluster) -> String {
             write_of_tag(content_type).unwrap_or("?"),
             describe_clock(context, cluster)
         ),
+        ClientOp::PutWithTtl { key, ttl_ms, .. } => {
+            format!("put {} ttl={ttl_ms}ms", String::from_utf8_lossy(key))
+        }
     }
 }
 

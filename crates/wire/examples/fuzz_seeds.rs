@@ -48,6 +48,7 @@ fn write(
         value: Some(value.as_bytes().to_vec()),
         content_type: "text/plain".into(),
         now_ms,
+        expires_ms: None,
     };
     Object::update(current, context, new, replica, ConflictMode::Siblings, 100).expect("update")
 }
@@ -66,13 +67,28 @@ fn objects() -> Vec<Object> {
             value: None,
             content_type: String::new(),
             now_ms: 1_003,
+            expires_ms: None,
         },
         1,
         ConflictMode::Siblings,
         100,
     )
     .expect("delete");
-    vec![a, b, c, deleted]
+    let expiring = Object::update(
+        Some(&c),
+        &empty,
+        NewVersion {
+            value: Some(b"plum".to_vec()),
+            content_type: "text/plain".into(),
+            now_ms: 1_004,
+            expires_ms: Some(61_004),
+        },
+        2,
+        ConflictMode::Siblings,
+        100,
+    )
+    .expect("expiring write");
+    vec![a, b, c, deleted, expiring]
 }
 
 fn registry() -> BucketRegistry {
@@ -126,6 +142,17 @@ fn frames() -> Vec<Frame> {
             content_type: "text/plain".into(),
             context: objects[2].clock().clone(),
             w: Some(2),
+            pw: None,
+            timeout_ms: 1000,
+        }),
+        PeerRequest::Coordinate(ClientOp::PutWithTtl {
+            ttl_ms: 60_000,
+            bucket: "demo".into(),
+            key: key.clone(),
+            value: Some(b"v".to_vec()),
+            content_type: "text/plain".into(),
+            context: VersionVector::new(),
+            w: None,
             pw: None,
             timeout_ms: 1000,
         }),

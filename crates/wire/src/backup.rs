@@ -262,6 +262,7 @@ mod tests {
             value: Some(value.as_bytes().to_vec()),
             content_type: "text/plain".into(),
             now_ms: 1,
+            expires_ms: None,
         };
         Object::update(
             None,

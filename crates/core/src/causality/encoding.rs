@@ -5,7 +5,8 @@
 //! u8 version = 1
 //! u32 clock entry count, then per entry: u64 replica, u64 counter   (replica strictly increasing, counter >= 1)
 //! u32 sibling count, then per sibling (dot strictly increasing, in the clock):
-//!     u64 replica, u64 counter, u64 modified_ms, u8 flags (bit 0 = has value),
+//!     u64 replica, u64 counter, u64 modified_ms, u8 flags (bit 0 = has value,
+//!     bit 1 = expires), [u64 expires_ms if expires],
 //!     u16 content type length + UTF-8, [u32 value length + bytes if has value]
 //! ```
 //!
@@ -23,6 +24,9 @@ const CLOCK_ENTRY_BYTES: usize = 8 + 8;
 /// A sibling without content type and value.
 const MIN_SIBLING_BYTES: usize = 8 + 8 + 8 + 1 + 2;
 const FLAG_HAS_VALUE: u8 = 0b1;
+/// Added after version 1 shipped: objects without an expiry encode exactly
+/// as before, and an older build refuses one with it (unknown flags).
+const FLAG_EXPIRES: u8 = 0b10;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -80,6 +84,7 @@ impl Object {
             .iter()
             .map(|s| {
                 MIN_SIBLING_BYTES
+                    + s.expires_ms.map_or(0, |_| 8)
                     + s.content_type.len()
                     + s.value.as_ref().map_or(0, |v| 4 + v.len())
             })
@@ -100,12 +105,17 @@ impl Object {
             out.extend_from_slice(&sibling.dot.replica.to_be_bytes());
             out.extend_from_slice(&sibling.dot.counter.to_be_bytes());
             out.extend_from_slice(&sibling.modified_ms.to_be_bytes());
-            let flags = if sibling.value.is_some() {
-                FLAG_HAS_VALUE
-            } else {
-                0
-            };
+            let mut flags = 0;
+            if sibling.value.is_some() {
+                flags |= FLAG_HAS_VALUE;
+            }
+            if sibling.expires_ms.is_some() {
+                flags |= FLAG_EXPIRES;
+            }
             out.push(flags);
+            if let Some(expires_ms) = sibling.expires_ms {
+                out.extend_from_slice(&expires_ms.to_be_bytes());
+            }
             let content_type_len = u16::try_from(sibling.content_type.len())
                 .expect("Object invariant: content type fits u16");
             out.extend_from_slice(&content_type_len.to_be_bytes());
@@ -165,9 +175,14 @@ impl Object {
             if !clock.contains(dot) {
                 return Err(DecodeError::DotNotInClock { index, dot });
             }
-            if flags & !FLAG_HAS_VALUE != 0 {
+            if flags & !(FLAG_HAS_VALUE | FLAG_EXPIRES) != 0 {
                 return Err(DecodeError::UnknownFlags { index, flags });
             }
+            let expires_ms = if flags & FLAG_EXPIRES != 0 {
+                Some(r.u64("sibling expires_ms")?)
+            } else {
+                None
+            };
             let content_type_len = r.u16("content type length")?;
             let content_type = r.take(usize::from(content_type_len), "content type")?;
             let content_type = std::str::from_utf8(content_type)
@@ -184,6 +199,7 @@ impl Object {
                 value,
                 content_type,
                 modified_ms,
+                expires_ms,
             });
         }
 

@@ -35,6 +35,8 @@ pub enum UpdateError {
     CounterExhausted { replica: NodeId },
     #[error("the causal context would grow the key's clock to {len} entries, past {max}")]
     ClockTooLarge { len: usize, max: usize },
+    #[error("the key holds a value that has not expired")]
+    NotExpired,
 }
 
 impl Object {
@@ -58,6 +60,24 @@ impl Object {
     /// not found.
     pub fn is_deleted(&self) -> bool {
         self.live_siblings().next().is_none()
+    }
+
+    /// Versions that are neither tombstones nor expired at `now_ms` (a
+    /// reader's clock), sorted by dot: what reads return.
+    pub fn live_siblings_at(&self, now_ms: u64) -> impl Iterator<Item = &Sibling> {
+        self.siblings.iter().filter(move |s| s.is_live_at(now_ms))
+    }
+
+    /// True when reads at `now_ms` answer not found: every version is a
+    /// tombstone or has expired.
+    pub fn is_absent_at(&self, now_ms: u64) -> bool {
+        self.live_siblings_at(now_ms).next().is_none()
+    }
+
+    /// True when the object still holds a value, but every value has
+    /// expired at `now_ms`: the sweeper turns it into a tombstone.
+    pub fn is_expired_at(&self, now_ms: u64) -> bool {
+        !self.is_deleted() && self.is_absent_at(now_ms)
     }
 
     /// Coordinator-side write at replica `replica` with the causal context
@@ -146,6 +166,7 @@ impl Object {
                 value: new.value,
                 content_type: new.content_type,
                 modified_ms,
+                expires_ms: new.expires_ms,
             },
         );
         let mut clock = current.clock.clone();
@@ -231,15 +252,16 @@ fn lww_timestamp(current: &Object, now_ms: u64) -> u64 {
         .fold(now_ms, u64::max)
 }
 
-/// Total order used by LWW: (modified_ms, replica, counter); content breaks
-/// the (never expected) tie of one dot with two contents, so that merge
-/// stays commutative even then.
+/// Total order used by LWW: (modified_ms, replica, counter); content and
+/// expiry break the (never expected) tie of one dot with two contents, so
+/// that merge stays commutative even then.
 fn lww_order(a: &Sibling, b: &Sibling) -> Ordering {
     a.modified_ms
         .cmp(&b.modified_ms)
         .then(a.dot.cmp(&b.dot))
         .then_with(|| a.value.cmp(&b.value))
         .then_with(|| a.content_type.cmp(&b.content_type))
+        .then_with(|| a.expires_ms.cmp(&b.expires_ms))
 }
 
 /// Keeps a sibling of one side unless the other side has seen its dot and

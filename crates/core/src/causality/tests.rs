@@ -22,6 +22,7 @@ fn put(value: &str, now_ms: u64) -> NewVersion {
         value: Some(value.as_bytes().to_vec()),
         content_type: TEXT.to_owned(),
         now_ms,
+        expires_ms: None,
     }
 }
 
@@ -30,6 +31,7 @@ fn delete(now_ms: u64) -> NewVersion {
         value: None,
         content_type: String::new(),
         now_ms,
+        expires_ms: None,
     }
 }
 
@@ -277,6 +279,7 @@ fn update_rejects_what_the_encoding_cannot_hold() {
         value: Some(vec![]),
         content_type: "x".repeat(MAX_CONTENT_TYPE_BYTES + 1),
         now_ms: 0,
+        expires_ms: None,
     };
     assert_eq!(
         Object::update(None, &VersionVector::new(), long, 1, SIBLINGS, 10),
@@ -400,6 +403,106 @@ fn encoding_is_pinned() {
         [1, 0, 0, 0, 0, 0, 0, 0, 0],
         "the empty object"
     );
+}
+
+fn expiring(value: &str, now_ms: u64, expires_ms: u64) -> NewVersion {
+    NewVersion {
+        expires_ms: Some(expires_ms),
+        ..put(value, now_ms)
+    }
+}
+
+#[test]
+fn an_expiry_is_encoded_after_the_flags_under_bit_1() {
+    let object = write(None, &VersionVector::new(), expiring("hi", 7, 1000), 5, LWW);
+    let expected = Bytes::default()
+        .u8(1)
+        .u32(1)
+        .u64(5)
+        .u64(1)
+        .u32(1)
+        .u64(5)
+        .u64(1)
+        .u64(7)
+        .u8(0b11)
+        .u64(1000)
+        .u16(10)
+        .raw(b"text/plain")
+        .u32(2)
+        .raw(b"hi");
+    assert_eq!(object.encode(), expected.0);
+    assert_eq!(object.encoded_len(), expected.0.len());
+    assert_eq!(Object::decode(&expected.0), Ok(object.clone()));
+    // Cut inside the expiry: truncated, not misread.
+    let cut = &expected.0[..expected.0.len() - (2 + 10 + 4 + 2) - 4];
+    assert!(matches!(
+        Object::decode(cut),
+        Err(DecodeError::Truncated {
+            what: "sibling expires_ms",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_expired_version_reads_as_absent_from_its_expiry_on() {
+    let object = write(
+        None,
+        &VersionVector::new(),
+        expiring("v", 10, 50),
+        1,
+        SIBLINGS,
+    );
+    let sibling = &object.siblings()[0];
+    assert_eq!(sibling.expires_ms, Some(50));
+    assert!(sibling.is_live_at(49) && !sibling.is_expired_at(49));
+    assert!(!sibling.is_live_at(50) && sibling.is_expired_at(50));
+    assert!(!object.is_absent_at(49) && !object.is_expired_at(49));
+    assert!(object.is_absent_at(50) && object.is_expired_at(50));
+    // Expired, but not deleted: it still holds a value, for the sweeper.
+    assert!(!object.is_deleted());
+
+    // A sibling that does not expire keeps the object present.
+    let both = write(
+        Some(&object),
+        &VersionVector::new(),
+        put("w", 20),
+        2,
+        SIBLINGS,
+    );
+    assert_eq!(both.live_siblings_at(60).count(), 1);
+    assert!(!both.is_absent_at(60) && !both.is_expired_at(60));
+
+    // A tombstone is absent, never "expired".
+    let gone = write(Some(&object), object.clock(), delete(30), 1, SIBLINGS);
+    assert!(gone.is_absent_at(0) && !gone.is_expired_at(100));
+}
+
+#[test]
+fn a_write_replaces_the_expiry_and_merges_keep_each_versions_own() {
+    let a = write(None, &VersionVector::new(), expiring("a", 10, 100), 1, LWW);
+    // A later write without a TTL (Redis's SET without EX) never expires.
+    let b = write(Some(&a), a.clock(), put("b", 20), 1, LWW);
+    assert_eq!(b.siblings()[0].expires_ms, None);
+    // The LWW winner brings its expiry along, from either side.
+    let c = write(None, &VersionVector::new(), expiring("c", 30, 300), 2, LWW);
+    for merged in [b.merge(&c, LWW), c.merge(&b, LWW)] {
+        assert_eq!(merged.siblings().len(), 1);
+        assert_eq!(merged.siblings()[0].expires_ms, Some(300));
+    }
+    // Concurrent siblings each keep theirs.
+    let x = write(
+        None,
+        &VersionVector::new(),
+        expiring("x", 10, 100),
+        1,
+        SIBLINGS,
+    );
+    let y = write(None, &VersionVector::new(), put("y", 10), 2, SIBLINGS);
+    let merged = x.merge(&y, SIBLINGS);
+    let expiries: Vec<_> = merged.siblings().iter().map(|s| s.expires_ms).collect();
+    assert_eq!(expiries, vec![Some(100), None]);
+    assert_eq!(merged.live_siblings_at(100).count(), 1);
 }
 
 #[test]
@@ -541,8 +644,8 @@ fn decode_rejects_each_kind_of_malformed_object() {
             },
         ),
         (
-            header().u32(1).u64(4).u64(2).u32(1).sibling(4, 1, 2, b"").0,
-            DecodeError::UnknownFlags { index: 0, flags: 2 },
+            header().u32(1).u64(4).u64(2).u32(1).sibling(4, 1, 4, b"").0,
+            DecodeError::UnknownFlags { index: 0, flags: 4 },
         ),
         (
             header()
@@ -865,6 +968,9 @@ impl Sim {
                     value: value.clone(),
                     content_type: TEXT.to_owned(),
                     now_ms: *now_ms,
+                    // Every third write expires: the encoding and the
+                    // merges carry expiries along with everything else.
+                    expires_ms: (*now_ms % 3 == 0).then_some(*now_ms + 5),
                 };
                 let after = Object::update(current, &context, new, id, self.mode, SIM_MAX_SIBLINGS)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;

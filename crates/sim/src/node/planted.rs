@@ -80,6 +80,7 @@ mod tests {
             value: Some(value.as_bytes().to_vec()),
             content_type: "t".to_string(),
             now_ms: 1,
+            expires_ms: None,
         };
         Object::update(current, context, new, actor, ConflictMode::Siblings, 100).unwrap()
     }

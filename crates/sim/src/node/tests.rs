@@ -326,6 +326,7 @@ fn anti_entropy_copies_a_key_to_the_primaries_that_lack_it() {
             value: Some(b"v".to_vec()),
             content_type: "text/plain".to_string(),
             now_ms: 1,
+            expires_ms: None,
         },
         cluster.ids[0],
         ConflictMode::Siblings,
