@@ -61,6 +61,9 @@ enum Command {
         content_type: String,
         #[arg(long)]
         w: Option<u32>,
+        /// Seconds until the value expires (reads then find no value).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        ttl: Option<u64>,
         #[command(flatten)]
         target: Target,
     },
@@ -450,6 +453,7 @@ fn main() -> anyhow::Result<()> {
             context,
             content_type,
             w,
+            ttl,
             target,
         } => {
             let value = match (value, file) {
@@ -460,13 +464,14 @@ fn main() -> anyhow::Result<()> {
                 (Some(_), Some(_)) => unreachable!("clap rejects VALUE with --file"),
             };
             let client = target.client()?;
-            let context = client.put(
+            let context = client.put_with_ttl(
                 &bucket,
                 key.as_bytes(),
                 &value,
                 &content_type,
                 context.as_deref(),
                 w,
+                ttl,
             )?;
             eprintln!("context: {context}");
             Ok(())

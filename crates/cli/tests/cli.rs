@@ -95,6 +95,19 @@ fn cli_put_get_delete_and_cluster_status() {
     let (ok, _, err) = run(&["put", "bad bucket", "k", "v"]);
     assert!(!ok);
     assert!(err.contains("400 bad_request"), "{err}");
+
+    // A value written with --ttl is read until it expires, then not found.
+    let (ok, _, err) = run(&["put", "demo", "brief", "b", "--ttl", "1"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&["get", "demo", "brief"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "b");
+    eventually("the value to expire", Duration::from_secs(10), || {
+        let (ok, _, err) = run(&["get", "demo", "brief"]);
+        (!ok && err.contains("not found")).then_some(())
+    });
+    let (ok, _, err) = run(&["put", "demo", "brief", "b", "--ttl", "0"]);
+    assert!(!ok, "a TTL of 0 is refused: {err}");
 }
 
 /// Starts `ringkv dev-cluster` in `dir`; returns it, its nodes' pids as it

@@ -258,6 +258,22 @@ impl Client {
         context: Option<&str>,
         w: Option<u32>,
     ) -> Result<String, ClientError> {
+        self.put_with_ttl(bucket, key, value, content_type, context, w, None)
+    }
+
+    /// [`put`](Self::put) of a value that expires `ttl_seconds` after it is
+    /// written (`X-Ringkv-Ttl`), if given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_with_ttl(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        content_type: &str,
+        context: Option<&str>,
+        w: Option<u32>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<String, ClientError> {
         let query: Vec<(&str, String)> = w.map(|w| ("w", w.to_string())).into_iter().collect();
         let mut request = self
             .agent
@@ -265,6 +281,9 @@ impl Client {
             .header("content-type", content_type);
         if let Some(context) = context {
             request = request.header(CONTEXT_HEADER, context);
+        }
+        if let Some(ttl) = ttl_seconds {
+            request = request.header("x-ringkv-ttl", ttl.to_string());
         }
         let mut response = request.send(value).map_err(|e| self.transport(e))?;
         written(&mut response)
