@@ -257,6 +257,11 @@ struct ServerArgs {
     /// they are reaped though no client reads them; 0: never [default: a day].
     #[arg(long, value_name = "MS")]
     tombstone_sweep_interval_ms: Option<u64>,
+    /// How often a node deletes the keys whose values have all expired (in
+    /// the partitions it owns, as they come due); 0: only the tombstone
+    /// sweep does [default: 1000].
+    #[arg(long, value_name = "MS")]
+    expiry_interval_ms: Option<u64>,
     /// File with the cluster secret (16+ bytes, mode 600): peer connections
     /// then authenticate with it, and peers without it are refused.
     #[arg(long)]
@@ -345,7 +350,8 @@ impl ServerArgs {
             aae_interval_ms,
             aae_max_segments,
             delete_mode,
-            tombstone_sweep_interval_ms
+            tombstone_sweep_interval_ms,
+            expiry_interval_ms
         );
         if !self.join.is_empty() {
             config.join = self.join;

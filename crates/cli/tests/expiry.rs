@@ -293,26 +293,63 @@ fn values_expire_over_http() {
     }
 }
 
-#[test]
-fn the_sweeper_deletes_expired_values_and_keeps_what_was_written_since() {
-    let cluster = Cluster::start_with(3, &["--tombstone-sweep-interval-ms", "300"]);
+/// How a test cluster retires expired keys.
+enum Retiring {
+    /// The expiry loop, as its index comes due (the default, 1 s).
+    ExpiryLoop,
+    /// The tombstone sweep alone (`--expiry-interval-ms 0`).
+    Sweep,
+    /// The expiry loop, after every node restarted before the keys
+    /// expired: the index is rebuilt from storage.
+    ExpiryLoopAfterRestart,
+}
+
+/// Keys written with short TTLs are deleted once each (by the owner of
+/// their partition), a key written again after it expired is kept, and
+/// the tombstones are then reaped on every replica.
+fn expired_keys_are_retired(how: Retiring) {
+    let args: &[&str] = match how {
+        Retiring::ExpiryLoop => &[],
+        Retiring::Sweep => &[
+            "--expiry-interval-ms",
+            "0",
+            "--tombstone-sweep-interval-ms",
+            "300",
+        ],
+        Retiring::ExpiryLoopAfterRestart => &["--expiry-interval-ms", "300"],
+    };
+    let ttl_ms = match how {
+        Retiring::ExpiryLoopAfterRestart => 4000,
+        _ => 200,
+    };
+    let mut cluster = Cluster::start_with(3, args);
     let mut first = connect(&cluster.nodes[0].resp);
-    let mut second = connect(&cluster.nodes[1].resp);
     const KEYS: u64 = 20;
     // The temp keys and `later`.
     const RETIRED: u64 = KEYS + 1;
     for i in 0..KEYS {
-        let _: () = first.pset_ex(format!("temp:{i}"), "t", 200).unwrap();
+        let _: () = first.pset_ex(format!("temp:{i}"), "t", ttl_ms).unwrap();
     }
-    let _: () = first.pset_ex("reborn", "old", 200).unwrap();
-    let _: () = first.pset_ex("later", "l", 600).unwrap();
-    std::thread::sleep(Duration::from_millis(250));
+    let _: () = first.pset_ex("reborn", "old", ttl_ms).unwrap();
+    let _: () = first.pset_ex("later", "l", ttl_ms + 400).unwrap();
+    if let Retiring::ExpiryLoopAfterRestart = how {
+        let seed = cluster.nodes[0].peer.clone();
+        for (i, node) in cluster.nodes.iter_mut().enumerate() {
+            node.stop();
+            node.start((i > 0).then_some(seed.as_str()));
+        }
+        cluster.wait_for_agreement();
+        first = connect(&cluster.nodes[0].resp);
+    }
+    std::thread::sleep(Duration::from_millis(ttl_ms + 50));
     // Written again after it expired, before a sweep could see it: kept.
+    let mut second = connect(&cluster.nodes[1].resp);
     let _: () = second.set("reborn", "new").unwrap();
 
     let sum = |name: &str| -> u64 { cluster.nodes.iter().map(|n| support::metric(n, name)).sum() };
     // Each key is retired once, by the node that owns its partition
-    // (reborn too if a sweep came between its expiry and its new write).
+    // (reborn too if its retirement came between its expiry and its new
+    // write).
     eventually(
         "the expired keys to be retired",
         Duration::from_secs(20),
@@ -321,10 +358,8 @@ fn the_sweeper_deletes_expired_values_and_keeps_what_was_written_since() {
     assert!(sum("ringkv_expired_swept_total") <= RETIRED + 1);
     let read: String = first.get("reborn").unwrap();
     assert_eq!(read, "new", "a write made after the expiry is kept");
-    let ttl: i64 = first.ttl("reborn").unwrap();
+    let ttl: i64 = second.ttl("reborn").unwrap();
     assert_eq!(ttl, -1);
-    let later: Option<String> = second.get("later").unwrap();
-    assert_eq!(later, None, "the key that expired later is gone too");
     // Their tombstones are then reaped by the usual rules (all primaries
     // acknowledged the delete): every replica drops its copy.
     eventually(
@@ -334,4 +369,19 @@ fn the_sweeper_deletes_expired_values_and_keeps_what_was_written_since() {
     );
     let size: u64 = redis::cmd("DBSIZE").query(&mut second).unwrap();
     assert_eq!(size, 1, "only reborn is left");
+}
+
+#[test]
+fn the_expiry_loop_deletes_expired_keys_and_keeps_what_was_written_since() {
+    expired_keys_are_retired(Retiring::ExpiryLoop);
+}
+
+#[test]
+fn the_tombstone_sweep_deletes_expired_keys_the_loop_did_not() {
+    expired_keys_are_retired(Retiring::Sweep);
+}
+
+#[test]
+fn a_restarted_node_rebuilds_its_expiry_index_from_storage() {
+    expired_keys_are_retired(Retiring::ExpiryLoopAfterRestart);
 }

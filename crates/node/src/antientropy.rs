@@ -24,8 +24,9 @@ use crate::node::{Node, merge_into, split_object_key};
 use crate::store::StoreError;
 
 impl Node {
-    /// Fills the trees from what is on disk. Runs once at start, in pages,
-    /// yielding between them so that start-up CPU stays bounded.
+    /// Fills the trees, and the expiry index, from what is on disk. Runs
+    /// once at start, in pages, yielding between them so that start-up CPU
+    /// stays bounded.
     pub async fn rebuild_trees(self: &Arc<Self>) -> Result<(), StoreError> {
         let layout = self.layout();
         let mut keys = 0usize;
@@ -44,6 +45,13 @@ impl Node {
                     let digest = xxhash_rust::xxh3::xxh3_64(bytes);
                     let tree = self.store.trees().tree(partition, self.tree_n(&bucket));
                     tree.lock().expect("tree lock").insert(raw_key, digest);
+                    // Keys that expire, for the expiry loop (`sweep`).
+                    if let Some(at) = ringkv_core::causality::Object::decode(bytes)
+                        .ok()
+                        .and_then(|o| o.expires_at())
+                    {
+                        self.store.expiries().record(at, partition, raw_key);
+                    }
                     keys += 1;
                 }
                 tokio::task::yield_now().await;

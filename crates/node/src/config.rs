@@ -75,6 +75,10 @@ pub struct NodeConfig {
     /// it owns (a delete that could not be reaped when it was made), so
     /// that they are reaped without a client reading them; 0: never.
     pub tombstone_sweep_interval_ms: u64,
+    /// How often a node deletes the keys whose values have all expired
+    /// (of the partitions it owns, as they come due); 0: only the
+    /// tombstone sweep does, at its own interval.
+    pub expiry_interval_ms: u64,
     /// A file holding the cluster secret (at least 16 bytes, readable by
     /// its owner only): when set, peer connections authenticate with it
     /// and peers without it are cut off. Every member needs the same.
@@ -136,6 +140,7 @@ impl Default for NodeConfig {
             aae_max_segments: 64,
             delete_mode: DeleteMode::ReapAfterMs(3000),
             tombstone_sweep_interval_ms: 24 * 60 * 60 * 1000,
+            expiry_interval_ms: 1000,
             cluster_secret_file: None,
             client_password_file: None,
             peer_tls_cert_file: None,

@@ -339,6 +339,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tokio::spawn(node.clone().heartbeat_loop());
     tokio::spawn(node.clone().hint_delivery_loop());
     tokio::spawn(node.clone().tombstone_sweep_loop());
+    tokio::spawn(node.clone().expiry_loop());
     let aae = node.clone();
     tokio::spawn(async move {
         match aae.rebuild_trees().await {

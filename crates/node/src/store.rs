@@ -3,7 +3,7 @@
 //! committer (one read-modify-write per key at a time, many keys per sync).
 //! Also the node's metadata records (identity, layout, buckets).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -43,6 +43,7 @@ pub struct LocalStore {
     storage: Arc<dyn Storage>,
     committer: GroupCommitter,
     trees: Arc<Trees>,
+    expiries: Arc<Expiries>,
     hints: Arc<HintUsage>,
     fallback_actor: Arc<FallbackActor>,
 }
@@ -88,6 +89,53 @@ impl HintUsage {
     fn apply(&self, records: i64, bytes: i64) {
         self.records.fetch_add(records, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Most keys [`Expiries`] holds: past it, a key that expires is left to
+/// the daily sweep (~70 bytes each, so about 140 MiB at the limit).
+pub const MAX_EXPIRIES: usize = 2_000_000;
+
+/// The keys this node stores whose values all expire, by when: what the
+/// expiry loop retires soon after they expire (`sweep`). Kept in memory,
+/// filled from storage at start and as writes are applied; an entry may be
+/// stale (the key was written again since), so the loop reads the key
+/// before it deletes anything.
+#[derive(Default)]
+pub struct Expiries {
+    due: Mutex<BTreeSet<(u64, u32, Vec<u8>)>>,
+}
+
+impl Expiries {
+    /// Records that `raw_key` of `partition` expires at `at` (ms since the
+    /// Unix epoch), unless [`MAX_EXPIRIES`] are held already.
+    pub fn record(&self, at: u64, partition: u32, raw_key: &[u8]) {
+        let mut due = self.due.lock().expect("expiries lock");
+        if due.len() < MAX_EXPIRIES {
+            due.insert((at, partition, raw_key.to_vec()));
+        }
+    }
+
+    /// Takes out up to `limit` entries due at `now`, soonest first.
+    pub fn take_due(&self, now: u64, limit: usize) -> Vec<(u32, Vec<u8>)> {
+        let mut due = self.due.lock().expect("expiries lock");
+        let mut taken = Vec::new();
+        while taken.len() < limit
+            && let Some(first) = due.first()
+            && first.0 <= now
+        {
+            let (_, partition, raw_key) = due.pop_first().expect("a first entry");
+            taken.push((partition, raw_key));
+        }
+        taken
+    }
+
+    pub fn len(&self) -> usize {
+        self.due.lock().expect("expiries lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -164,6 +212,7 @@ impl LocalStore {
             storage,
             committer,
             trees: Arc::new(Trees::default()),
+            expiries: Arc::new(Expiries::default()),
             hints: Arc::new(HintUsage::default()),
             fallback_actor: Arc::new(FallbackActor::new()),
         }
@@ -204,6 +253,10 @@ impl LocalStore {
 
     pub fn trees(&self) -> &Trees {
         &self.trees
+    }
+
+    pub fn expiries(&self) -> &Expiries {
+        &self.expiries
     }
 
     /// One page of a partition's objects (raw keys, encoded objects).
@@ -291,10 +344,12 @@ impl LocalStore {
             outcome: None,
             reply,
             trees: self.trees.clone(),
+            expiries: self.expiries.clone(),
             partition,
             n,
             raw_key: raw_key.clone(),
             digest: None,
+            expires_at: None,
         };
         let submit = match commit {
             Commit::Own => GroupCommitter::run_or_defer,
@@ -475,11 +530,15 @@ struct UpdateJob<E> {
     outcome: Option<Outcome<E>>,
     reply: Reply<E>,
     trees: Arc<Trees>,
+    expiries: Arc<Expiries>,
     partition: u32,
     n: u32,
     raw_key: Vec<u8>,
     /// Digest of the bytes written, recorded in the tree once durable.
     digest: Option<u64>,
+    /// When the object written expires (`Object::expires_at`), recorded
+    /// in `expiries` once durable.
+    expires_at: Option<u64>,
 }
 
 impl<E: Send + 'static> Job for UpdateJob<E> {
@@ -498,6 +557,7 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
             Ok(object) => {
                 let bytes = object.encode();
                 self.digest = Some(xxhash_rust::xxh3::xxh3_64(&bytes));
+                self.expires_at = object.expires_at();
                 self.outcome = Some(Ok(Ok(object)));
                 Change::Put(bytes)
             }
@@ -524,6 +584,9 @@ impl<E: Send + 'static> Job for UpdateJob<E> {
         {
             self.trees
                 .record(self.partition, self.n, &self.raw_key, digest);
+            if let Some(at) = self.expires_at {
+                self.expiries.record(at, self.partition, &self.raw_key);
+            }
         }
         let outcome = match &result {
             Err(e) => Err(StoreError::Storage(e.clone())),
@@ -633,5 +696,26 @@ impl<T: Send + 'static> Job for HintJob<T> {
             }
         };
         let _ = self.reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_come_due_soonest_first_and_at_most_limit_at_a_time() {
+        let expiries = Expiries::default();
+        expiries.record(30, 1, b"c");
+        expiries.record(10, 2, b"a");
+        expiries.record(20, 1, b"b");
+        expiries.record(10, 2, b"a"); // the same entry twice is one
+        assert_eq!(expiries.len(), 3);
+        assert!(expiries.take_due(9, 10).is_empty(), "nothing due yet");
+        assert_eq!(expiries.take_due(25, 1), vec![(2, b"a".to_vec())]);
+        assert_eq!(expiries.take_due(25, 10), vec![(1, b"b".to_vec())]);
+        assert_eq!(expiries.len(), 1, "c is not due until 30");
+        assert_eq!(expiries.take_due(u64::MAX, 10), vec![(1, b"c".to_vec())]);
+        assert!(expiries.is_empty());
     }
 }

@@ -16,21 +16,26 @@
 //! same rules as any read. One key at a time, and not while
 //! `MAX_PENDING_REAPS` reaps are already waiting.
 //!
-//! The same sweep retires expired values (whatever `--delete-mode`): an
-//! object whose every value has expired is read as a client would, and
-//! if the merge of the replicas' copies has expired too, deleted with that
-//! read's context, stamped at the latest expiry (`Node::coordinate_put`'s
+//! Expired values are retired (whatever `--delete-mode`): an object whose
+//! every value has expired is read as a client would, and if the merge of
+//! the replicas' copies has expired too, deleted with that read's context,
+//! stamped at the latest expiry (`Node::coordinate_put`'s
 //! `retire_expired_at`), and only where the coordinator's own copy still
 //! holds no live value. A write made since is kept: in a `siblings`
 //! bucket the context does not cover it, in an `lww` one it is stamped
-//! later. The tombstone is then reaped by the rules above.
+//! later. The tombstone is then reaped by the rules above. The expiry loop
+//! does this every `--expiry-interval-ms` (a second) for the keys of the
+//! store's expiry index (`store::Expiries`) that have come due in the
+//! partitions this node owns, `EXPIRY_CONCURRENCY` at a time; the sweep
+//! finds any the index missed (over `MAX_EXPIRIES`, or written while
+//! another node owned the partition).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_core::causality::Object;
 use ringkv_core::hint::split_object_key;
-use ringkv_core::message::{ClientOp, ClientReply};
+use ringkv_core::message::{ClientOp, ClientReply, OpError};
 use tracing::{debug, info, warn};
 
 use crate::config::DeleteMode;
@@ -38,6 +43,13 @@ use crate::node::{Node, now_ms};
 
 /// Records read from the store at a time.
 const PAGE: usize = 256;
+/// Expired keys the expiry loop retires at once (each a read and a write).
+const EXPIRY_CONCURRENCY: usize = 16;
+/// Expired keys taken from the index at a time.
+const EXPIRY_BATCH: usize = 1024;
+/// How long a key whose retirement failed (replicas unreachable) waits
+/// before the expiry loop tries it again.
+const EXPIRY_RETRY: Duration = Duration::from_secs(10);
 
 impl Node {
     /// Sweeps every `tombstone_sweep_interval_ms` (0: never), while
@@ -100,9 +112,8 @@ impl Node {
                         continue;
                     };
                     if object.is_expired_at(now_ms()) {
-                        if self.retire_expired(bucket, key).await {
+                        if self.retire_expired(bucket, key).await == Retired::Deleted {
                             swept.expired += 1;
-                            self.metrics.expired_swept.inc();
                         }
                         continue;
                     }
@@ -134,10 +145,49 @@ impl Node {
         Ok(swept)
     }
 
+    /// Retires the keys of the expiry index that have come due, every
+    /// `expiry_interval_ms` (0: never).
+    pub async fn expiry_loop(self: Arc<Self>) {
+        let interval_ms @ 1.. = self.config.expiry_interval_ms else {
+            return;
+        };
+        let node = &self;
+        loop {
+            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            loop {
+                let due = self.store().expiries().take_due(now_ms(), EXPIRY_BATCH);
+                let taken = due.len();
+                let layout = self.layout();
+                // Another node owns the rest, and retires them.
+                let mine: Vec<(u32, Vec<u8>)> = due
+                    .into_iter()
+                    .filter(|(partition, _)| layout.owner(*partition) == self.id)
+                    .collect();
+                for chunk in mine.chunks(EXPIRY_CONCURRENCY) {
+                    futures::future::join_all(chunk.iter().map(
+                        |(partition, raw_key)| async move {
+                            let Some((bucket, key)) = split_object_key(raw_key) else {
+                                return;
+                            };
+                            if node.retire_expired(bucket, key).await == Retired::Failed {
+                                let again = now_ms() + EXPIRY_RETRY.as_millis() as u64;
+                                node.store().expiries().record(again, *partition, raw_key);
+                            }
+                        },
+                    ))
+                    .await;
+                }
+                if taken < EXPIRY_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Reads a key whose local copy has expired, as a client would, and
     /// deletes it if the replicas' merge has expired too (see the module
-    /// documentation); `true` if it was deleted.
-    async fn retire_expired(self: &Arc<Self>, bucket: String, key: Vec<u8>) -> bool {
+    /// documentation).
+    async fn retire_expired(self: &Arc<Self>, bucket: String, key: Vec<u8>) -> Retired {
         let timeout_ms = self.config.request_timeout_ms;
         let merged = match self
             .coordinate_get(bucket.clone(), key.clone(), None, None, timeout_ms)
@@ -148,15 +198,15 @@ impl Node {
             } => Object::decode(&bytes).ok(),
             ClientReply::Failed(e) => {
                 debug!(error = %e, "expiry sweep: a read failed");
-                None
+                return Retired::Failed;
             }
             _ => None,
         };
         let Some(merged) = merged.filter(|m| m.is_expired_at(now_ms())) else {
-            return false;
+            return Retired::NotExpired;
         };
-        let Some(expired_at) = merged.siblings().iter().filter_map(|s| s.expires_ms).max() else {
-            return false;
+        let Some(expired_at) = merged.expires_at() else {
+            return Retired::NotExpired;
         };
         let delete = ClientOp::Put {
             bucket,
@@ -172,13 +222,28 @@ impl Node {
             .coordinate_put(delete, None, Some(expired_at), false)
             .await
         {
-            ClientReply::Written { .. } => true,
+            ClientReply::Written { .. } => {
+                self.metrics.expired_swept.inc();
+                Retired::Deleted
+            }
+            // Written since, on this node.
+            ClientReply::Failed(OpError::BadRequest { .. }) => Retired::NotExpired,
             reply => {
                 debug!(?reply, "expiry sweep: the delete was not made");
-                false
+                Retired::Failed
             }
         }
     }
+}
+
+/// What became of a key [`Node::retire_expired`] was asked to delete.
+#[derive(Debug, PartialEq, Eq)]
+enum Retired {
+    Deleted,
+    /// Written again since it expired (or gone already): nothing to do.
+    NotExpired,
+    /// A read or the delete did not reach enough replicas.
+    Failed,
 }
 
 /// What one sweep did.

@@ -80,6 +80,16 @@ impl Object {
         !self.is_deleted() && self.is_absent_at(now_ms)
     }
 
+    /// When [`is_expired_at`](Self::is_expired_at) turns true for good:
+    /// the latest expiry of its values, if it holds values and every one
+    /// of them expires.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.live_siblings()
+            .map(|s| s.expires_ms)
+            .try_fold(None, |latest: Option<u64>, at| Some(latest.max(Some(at?))))
+            .flatten()
+    }
+
     /// Coordinator-side write at replica `replica` with the causal context
     /// `context` the client sent (empty = blind write). In `Siblings` mode the
     /// new version supersedes exactly the siblings `context` covers; in `Lww`

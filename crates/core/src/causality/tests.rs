@@ -461,6 +461,7 @@ fn an_expired_version_reads_as_absent_from_its_expiry_on() {
     assert!(object.is_absent_at(50) && object.is_expired_at(50));
     // Expired, but not deleted: it still holds a value, for the sweeper.
     assert!(!object.is_deleted());
+    assert_eq!(object.expires_at(), Some(50));
 
     // A sibling that does not expire keeps the object present.
     let both = write(
@@ -472,10 +473,21 @@ fn an_expired_version_reads_as_absent_from_its_expiry_on() {
     );
     assert_eq!(both.live_siblings_at(60).count(), 1);
     assert!(!both.is_absent_at(60) && !both.is_expired_at(60));
+    assert_eq!(both.expires_at(), None, "one value never expires");
+    let later = write(
+        Some(&object),
+        &VersionVector::new(),
+        expiring("x", 20, 80),
+        2,
+        SIBLINGS,
+    );
+    assert_eq!(later.expires_at(), Some(80), "the latest expiry of all");
+    assert!(later.is_expired_at(80) && !later.is_expired_at(79));
 
     // A tombstone is absent, never "expired".
     let gone = write(Some(&object), object.clock(), delete(30), 1, SIBLINGS);
     assert!(gone.is_absent_at(0) && !gone.is_expired_at(100));
+    assert_eq!(gone.expires_at(), None);
 }
 
 #[test]
