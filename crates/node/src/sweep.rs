@@ -1,4 +1,4 @@
-//! The tombstone sweeper. A delete is reaped when it is made (every
+//! The tombstone sweeper and the expiry loop. A delete is reaped when it is made (every
 //! primary acknowledged it) or when a read finds its tombstone on every
 //! primary (`Node::reap`). A delete made while a member was down or silent
 //! is neither: until this sweeper, its tombstone stayed for as long as
@@ -52,8 +52,9 @@ const EXPIRY_BATCH: usize = 1024;
 const EXPIRY_RETRY: Duration = Duration::from_secs(10);
 
 impl Node {
-    /// Sweeps every `tombstone_sweep_interval_ms` (0: never), while
-    /// tombstones are reaped at all.
+    /// Sweeps every `tombstone_sweep_interval_ms` (0: never): the
+    /// tombstones left behind, when tombstones are reaped at all, and the
+    /// expired values the expiry loop missed.
     pub async fn tombstone_sweep_loop(self: Arc<Self>) {
         let interval_ms @ 1.. = self.config.tombstone_sweep_interval_ms else {
             return;
