@@ -424,13 +424,21 @@ fn main() -> anyhow::Result<()> {
         } => {
             let client = target.client()?;
             match client.get(&bucket, key.as_bytes(), r)? {
-                GetResult::Found { value, context, .. } => {
+                GetResult::Found {
+                    value,
+                    context,
+                    expires_ms,
+                    ..
+                } => {
                     use std::io::Write;
                     std::io::stdout().write_all(&value)?;
                     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                         println!();
                     }
                     eprintln!("context: {context}");
+                    if let Some(at) = expires_ms {
+                        eprintln!("expires_ms: {at}");
+                    }
                 }
                 GetResult::Siblings { siblings, context } => {
                     println!(
@@ -438,8 +446,12 @@ fn main() -> anyhow::Result<()> {
                         siblings.len()
                     );
                     for (i, s) in siblings.iter().enumerate() {
+                        let expires = s
+                            .expires_ms
+                            .map(|at| format!(", expires_ms {at}"))
+                            .unwrap_or_default();
                         println!(
-                            "[{i}] {} ({}, modified_ms {})",
+                            "[{i}] {} ({}, modified_ms {}{expires})",
                             String::from_utf8_lossy(&s.value),
                             s.content_type,
                             s.modified_ms

@@ -97,11 +97,22 @@ fn cli_put_get_delete_and_cluster_status() {
     assert!(err.contains("400 bad_request"), "{err}");
 
     // A value written with --ttl is read until it expires, then not found.
-    let (ok, _, err) = run(&["put", "demo", "brief", "b", "--ttl", "1"]);
+    let (ok, _, err) = run(&["put", "demo", "brief", "b", "--ttl", "3"]);
     assert!(ok, "{err}");
     let (ok, out, err) = run(&["get", "demo", "brief"]);
     assert!(ok, "{err}");
     assert_eq!(out, "b");
+    let expires: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("expires_ms: "))
+        .unwrap_or_else(|| panic!("no expiry shown: {err}"))
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(expires > now && expires <= now + 3000, "{expires} vs {now}");
     eventually("the value to expire", Duration::from_secs(10), || {
         let (ok, _, err) = run(&["get", "demo", "brief"]);
         (!ok && err.contains("not found")).then_some(())

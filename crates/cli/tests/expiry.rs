@@ -38,34 +38,34 @@ fn values_expire_on_every_node_over_resp() {
     let mut second = connect(&cluster.nodes[1].resp);
     let mut third = connect(&cluster.nodes[2].resp);
 
-    let _: () = first.set_ex("session", "s1", 2).unwrap();
+    let _: () = first.set_ex("session", "s1", 3).unwrap();
     let _: () = redis::cmd("SET")
         .arg("token")
         .arg("t1")
         .arg("PX")
-        .arg(1500)
+        .arg(3000)
         .query(&mut first)
         .unwrap();
-    let _: () = first.pset_ex("nonce", "n1", 1500).unwrap();
+    let _: () = first.pset_ex("nonce", "n1", 3000).unwrap();
     let _: () = first.set("forever", "f").unwrap();
     let _: () = first.set("short", "s").unwrap();
 
     let read: String = second.get("session").unwrap();
     assert_eq!(read, "s1");
     let ttl: i64 = third.ttl("session").unwrap();
-    assert!((1..=2).contains(&ttl), "TTL session: {ttl}");
+    assert!((1..=3).contains(&ttl), "TTL session: {ttl}");
     let pttl: i64 = third.pttl("token").unwrap();
-    assert!(0 < pttl && pttl <= 1500, "PTTL token: {pttl}");
+    assert!(0 < pttl && pttl <= 3000, "PTTL token: {pttl}");
     let ttl: i64 = second.ttl("forever").unwrap();
     assert_eq!(ttl, -1, "a key without an expiry");
     let ttl: i64 = second.ttl("nothing").unwrap();
     assert_eq!(ttl, -2, "a key that does not exist");
 
     // EXPIRE and PERSIST rewrite the value with the context they read.
-    let set: i64 = second.expire("short", 1).unwrap();
+    let set: i64 = second.expire("short", 2).unwrap();
     assert_eq!(set, 1);
     let pttl: i64 = first.pttl("short").unwrap();
-    assert!(0 < pttl && pttl <= 1000, "PTTL short: {pttl}");
+    assert!(0 < pttl && pttl <= 2000, "PTTL short: {pttl}");
     let set: i64 = third.pexpire("forever", 60_000).unwrap();
     assert_eq!(set, 1);
     let persisted: i64 = first.persist("forever").unwrap();
@@ -106,7 +106,7 @@ fn values_expire_on_every_node_over_resp() {
     // From their expiry on, the values are gone on every node: reads,
     // EXISTS, TTL, KEYS and DBSIZE agree.
     let gone = ["session", "token", "nonce", "short"];
-    eventually("the values to expire", Duration::from_secs(10), || {
+    eventually("the values to expire", Duration::from_secs(20), || {
         let found: Vec<Option<String>> = first.mget(&gone).ok()?;
         found.iter().all(Option::is_none).then_some(())
     });
@@ -185,7 +185,7 @@ fn values_expire_over_http() {
     let (status, _, body) = request(
         "PUT",
         &url(0, "/v1/kv/cache/page"),
-        &[("x-ringkv-ttl", "2"), ("content-type", "text/html")],
+        &[("x-ringkv-ttl", "3"), ("content-type", "text/html")],
         b"<p>hi</p>",
     );
     assert_eq!(status, 204, "{body}");
@@ -199,7 +199,7 @@ fn values_expire_over_http() {
         .parse()
         .unwrap();
     assert!(
-        before + 2000 <= expires && expires <= now_ms() + 2000,
+        before + 3000 <= expires && expires <= now_ms() + 3000,
         "expires at {expires}, written after {before}"
     );
     let (_, head, _) = request("GET", &url(2, "/v1/kv/cache/kept"), &[], b"");
@@ -279,7 +279,7 @@ fn values_expire_over_http() {
         + support::metric(&cluster.nodes[2], "ringkv_forwarded_total");
     assert!(forwarded > 0, "some write was forwarded");
 
-    eventually("the value to expire", Duration::from_secs(10), || {
+    eventually("the value to expire", Duration::from_secs(20), || {
         (request("GET", &url(2, "/v1/kv/cache/page"), &[], b"").0 == 404).then_some(())
     });
     for i in 0..3 {

@@ -38,6 +38,8 @@ pub struct Sibling {
     pub value: Vec<u8>,
     pub content_type: String,
     pub modified_ms: u64,
+    /// When the value expires (ms since the Unix epoch), if it does.
+    pub expires_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub enum GetResult {
         value: Vec<u8>,
         content_type: String,
         context: String,
+        /// When the value expires (ms since the Unix epoch), if it does.
+        expires_ms: Option<u64>,
     },
     Siblings {
         siblings: Vec<Sibling>,
@@ -66,6 +70,8 @@ struct SiblingJson {
     value_base64: String,
     content_type: String,
     modified_ms: u64,
+    #[serde(default)]
+    expires_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -214,6 +220,12 @@ impl Client {
         };
         let context = header(CONTEXT_HEADER);
         let content_type = header("content-type").unwrap_or_default();
+        let expires_ms = match header("x-ringkv-expires-ms") {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                ClientError::Protocol(format!("X-Ringkv-Expires-Ms is not a number: {text}"))
+            })?),
+        };
         let body = read_body(&mut response)?;
         match status {
             200 => Ok(GetResult::Found {
@@ -221,6 +233,7 @@ impl Client {
                 content_type,
                 context: context
                     .ok_or_else(|| ClientError::Protocol("200 without a context header".into()))?,
+                expires_ms,
             }),
             300 => {
                 let parsed: SiblingsBody = serde_json::from_slice(&body)
@@ -235,6 +248,7 @@ impl Client {
                             })?,
                             content_type: s.content_type,
                             modified_ms: s.modified_ms,
+                            expires_ms: s.expires_ms,
                         })
                     })
                     .collect::<Result<_, ClientError>>()?;
