@@ -6,19 +6,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Commands;
-use support::{Cluster, eventually};
-
-fn connect(addr: &str) -> redis::Connection {
-    redis::Client::open(format!("redis://{addr}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
+use support::{Cluster, eventually, http_request as request, redis_connection as connect};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -136,38 +127,6 @@ fn values_expire_on_every_node_over_resp() {
     assert_eq!(read, "s2");
     let ttl: i64 = first.ttl("session").unwrap();
     assert_eq!(ttl, -1);
-}
-
-/// One HTTP/1.1 request with extra headers; returns the status, the
-/// response's headers (lower-cased names) and body.
-fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (addr, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 fn header(head: &str, name: &str) -> Option<String> {

@@ -10,14 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use redis::Commands;
-use support::{Cluster, node_with_password};
-
-fn connect(addr: &str) -> redis::Connection {
-    redis::Client::open(format!("redis://{addr}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
+use support::{Cluster, node_with_password, redis_connection as connect};
 
 #[test]
 fn a_redis_client_library_works_against_every_node() {

@@ -341,31 +341,52 @@ pub fn http_put(url: &str, body: &[u8]) -> (u16, String) {
 }
 
 fn http(method: &str, url: &str, body: &[u8]) -> (u16, String) {
+    let (status, _, body) = http_request(method, url, &[], body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request with extra headers; returns the status, the
+/// response's head (status line and headers, lower-cased) and its body.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body).unwrap();
     let mut out = Vec::new();
     stream.read_to_end(&mut out).unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A connection of a Redis client library (redis-rs) to a RESP address.
+pub fn redis_connection(addr: &str) -> redis::Connection {
+    redis::Client::open(format!("redis://{addr}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
 }
 
 impl TestNode {
